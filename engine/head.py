@@ -1,0 +1,122 @@
+"""The trainable deep part: residual blocks after the split point + pooling + classifier.
+
+Rebuilt on the device from a JSON config, so ``head.safetensors`` alone (no pickle, no exporter
+code) is enough to train and predict.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import BasicBlock, build_block
+from .errors import IntegrityError, ShapeError, StateError
+
+HEAD_FORMAT = "lightcl-head/1"
+
+
+class Head(nn.Module):
+    """Deep layers + global average pool + linear classifier.
+
+    ``config``: ``{"blocks": [{"name": "layer4.0", "type": "basic", "cin":..,"cout":..,"stride":..}, ...],
+    "in_features": [C, H, W], "num_classes": K, "feat_dim": D}``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = json.loads(json.dumps(config))  # deep copy, JSON-clean
+        self.block_names: list[str] = [b["name"] for b in config["blocks"]]
+        self.blocks = nn.ModuleList(build_block(b) for b in config["blocks"])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(int(config["feat_dim"]), int(config["num_classes"]))
+
+    @property
+    def in_features(self) -> tuple[int, int, int]:
+        c, h, w = self.config["in_features"]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
+    def tap_names(self) -> list[str]:
+        """LightCL's feature taps: first conv of the head (after BN+ReLU), every block, logits."""
+        names = []
+        if self.blocks and isinstance(self.blocks[0], BasicBlock):
+            names.append(f"{self.block_names[0]}.conv1")
+        names += self.block_names
+        names.append("logits")
+        return names
+
+    def forward(self, f: Tensor, return_taps: bool = False):
+        taps: dict[str, Tensor] = {}
+        x = f
+        for i, (name, block) in enumerate(zip(self.block_names, self.blocks)):
+            if i == 0 and isinstance(block, BasicBlock) and return_taps:
+                h = block.first_conv(x)
+                taps[f"{name}.conv1"] = h
+                x = block.rest(x, h)
+            else:
+                x = block(x)
+            if return_taps:
+                taps[name] = x
+        logits = self.fc(torch.flatten(self.pool(x), 1))
+        if return_taps:
+            taps["logits"] = logits
+            return logits, taps
+        return logits
+
+    def expand_classes(self, num_classes: int) -> None:
+        """Grow the classifier to ``num_classes`` outputs, keeping the learned rows."""
+        old = self.fc
+        if num_classes <= old.out_features:
+            return
+        new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight[: old.out_features] = old.weight
+            new.bias[: old.out_features] = old.bias
+        self.fc = new
+        self.config["num_classes"] = num_classes
+
+    def check_features(self, f: Tensor) -> None:
+        if f.dim() != 4 or tuple(f.shape[1:]) != self.in_features:
+            raise ShapeError(
+                f"head expects features [N, {', '.join(map(str, self.in_features))}], got {list(f.shape)}"
+            )
+
+    # --- persistence (safetensors + config in its metadata) ---
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save
+
+        from .fileio import write_bytes_atomic
+
+        meta = {"format": HEAD_FORMAT, "config": json.dumps(self.config, sort_keys=True)}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        write_bytes_atomic(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> "Head":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise StateError(f"head file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path), device=map_location)
+        except Exception as e:  # safetensors raises its own error types on corrupt headers
+            raise IntegrityError(f"{path} is not a readable safetensors file ({e})") from None
+        if meta.get("format") != HEAD_FORMAT or "config" not in meta:
+            raise IntegrityError(f"{path} is not a lightcl head (metadata format {meta.get('format')!r})")
+        config = json.loads(meta["config"])
+        head = cls(config)
+        try:
+            head.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise IntegrityError(f"{path}: tensors do not match the head config ({e})") from None
+        return head

@@ -1,0 +1,5 @@
+import sys
+
+from lightcl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""``lightcl`` command line: one verb per module in ``lightcl.commands``.
+
+Errors lightcl raises on purpose (``LightCLError``) print as one line with a non-zero exit code;
+only genuine bugs show a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help). A verb whose module does not exist yet says so and exits 2.
+VERBS: dict[str, tuple[str, str]] = {
+    "info": ("lightcl.commands.info", "versions, execution providers that really work, devices"),
+    "pretrain": ("lightcl.commands.pretrain", "train a backbone on a dataset (safetensors + json)"),
+    "export": ("lightcl.commands.export", "split a checkpoint: frozen part to ONNX (int8, TensorRT), head to safetensors"),
+    "learn": ("lightcl.commands.learn", "learn a class-incremental scenario continually with LightCL"),
+    "predict": ("lightcl.commands.predict", "predict labels with a learned state"),
+    "bench": ("lightcl.commands.bench", "benchmarks: latency, update, and method suites"),
+    "analyze": ("lightcl.commands.analyze", "layer analysis: learning plasticity and memory stability per block"),
+    "demo": ("lightcl.commands.demo", "the offline scenario end to end: pretrain, export, learn, report"),
+}
+
+
+def _load(verb: str):
+    mod, _ = VERBS[verb]
+    try:
+        return importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name == mod:
+            return None
+        raise
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    from lightcl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lightcl",
+        description="Edge continual learning: frozen feature extractor (ONNX Runtime / TensorRT) + trainable head.",
+    )
+    parser.add_argument("--version", action="version", version=f"lightcl {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    modules = {}
+    for verb, (_, help_) in VERBS.items():
+        mod = _load(verb)
+        modules[verb] = mod
+        p = sub.add_parser(verb, help=help_ + ("" if mod else " [not built yet]"),
+                           description=getattr(mod, "DESCRIPTION", help_))
+        if mod is not None:
+            mod.add_arguments(p)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lightcl.engine.errors import LightCLError
+
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 0
+    mod = modules[args.verb]
+    if mod is None:
+        print(f"lightcl {args.verb}: not built yet", file=sys.stderr)
+        return 2
+    try:
+        return int(mod.run(args) or 0)
+    except LightCLError as e:
+        print(f"lightcl {args.verb}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        print(f"lightcl {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""``lightcl info``: what this machine really has."""
+from __future__ import annotations
+
+import argparse
+import json
+
+DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package provides it), tensorrt; "
+               "the execution providers that really work (a tiny session per provider); CUDA devices; CPUs.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightcl.engine.runtime_info import collect, working_providers
+
+    info = collect()
+    info["execution_providers"] = working_providers()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [(k, v) for k, v in info.items() if k not in ("execution_providers", "cuda_devices")]
+    for k, v in rows:
+        print(f"{k:22s} {v if v is not None else 'not installed'}")
+    print("execution providers:")
+    for prov, status in info["execution_providers"].items():
+        print(f"  {prov:28s} {status}")
+    print("cuda devices:" + ("" if info["cuda_devices"] else " none"))
+    for d in info["cuda_devices"]:
+        print(f"  [{d['index']}] {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)")
+    return 0

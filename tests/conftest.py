@@ -1,0 +1,27 @@
+"""Shared fixtures: a width-16 ResNet-18 pretrained on digits, made once per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_ckpt(tmp_path_factory) -> Path:
+    """A real (tiny) pretrained backbone: resnet18 width 16, 3 epochs on digits (~6 s)."""
+    from lightcl.export.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("ckpt") / "digits16"
+    pretrain("digits", out, arch="resnet18", width=16, epochs=3, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's ~/.cache/lightcl from tests."""
+    monkeypatch.setenv("LIGHTCL_CACHE", str(tmp_path / "cache"))
+    yield
