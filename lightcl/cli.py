@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from lightcl.engine.errors import LightCLError
 
     parser, modules = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in modules and hasattr(modules[argv[0]], "rewrite_argv"):
+        argv = [argv[0], *modules[argv[0]].rewrite_argv(argv[1:])]
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
