@@ -43,19 +43,21 @@ class Head(nn.Module):
         return self.fc.out_features
 
     def tap_names(self) -> list[str]:
-        """LightCL's feature taps: first conv of the head (after BN+ReLU), every block, logits."""
+        """LightCL's feature taps, as in the authors' code: for every residual block of the head the
+        output of its first conv (after BN+ReLU) and the block's output; then the logits."""
         names = []
-        if self.blocks and isinstance(self.blocks[0], BasicBlock):
-            names.append(f"{self.block_names[0]}.conv1")
-        names += self.block_names
+        for name, block in zip(self.block_names, self.blocks):
+            if isinstance(block, BasicBlock):
+                names.append(f"{name}.conv1")
+            names.append(name)
         names.append("logits")
         return names
 
     def forward(self, f: Tensor, return_taps: bool = False):
         taps: dict[str, Tensor] = {}
         x = f
-        for i, (name, block) in enumerate(zip(self.block_names, self.blocks)):
-            if i == 0 and isinstance(block, BasicBlock) and return_taps:
+        for name, block in zip(self.block_names, self.blocks):
+            if return_taps and isinstance(block, BasicBlock):
                 h = block.first_conv(x)
                 taps[f"{name}.conv1"] = h
                 x = block.rest(x, h)
@@ -69,13 +71,27 @@ class Head(nn.Module):
             return logits, taps
         return logits
 
-    def expand_classes(self, num_classes: int) -> None:
-        """Grow the classifier to ``num_classes`` outputs, keeping the learned rows."""
+    def reset_classifier(self, num_classes: int, generator: torch.Generator | None = None) -> None:
+        """Fresh classifier for the continual-learning classes (xavier weights, zero bias), as the
+        authors replace the pretrained one."""
+        fc = nn.Linear(self.fc.in_features, num_classes).to(self.fc.weight.device)
+        with torch.no_grad():
+            bound = (6.0 / (fc.in_features + fc.out_features)) ** 0.5
+            fc.weight.uniform_(-bound, bound, generator=generator)
+            fc.bias.zero_()
+        self.fc = fc
+        self.config["num_classes"] = num_classes
+
+    def expand_classes(self, num_classes: int, generator: torch.Generator | None = None) -> None:
+        """Grow the classifier to ``num_classes`` outputs, keeping the learned rows (new rows: xavier)."""
         old = self.fc
         if num_classes <= old.out_features:
             return
         new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
+            bound = (6.0 / (new.in_features + new.out_features)) ** 0.5
+            new.weight.uniform_(-bound, bound, generator=generator)
+            new.bias.zero_()
             new.weight[: old.out_features] = old.weight
             new.bias[: old.out_features] = old.bias
         self.fc = new

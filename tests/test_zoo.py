@@ -51,7 +51,7 @@ def test_head_taps_and_roundtrip(tmp_path):
 
     m = create_backbone("resnet18", width=16).eval()
     _, head = split_backbone(m, "layer3")
-    assert head.tap_names() == ["layer4.0.conv1", "layer4.0", "layer4.1", "logits"]
+    assert head.tap_names() == ["layer4.0.conv1", "layer4.0", "layer4.1.conv1", "layer4.1", "logits"]
     f = torch.randn(3, *head.config["in_features"])
     logits, taps = head.eval()(f, return_taps=True)
     assert set(taps) == set(head.tap_names())

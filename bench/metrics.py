@@ -1,0 +1,36 @@
+"""Continual-learning metrics from the accuracy matrix R[t][i] (accuracy on task i after task t)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def final_average(R: Sequence[Sequence[float]]) -> float:
+    return sum(R[-1]) / len(R[-1]) if R and R[-1] else 0.0
+
+
+def forgetting(R: Sequence[Sequence[float]]) -> float:
+    """Mean over tasks i < T-1 of (best accuracy on i before the end) - (final accuracy on i)."""
+    if len(R) < 2:
+        return 0.0
+    T = len(R)
+    vals = []
+    for i in range(T - 1):
+        best = max(R[t][i] for t in range(i, T - 1) if i < len(R[t]))
+        vals.append(best - R[-1][i])
+    return sum(vals) / len(vals)
+
+
+def backward_transfer(R: Sequence[Sequence[float]]) -> float:
+    """Mean over tasks i < T-1 of R[T-1][i] - R[i][i] (negative = forgetting)."""
+    if len(R) < 2:
+        return 0.0
+    T = len(R)
+    return sum(R[-1][i] - R[i][i] for i in range(T - 1)) / (T - 1)
+
+
+def summarize(til: Sequence[Sequence[float]], cil: Sequence[Sequence[float]]) -> dict:
+    return {
+        "final_til": final_average(til), "final_cil": final_average(cil),
+        "forgetting_til": forgetting(til), "forgetting_cil": forgetting(cil),
+        "bwt_til": backward_transfer(til), "bwt_cil": backward_transfer(cil),
+    }

@@ -1,0 +1,53 @@
+"""Named scenarios (DESIGN.md): what to pretrain on, what to learn continually, and how long."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from lightcl.engine.errors import InputError
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    pretrain_dataset: str
+    cl_dataset: str
+    n_tasks: int
+    classes_per_task: int
+    width: int
+    pretrain_epochs: int
+    epochs: int  # per task
+    batch_size: int = 32
+    split: str = "layer3"
+    class_order_seed: int | None = None  # None = natural order 0..K-1 (as the authors' Split CIFAR-10)
+    augment: bool = True  # random crop with padding 4 during continual training (Mammoth's seq-cifar10)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "smoke": Scenario(
+        "smoke", "digits", "digits", 5, 2, width=16, pretrain_epochs=3, epochs=3,
+        description="width-16 ResNet-18 pretrained on digits; Split digits 5x2. Seconds; CI."),
+    "offline": Scenario(
+        "offline", "fashion-mnist", "mnist-5k", 5, 2, width=32, pretrain_epochs=2, epochs=5,
+        description="backbone pretrained on Fashion-MNIST (train); Split MNIST-5k 5x2 (80/20, seeded)."),
+    "offline-hard": Scenario(
+        "offline-hard", "mnist-5k+digits", "fashion-mnist", 5, 2, width=32, pretrain_epochs=5, epochs=5,
+        description="backbone pretrained on MNIST-5k + digits; Split Fashion-MNIST 5x2."),
+    "paper-cifar10": Scenario(
+        "paper-cifar10", "imagenet32", "cifar10", 5, 2, width=64, pretrain_epochs=30, epochs=50,
+        description="the paper's Table 1: ImageNet32 pretraining, Split CIFAR-10 5x2, 50 epochs per task."),
+    "paper-tinyimg": Scenario(
+        "paper-tinyimg", "imagenet32", "tinyimagenet", 10, 20, width=64, pretrain_epochs=30, epochs=100,
+        description="the paper's Tiny-ImageNet setting: 10 tasks x 20 classes, 100 epochs per task."),
+}
+
+
+def get_scenario(name: str, **overrides) -> Scenario:
+    if name not in SCENARIOS:
+        raise InputError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    s = SCENARIOS[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(s, **overrides) if overrides else s

@@ -1,0 +1,340 @@
+"""The LightCL learner: a frozen extractor + a trainable head kept from forgetting by the
+feature-pattern memory.
+
+Mammoth-style contract: ``begin_task`` / ``observe`` (one batch at a time, so a robot can feed frames
+as they arrive) / ``end_task``; ``predict`` and ``evaluate`` for inference. The loss is built from
+weighted components (Renate-style): cross-entropy on the task's logit slice + ``beta`` x the
+feature-pattern penalty. Defaults reproduce the authors' code; every departure is a named option.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import InputError, ShapeError, UnknownTaskError
+from .head import Head
+from .memory import FeaturePatternMemory
+from .validate import check_images, check_labels
+
+BUFFER_POLICIES = ("new-task-first-batch", "reservoir")
+LOSS_SLICES = ("task", "all")
+
+
+@dataclass
+class LightCLConfig:
+    """Options. Defaults = the authors' code (SGD lr 0.01, beta 2e-4, N=15, ratio 0.15)."""
+
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    beta: float = 2e-4
+    buffer_size: int = 15
+    ratio: float = 0.15
+    # new-task-first-batch: the first N samples of the new task's first batch (authors' code);
+    # reservoir: reservoir sample of old tasks' samples (the paper's text).
+    buffer_policy: str = "new-task-first-batch"
+    # task: cross-entropy on the current task's logit slice (authors' code); all: over all seen classes.
+    loss_slice: str = "task"
+    # Fixed classifier size; None = expandable classifier that grows as tasks bring classes.
+    num_classes: int | None = None
+    # Replace the pretrained classifier by a fresh one for the continual-learning classes (authors).
+    reset_classifier: bool = True
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.buffer_policy not in BUFFER_POLICIES:
+            raise InputError(f"buffer_policy must be one of {BUFFER_POLICIES}, got {self.buffer_policy!r}")
+        if self.loss_slice not in LOSS_SLICES:
+            raise InputError(f"loss_slice must be one of {LOSS_SLICES}, got {self.loss_slice!r}")
+        if not (0.0 < self.ratio <= 1.0):
+            raise InputError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.buffer_size < 0 or self.lr <= 0 or self.beta < 0:
+            raise InputError("buffer_size >= 0, lr > 0 and beta >= 0 are required")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise InputError("num_classes must be >= 1 (or None for an expandable classifier)")
+
+
+class LightCL:
+    """Continual learner. ``extractor``: callable images -> frozen features (any backend)."""
+
+    def __init__(self, extractor, head: Head, **options: Any) -> None:
+        known = {f.name for f in fields(LightCLConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown LightCL option(s) {unknown}; known: {sorted(known)}")
+        self.config = LightCLConfig(**options)
+        self.config.validate()
+        self.extractor = extractor
+        self.device = torch.device(self.config.device)
+        self.head = head.to(self.device)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        if self.config.reset_classifier:
+            self.head.reset_classifier(self.config.num_classes or 0, generator=self.generator)
+        self.memory = FeaturePatternMemory(self.config.buffer_size, self.config.ratio)
+        self.tasks: dict[int, list[int]] = {}
+        self.class_index: dict[int, int] = {}
+        self.current_task: int | None = None
+        self.finished_tasks: list[int] = []
+        self.counters = {"steps": 0, "skipped_nonfinite": 0}
+        self.metrics: dict[str, list] = {"til": [], "cil": [], "tasks": []}
+        self.extra: dict[str, Any] = {}  # JSON-able values the application wants saved with the state
+        self._pending_capture = False
+        self._last_features: Tensor | None = None
+        self._lock = threading.RLock()  # one head version for predict while observe trains
+        self.optimizer = self._make_optimizer()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def frozen_id(self) -> str | None:
+        return getattr(self.extractor, "frozen_id", None)
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        meta = getattr(self.extractor, "meta", None) or {}
+        shp = meta.get("input_shape")
+        return tuple(shp) if shp else None
+
+    def _make_optimizer(self, old: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+        opt = torch.optim.SGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
+                              weight_decay=self.config.weight_decay)
+        if old is not None:  # keep momentum of the parameters that survived (classifier growth)
+            for p in self.head.parameters():
+                if p in old.state:
+                    opt.state[p] = old.state[p]
+        return opt
+
+    @torch.no_grad()
+    def extract(self, x: Tensor) -> Tensor:
+        """Frozen features of a batch of images (never trains, never keeps a graph)."""
+        f = self.extractor(x)
+        if not isinstance(f, Tensor):
+            f = torch.as_tensor(f)
+        f = f.to(self.device, torch.float32)
+        if f.dim() != 4 or tuple(f.shape[1:]) != self.head.in_features:
+            raise ShapeError(f"the extractor gives features {list(f.shape)} but the head expects "
+                             f"[N, {', '.join(map(str, self.head.in_features))}]: head and export do not match")
+        return f
+
+    def _check_x(self, x) -> Tensor:
+        return check_images(x, self.input_shape).to(self.device)
+
+    def seen_indices(self) -> list[int]:
+        return sorted(self.class_index.values())
+
+    def task_indices(self, task_id: int) -> list[int]:
+        if task_id not in self.tasks:
+            raise UnknownTaskError(f"unknown task id {task_id}; known tasks: {sorted(self.tasks)}")
+        return [self.class_index[c] for c in self.tasks[task_id]]
+
+    def _labels_to_index(self, y: Tensor) -> Tensor:
+        lut = torch.full((max(self.class_index) + 1,), -1, dtype=torch.long)
+        for c, i in self.class_index.items():
+            lut[c] = i
+        return lut[y]
+
+    def _index_to_labels(self, idx: Tensor) -> Tensor:
+        inv = torch.empty(max(self.class_index.values()) + 1, dtype=torch.long)
+        for c, i in self.class_index.items():
+            inv[i] = c
+        return inv[idx.cpu()]
+
+    def _bn_buffers(self) -> list[Tensor]:
+        return [b.detach().clone() for b in self.head.buffers()]
+
+    def _restore_bn(self, saved: list[Tensor]) -> None:
+        with torch.no_grad():
+            for b, s in zip(self.head.buffers(), saved):
+                b.copy_(s)
+
+    # ------------------------------------------------------------------ task hooks
+    def begin_task(self, task_id: int, classes: Sequence[int]) -> None:
+        """Announce a task and its classes (integer labels, disjoint from earlier tasks' classes)."""
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
+            raise InputError(f"task_id must be a non-negative int, got {task_id!r}")
+        try:
+            classes = [int(c) for c in classes]
+        except (TypeError, ValueError):
+            raise InputError(f"classes must be integers, got {classes!r}") from None
+        if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+            raise InputError(f"classes must be distinct non-negative integers, got {classes}")
+        if self.current_task is not None:
+            raise InputError(f"task {self.current_task} is still open: call end_task() first")
+        if task_id in self.tasks:
+            if task_id in self.finished_tasks:
+                raise InputError(f"task {task_id} was already learned")
+            if self.tasks[task_id] != classes:
+                raise InputError(f"task {task_id} was announced with classes {self.tasks[task_id]}")
+        owned = {c: t for t, cs in self.tasks.items() for c in cs if t != task_id}
+        clash = sorted(c for c in classes if c in owned)
+        if clash:
+            raise InputError(f"classes {clash} already belong to earlier tasks (class-incremental tasks are disjoint)")
+        new = [c for c in classes if c not in self.class_index]
+        capacity = self.config.num_classes
+        if capacity is not None and len(self.class_index) + len(new) > capacity:
+            raise InputError(f"the classifier has {capacity} outputs; {len(self.class_index) + len(new)} classes "
+                             "would not fit (use num_classes=None for an expandable classifier)")
+        with self._lock:
+            for c in new:
+                self.class_index[c] = len(self.class_index)
+            if capacity is None and len(self.class_index) > self.head.num_classes:
+                self.head.expand_classes(len(self.class_index), generator=self.generator)
+                self.optimizer = self._make_optimizer(self.optimizer)
+            self.tasks[task_id] = classes
+            self.current_task = task_id
+            self._last_features = None
+            if self.finished_tasks and self.config.buffer_size > 0:
+                if self.config.buffer_policy == "new-task-first-batch":
+                    self._pending_capture = True
+                elif len(self.memory):
+                    _, taps = self._taps(self.memory.features)
+                    self.memory.record_targets(taps, self.memory.origin != task_id)
+
+    @torch.no_grad()
+    def _taps(self, features: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Head taps in train mode (as the authors record them), no graph."""
+        self.head.train()
+        return self.head(features, return_taps=True)
+
+    def observe(self, x: Tensor, y) -> dict[str, float]:
+        """One update step on a batch of the current task. Returns the loss terms."""
+        if self.current_task is None:
+            raise InputError("no open task: call begin_task(task_id, classes) first")
+        x = self._check_x(x)
+        y = check_labels(y, x.shape[0], self.tasks[self.current_task]).to(self.device)
+        t0 = time.perf_counter()
+        feats = self.extract(x)
+        task = self.current_task
+        with self._lock:
+            if self._pending_capture:
+                self.memory.set_buffer(feats, y, task)
+                _, taps = self._taps(self.memory.features)
+                self.memory.record_targets(taps)
+                self._pending_capture = False
+            saved_bn = self._bn_buffers()
+            self.head.train()
+            logits = self.head(feats)
+            idx = self.task_indices(task) if self.config.loss_slice == "task" else self.seen_indices()
+            target_idx = self._labels_to_index(y)
+            pos = torch.full((self.head.num_classes,), -1, dtype=torch.long, device=self.device)
+            pos[torch.tensor(idx, device=self.device)] = torch.arange(len(idx), device=self.device)
+            ce = F.cross_entropy(logits[:, idx], pos[target_idx])
+            fp = torch.zeros((), device=self.device)
+            if self.config.beta > 0 and self.memory.active():
+                _, taps = self.head(self.memory.features, return_taps=True)
+                fp = self.memory.penalty(taps, self.config.beta)
+            loss = ce + fp
+            out = {"loss": float(loss.detach()), "ce": float(ce.detach()), "feature_pattern": float(fp.detach()),
+                   "skipped": 0}
+            if not torch.isfinite(loss):
+                self._restore_bn(saved_bn)
+                self.counters["skipped_nonfinite"] += 1
+                out["skipped"] = 1
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.counters["steps"] += 1
+            if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
+                self.memory.reservoir_add(feats, y, task, self.generator)
+            self._last_features = feats
+        out["step_ms"] = (time.perf_counter() - t0) * 1000.0
+        return out
+
+    def end_task(self, x: Tensor | None = None) -> None:
+        """Close the task: vital channels from a batch of its data (default: the last observed batch)."""
+        if self.current_task is None:
+            raise InputError("no open task to end")
+        feats = self.extract(self._check_x(x)) if x is not None else self._last_features
+        if feats is None:
+            raise InputError(f"task {self.current_task} saw no data: observe() a batch or pass end_task(x)")
+        with self._lock:
+            _, taps = self._taps(feats)
+            self.memory.update_masks(taps)
+            self.finished_tasks.append(self.current_task)
+            self.current_task = None
+            self._last_features = None
+            self._pending_capture = False
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        x = self._check_x(x)
+        feats = self.extract(x)
+        with self._lock:
+            was = self.head.training
+            self.head.eval()
+            try:
+                return self.head(feats)
+            finally:
+                self.head.train(was)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, mode: str = "cil", task_id: int | None = None) -> Tensor:
+        """Labels: ``cil`` = argmax over every class seen; ``til`` = argmax inside ``task_id``'s classes."""
+        if mode not in ("cil", "til"):
+            raise InputError(f"mode must be 'cil' or 'til', got {mode!r}")
+        if not self.class_index:
+            raise InputError("the learner has seen no class yet")
+        if mode == "til":
+            if task_id is None:
+                raise InputError("mode='til' needs task_id")
+            idx = self.task_indices(task_id)
+        else:
+            idx = self.seen_indices()
+        out = self.logits(x)[:, idx]
+        return self._index_to_labels(torch.tensor(idx)[out.argmax(1).cpu()])
+
+    @torch.no_grad()
+    def evaluate(self, stream: Iterable[tuple[int, Iterable[tuple[Tensor, Tensor]]]], record: bool = True) -> dict:
+        """Accuracy per task (TIL and CIL from one pass). ``stream``: (task_id, batches of (x, y)).
+
+        With ``record`` the row is appended to the accuracy matrices in ``self.metrics``.
+        """
+        til, cil, ids = [], [], []
+        for task_id, batches in stream:
+            tidx = torch.tensor(self.task_indices(task_id))
+            sidx = torch.tensor(self.seen_indices())
+            n = ct = cc = 0
+            for x, y in batches:
+                logits = self.logits(x).cpu()
+                y = y.cpu().long()
+                ct += int((self._index_to_labels(tidx[logits[:, tidx].argmax(1)]) == y).sum())
+                cc += int((self._index_to_labels(sidx[logits[:, sidx].argmax(1)]) == y).sum())
+                n += len(y)
+            til.append(ct / max(1, n))
+            cil.append(cc / max(1, n))
+            ids.append(task_id)
+        if record:
+            self.metrics["til"].append(til)
+            self.metrics["cil"].append(cil)
+            self.metrics["tasks"].append(ids)
+        return {"til": til, "cil": cil, "tasks": ids}
+
+    # ------------------------------------------------------------------ state
+    def save(self, directory) -> None:
+        from .state import save_state
+
+        with self._lock:
+            save_state(self, directory)
+
+    @classmethod
+    def load(cls, directory, extractor, device: str | None = None) -> "LightCL":
+        from .state import load_state
+
+        return load_state(cls, directory, extractor, device=device)
+
+    def memory_report(self) -> dict:
+        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks."""
+        params = sum(p.numel() * p.element_size() for p in self.head.parameters())
+        opt = sum(v.numel() * v.element_size() for st in self.optimizer.state.values() for v in st.values()
+                  if isinstance(v, Tensor))
+        return {"head_weights_bytes": params, "head_grads_bytes": params, "optimizer_bytes": opt,
+                "memory_bytes": self.memory.nbytes()}

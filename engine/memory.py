@@ -1,0 +1,135 @@
+"""Memorize Feature Patterns: the buffer (frozen features, never images), target taps, vital channels.
+
+The buffer holds frozen-extractor features of a few samples and the head's taps on them at the
+start of a task. Vital channels of each tap are the ``ratio`` of channels with the largest summed
+|activation| on the task's data, OR-ed across tasks. The penalty pins the vital channels of the
+head's current taps on the buffer to their targets.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def vital_channels(activation: Tensor, ratio: float) -> Tensor:
+    """Bool mask ``[C]``: channels whose summed |activation| over (sample, h, w) is in the top ``ratio``.
+
+    Same rule as the authors' code: keep ``int(C * ratio + 0.5)`` channels, ties at the threshold kept.
+    """
+    if activation.dim() != 4:
+        raise ValueError(f"vital_channels expects [N, C, H, W], got {list(activation.shape)}")
+    c = activation.shape[1]
+    score = activation.detach().abs().sum(dim=(0, 2, 3))
+    n_keep = int(c * ratio + 0.5)
+    k = max(1, c - n_keep)
+    threshold = torch.kthvalue(score.flatten().float().cpu(), k).values.to(score.device)
+    return score >= threshold
+
+
+class FeaturePatternMemory:
+    """Buffer features + labels + task of origin, target taps per name, OR-ed masks per conv tap."""
+
+    def __init__(self, buffer_size: int = 15, ratio: float = 0.15) -> None:
+        self.buffer_size = int(buffer_size)
+        self.ratio = float(ratio)
+        self.features: Tensor | None = None  # [B, C, H, W] frozen features
+        self.labels: Tensor | None = None  # [B]
+        self.origin: Tensor | None = None  # [B] task id the sample came from
+        self.targets: dict[str, Tensor] = {}  # tap -> [B, ...] head taps when recorded
+        self.target_valid: Tensor | None = None  # [B] bool: has a target (reservoir samples of the current task do not)
+        self.masks: dict[str, Tensor] = {}  # conv tap -> [C] bool
+        self.seen = 0  # samples offered to the reservoir
+
+    def __len__(self) -> int:
+        return 0 if self.features is None else int(self.features.shape[0])
+
+    # ---- buffer policies
+    def set_buffer(self, features: Tensor, labels: Tensor, task_id: int) -> None:
+        """``new-task-first-batch``: replace the buffer with these samples."""
+        n = min(self.buffer_size, features.shape[0])
+        self.features = features[:n].detach().clone()
+        self.labels = labels[:n].detach().clone()
+        self.origin = torch.full((n,), int(task_id), dtype=torch.long)
+        self.targets = {}
+        self.target_valid = torch.zeros(n, dtype=torch.bool)
+
+    def reservoir_add(self, features: Tensor, labels: Tensor, task_id: int, generator: torch.Generator) -> None:
+        """``reservoir``: classic reservoir sampling over every sample observed (Vitter's algorithm R)."""
+        for i in range(features.shape[0]):
+            self.seen += 1
+            if len(self) < self.buffer_size:
+                f = features[i: i + 1].detach().clone()
+                self.features = f if self.features is None else torch.cat([self.features, f])
+                lab = labels[i: i + 1].detach().clone()
+                self.labels = lab if self.labels is None else torch.cat([self.labels, lab])
+                o = torch.tensor([int(task_id)])
+                self.origin = o if self.origin is None else torch.cat([self.origin, o])
+                v = torch.zeros(1, dtype=torch.bool)
+                self.target_valid = v if self.target_valid is None else torch.cat([self.target_valid, v])
+                for name in list(self.targets):  # keep shapes aligned; the new row has no target yet
+                    t = self.targets[name]
+                    self.targets[name] = torch.cat([t, torch.zeros_like(t[:1])])
+            else:
+                j = int(torch.randint(0, self.seen, (1,), generator=generator))
+                if j < self.buffer_size:
+                    self.features[j] = features[i].detach()
+                    self.labels[j] = labels[i]
+                    self.origin[j] = int(task_id)
+                    self.target_valid[j] = False
+
+    def record_targets(self, taps: dict[str, Tensor], valid: Tensor | None = None) -> None:
+        self.targets = {k: v.detach().clone() for k, v in taps.items()}
+        self.target_valid = torch.ones(len(self), dtype=torch.bool) if valid is None else valid.clone()
+
+    # ---- masks
+    def update_masks(self, taps: dict[str, Tensor]) -> None:
+        for name, act in taps.items():
+            if act.dim() != 4:
+                continue  # logits are regularised unmasked
+            m = vital_channels(act, self.ratio)
+            self.masks[name] = m if name not in self.masks else (self.masks[name] | m)
+
+    # ---- the regulariser
+    def active(self) -> bool:
+        return len(self) > 0 and bool(self.targets) and bool(self.target_valid is not None and self.target_valid.any())
+
+    def penalty(self, taps: dict[str, Tensor], beta: float) -> Tensor:
+        """beta * sum over taps of sum_(n,c,h,w) mask_c (F_new - F_old)^2; logits unmasked. Sums, not means."""
+        total = None
+        valid = self.target_valid
+        for name, new in taps.items():
+            old = self.targets[name]
+            diff = new - old
+            if valid is not None and not bool(valid.all()):
+                diff = diff[valid]
+            if diff.dim() == 4 and self.ratio < 1.0 and name in self.masks:
+                diff = diff * self.masks[name].to(diff.dtype).view(1, -1, 1, 1)
+            term = beta * diff.pow(2).sum()
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros(())
+
+    # ---- persistence
+    def tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if self.features is not None:
+            out["buffer.features"] = self.features
+            out["buffer.labels"] = self.labels
+            out["buffer.origin"] = self.origin
+            out["buffer.target_valid"] = self.target_valid.to(torch.uint8)
+        for k, v in self.targets.items():
+            out[f"target.{k}"] = v
+        for k, v in self.masks.items():
+            out[f"mask.{k}"] = v.to(torch.uint8)
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def load_tensors(self, t: dict[str, Tensor]) -> None:
+        self.features = t.get("buffer.features")
+        self.labels = t.get("buffer.labels")
+        self.origin = t.get("buffer.origin")
+        tv = t.get("buffer.target_valid")
+        self.target_valid = tv.bool() if tv is not None else None
+        self.targets = {k[len("target."):]: v for k, v in t.items() if k.startswith("target.")}
+        self.masks = {k[len("mask."):]: v.bool() for k, v in t.items() if k.startswith("mask.")}
+
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.tensors().values())
