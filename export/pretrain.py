@@ -37,14 +37,21 @@ def evaluate(model, data: TensorData, pre: Preprocess, batch_size: int = 256) ->
 
 def pretrain(dataset: str, out: str | Path, arch: str = "resnet18", width: int = 64, epochs: int = 10,
              batch_size: int = 64, lr: float = 0.05, seed: int = 0, data_path: str | None = None,
-             threads: int | None = None, progress: bool = True) -> dict:
+             threads: int | None = None, subset: int | None = None, progress: bool = True) -> dict:
     """Train ``arch`` on ``dataset`` (SGD+momentum, cosine schedule, crop augmentation) and save it."""
     from tqdm import tqdm
 
     if threads:
         torch.set_num_threads(threads)
     gen = set_seed(seed)
-    train = TensorData(load_dataset(dataset, "train", data_path))
+    train_ds = load_dataset(dataset, "train", data_path)
+    if subset is not None and subset < len(train_ds):
+        # a seeded, class-balanced subset: the demo's time budget on a 2-core CPU
+        from lightcl.bench.data import _seeded_split
+
+        keep = _seeded_split(len(train_ds), train_ds.y, "test", test_fraction=subset / len(train_ds), seed=seed)
+        train_ds = train_ds.subset(keep)
+    train = TensorData(train_ds)
     test = TensorData(load_dataset(dataset, "test", data_path))
     mean, std = train.stats()
     pre = Preprocess(mean, std, size=32, crop_padding=4, hflip=dataset in FLIP_OK)
@@ -73,7 +80,7 @@ def pretrain(dataset: str, out: str | Path, arch: str = "resnet18", width: int =
         epoch_times.append(time.perf_counter() - t0)
     acc = evaluate(model, test, Preprocess(mean, std))
     meta = {
-        "dataset": dataset, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+        "dataset": dataset, "epochs": epochs, "seed": seed, "subset": subset, "batch_size": batch_size, "lr": lr,
         "classes": train.classes, "input_size": [3, 32, 32],
         "normalization": {"mean": mean, "std": std, "scale": "0-1"},
         "test_accuracy": acc, "train_size": len(train), "test_size": len(test),

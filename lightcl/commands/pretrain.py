@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=int, default=None, help="train on a seeded class-balanced subset of N images")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="output path prefix: writes OUT.safetensors and OUT.json")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     meta = pretrain(args.dataset, args.out, arch=args.arch, width=args.width, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_path=args.data_path,
-                    threads=args.threads)
+                    threads=args.threads, subset=args.subset)
     per_epoch = sum(meta["epoch_seconds"]) / max(1, len(meta["epoch_seconds"]))
     print(f"pretrained {args.arch} width {args.width} on {args.dataset}: test accuracy {meta['test_accuracy']:.4f} "
           f"({per_epoch:.1f} s/epoch)")

@@ -1,0 +1,74 @@
+"""``lightcl learn DIR --scenario NAME --state STATE``: continual learning with the engine."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = ("Learn a class-incremental scenario with LightCL on an export directory: progress per task, "
+               "TIL and CIL accuracy matrices after each task, state saved after each task (--resume continues).")
+
+
+def add_learner_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LightCL options (defaults = the authors' code)")
+    g.add_argument("--lr", type=float, default=None, help="SGD learning rate (0.01)")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (0)")
+    g.add_argument("--beta", type=float, default=None, help="feature-pattern weight (2e-4); 0 disables the memory")
+    g.add_argument("--buffer-size", type=int, default=None, help="buffered samples N (15)")
+    g.add_argument("--ratio", type=float, default=None, help="vital-channel ratio (0.15)")
+    g.add_argument("--buffer-policy", choices=["new-task-first-batch", "reservoir"], default=None)
+    g.add_argument("--loss-slice", choices=["task", "all"], default=None,
+                   help="cross-entropy over the task's logits (task, authors) or all seen classes (all)")
+    g.add_argument("--expandable", action="store_true", help="grow the classifier as classes arrive")
+    g.add_argument("--seed", type=int, default=None)
+
+
+def learner_options(args: argparse.Namespace) -> dict:
+    keys = ["lr", "momentum", "beta", "buffer_size", "ratio", "buffer_policy", "loss_slice", "seed"]
+    opts = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "expandable", False):
+        opts["num_classes"] = None
+    return opts
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", metavar="DIR", help="export directory (from `lightcl export`)")
+    p.add_argument("--scenario", default="smoke", help="smoke, offline, offline-hard, paper-cifar10, paper-tinyimg")
+    p.add_argument("--backend", default="auto", help="auto, torch, ort, ort-int8, tensorrt")
+    p.add_argument("--device", default="cpu", help="extractor device (cpu, cuda)")
+    p.add_argument("--frozen-bn", choices=["eval", "train"], default=None,
+                   help="torch backend only: train = the authors' drifting frozen BN statistics")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--state", required=True, help="state directory (written atomically after each task)")
+    p.add_argument("--resume", action="store_true", help="continue after the last finished task in --state")
+    p.add_argument("--max-tasks", type=int, default=None, help="stop after this many tasks (resume later)")
+    p.add_argument("--data-path", default=None, help="explicit location of the scenario's dataset")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the head")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_learner_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightcl.bench.runner import learn_scenario
+    from lightcl.bench.scenarios import get_scenario
+    from lightcl.engine.fileio import write_json_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scenario = get_scenario(args.scenario, epochs=args.epochs, batch_size=args.batch_size)
+    ext_opts = {"device": args.device}
+    if args.frozen_bn:
+        ext_opts["frozen_bn"] = args.frozen_bn
+    res = learn_scenario(args.export_dir, scenario, args.state, backend=args.backend, resume=args.resume,
+                         learner_options=learner_options(args), extractor_options=ext_opts,
+                         data_path=args.data_path, max_tasks=args.max_tasks, progress=not args.quiet)
+    print(f"final TIL {100 * res['final_til']:.2f}%  CIL {100 * res['final_cil']:.2f}%  "
+          f"forgetting TIL {100 * res['forgetting_til']:.2f}  CIL {100 * res['forgetting_cil']:.2f}  "
+          f"step {res['step_ms']:.1f} ms  peak RSS {res['peak_rss_mib']:.0f} MiB" if res["til"] else "no task learned")
+    print(f"state: {args.state}")
+    if args.json:
+        write_json_atomic(args.json, res)
+        print(f"results: {args.json}")
+    return 0
