@@ -74,7 +74,11 @@ class Head(nn.Module):
     def reset_classifier(self, num_classes: int, generator: torch.Generator | None = None) -> None:
         """Fresh classifier for the continual-learning classes (xavier weights, zero bias), as the
         authors replace the pretrained one."""
-        fc = nn.Linear(self.fc.in_features, num_classes).to(self.fc.weight.device)
+        import warnings
+
+        with warnings.catch_warnings():  # an expandable classifier starts with 0 outputs
+            warnings.simplefilter("ignore", UserWarning)
+            fc = nn.Linear(self.fc.in_features, num_classes).to(self.fc.weight.device)
         with torch.no_grad():
             bound = (6.0 / (fc.in_features + fc.out_features)) ** 0.5
             fc.weight.uniform_(-bound, bound, generator=generator)

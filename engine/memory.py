@@ -14,7 +14,9 @@ from torch import Tensor
 def vital_channels(activation: Tensor, ratio: float) -> Tensor:
     """Bool mask ``[C]``: channels whose summed |activation| over (sample, h, w) is in the top ``ratio``.
 
-    Same rule as the authors' code: keep ``int(C * ratio + 0.5)`` channels, ties at the threshold kept.
+    Same rule as the authors' code: ``n_keep = int(C * ratio + 0.5)`` and the threshold is the
+    ``(C - n_keep)``-th smallest score, kept inclusively, so ``n_keep + 1`` channels survive when scores
+    are distinct (their off-by-one, reproduced on purpose; ties at the threshold are kept too).
     """
     if activation.dim() != 4:
         raise ValueError(f"vital_channels expects [N, C, H, W], got {list(activation.shape)}")

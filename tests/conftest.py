@@ -25,3 +25,13 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's ~/.cache/lightcl from tests."""
     monkeypatch.setenv("LIGHTCL_CACHE", str(tmp_path / "cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def digits_export(digits_ckpt, tmp_path_factory) -> Path:
+    """The digits backbone split at layer3 and exported (frozen.onnx, head.safetensors, meta.json)."""
+    from lightcl.export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("export") / "digits16-layer3"
+    export_checkpoint(digits_ckpt, out, split="layer3", progress=False)
+    return out
