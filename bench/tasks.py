@@ -42,9 +42,12 @@ def split_tasks(y_train: np.ndarray, y_test: np.ndarray, n_tasks: int, classes_p
     if n_tasks * classes_per_task > len(order):
         raise InputError(f"{n_tasks} tasks x {classes_per_task} classes need {n_tasks * classes_per_task} "
                          f"classes, the order has {len(order)}")
+    if len(set(int(c) for c in order)) != len(order):
+        raise InputError(f"class order has repeated classes: {list(order)}")
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     tasks = []
     for t in range(n_tasks):
-        cls = list(order[t * classes_per_task:(t + 1) * classes_per_task])
+        cls = [int(c) for c in order[t * classes_per_task:(t + 1) * classes_per_task]]
         tasks.append(Task(t, cls, np.flatnonzero(np.isin(y_train, cls)), np.flatnonzero(np.isin(y_test, cls))))
     return tasks
 
