@@ -551,9 +551,32 @@ def list_datasets() -> list[str]:
 
 
 def load_dataset(name: str, split: str = "train", path: str | None = None) -> ImageDataset:
-    """Load a named dataset's split (``train`` or ``test``), following the resolution order."""
+    """Load a named dataset's split (``train`` or ``test``), following the resolution order.
+
+    ``"a+b"`` concatenates datasets with the same classes (e.g. ``mnist-5k+digits``), every image
+    resized to 32x32 first.
+    """
+    if "+" in name:
+        return combine_datasets([load_dataset(n, split, path) for n in name.split("+")], name)
     if name not in LOADERS:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
     if name == "folder" and not path:
         raise InputError("dataset 'folder' needs a path (--data-path DIR)")
     return LOADERS[name](split=split, path=path)
+
+
+def combine_datasets(parts: list[ImageDataset], name: str, size: int = 32) -> ImageDataset:
+    """Concatenate datasets that share a class list, resized to ``size`` x ``size``."""
+    from .transforms import resize_uint8, to_tensor_uint8
+
+    if any(p.classes != parts[0].classes for p in parts):
+        raise InputError(f"cannot combine {name}: the datasets have different classes")
+    channels = max(p.x.shape[-1] for p in parts)
+    xs = []
+    for p in parts:
+        t = resize_uint8(to_tensor_uint8(p.x), size)
+        if t.shape[1] != channels:
+            t = t.expand(-1, channels, -1, -1)
+        xs.append(t.permute(0, 2, 3, 1).contiguous().numpy())
+    return ImageDataset(name, parts[0].split, np.concatenate(xs), np.concatenate([p.y for p in parts]),
+                        list(parts[0].classes), " + ".join(p.source for p in parts))
