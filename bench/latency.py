@@ -1,0 +1,280 @@
+"""Extractor latency: each (backend, batch) timed in its own fresh Python process.
+
+A separate process per configuration keeps the figures honest: peak RSS is that backend's alone,
+session creation and the first run are really cold, and one runtime's thread pool cannot steal
+cores from the next. The worker is this module (``python -m lightcl.bench.latency --worker SPEC``).
+
+Per configuration: load (sha256 verification + session creation), first run, warm-up, then timed
+iterations (``iters`` or ``seconds``) under ``torch.inference_mode()`` with the same intra-op
+thread count for torch and onnxruntime. Reported: p50/p90/p99/mean ms, images/s (batch / mean),
+session creation ms, first-run ms, peak RSS MiB (``getrusage`` high-water mark of the worker).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_SECONDS = 2.0
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:
+        pass
+    return os.cpu_count() or 1
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
+
+
+def _rss_mib() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / (1 << 20)
+    except Exception:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ worker
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one configuration in this process (the worker side)."""
+    import numpy as np
+    import torch
+
+    from lightcl.engine.extractors import load_extractor
+
+    threads = int(spec["threads"])
+    torch.set_num_threads(threads)
+    backend, batch, device = spec["backend"], int(spec["batch"]), spec.get("device", "cpu")
+    opts: dict[str, Any] = {"threads": threads}
+    if backend.startswith("ort"):
+        opts["spin"] = bool(spec.get("spin", False))
+        if spec.get("graph_optimization"):
+            opts["graph_optimization"] = spec["graph_optimization"]
+    rss_base = _rss_mib()
+    t0 = time.perf_counter()
+    ext = load_extractor(spec["export_dir"], backend=backend, device=device, **opts)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    info = ext.info()
+    rss_loaded = _rss_mib()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *ext.meta["input_shape"], generator=gen)
+    cuda = torch.device(info.get("device", "cpu")).type == "cuda"
+    if cuda:
+        x = x.to(info["device"])
+
+    def call():
+        ext(x)
+        if cuda:
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        t = time.perf_counter()
+        call()
+        first_ms = (time.perf_counter() - t) * 1e3
+        iters, seconds = spec.get("iters"), spec.get("seconds")
+        warm = int(spec.get("warmup") if spec.get("warmup") is not None else (max(3, min(20, int(iters) // 10))
+                                                                              if iters else 10))
+        t_warm = time.perf_counter()
+        for _ in range(warm):
+            call()
+            if seconds and time.perf_counter() - t_warm > max(0.5, float(seconds) / 4):
+                break
+        times: list[float] = []
+        t_start = time.perf_counter()
+        while True:
+            t = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t) * 1e3)
+            if iters:
+                if len(times) >= int(iters):
+                    break
+            elif time.perf_counter() - t_start >= float(seconds or DEFAULT_SECONDS) and len(times) >= 5:
+                break
+    a = np.asarray(times)
+    mean = float(a.mean())
+    return {
+        "backend": backend, "batch": batch, "iters": len(times), "warmup": warm,
+        "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)), "mean_ms": mean, "min_ms": float(a.min()), "std_ms": float(a.std()),
+        "images_per_s": batch / (mean / 1e3), "session_create_ms": info.get("session_create_ms"),
+        "load_ms": load_ms, "first_run_ms": first_ms, "peak_rss_mib": _peak_rss_mib(),
+        "rss_before_load_mib": rss_base, "rss_after_load_mib": rss_loaded, "threads": threads,
+        "provider": info.get("provider"), "device": info.get("device"), "file": info.get("file"),
+        "spin": info.get("spin"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ parent
+def environment(threads: int) -> dict[str, Any]:
+    from lightcl.engine import runtime_info
+
+    env = {k: v for k, v in runtime_info.collect().items() if k != "cuda_devices"}
+    env["cuda_devices"] = runtime_info.cuda_devices()
+    env["threads"] = threads
+    env["physical_cores"] = physical_cores()
+    env["cpu_model"] = _cpu_model()
+    try:
+        env["loadavg_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    env["isolation"] = "one subprocess per (backend, batch)"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[int] = (1, 32),
+                iters: int | None = None, seconds: float | None = None, warmup: int | None = None,
+                threads: int | None = None, device: str = "cpu", spin: bool = False,
+                graph_optimization: str | None = None, timeout_s: float = 900.0, progress: bool = True) -> dict:
+    """Time every (backend, batch) in a fresh subprocess; return ``{"results": [...], "env": {...}}``."""
+    from lightcl.engine.errors import InputError
+    from lightcl.engine.export_dir import load_export_meta
+
+    from lightcl.engine.extractors import BACKENDS
+
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise InputError(f"unknown backend(s) {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
+    if any(int(b) < 1 for b in batches):
+        raise InputError("batch sizes must be >= 1")
+    if iters is not None and iters < 1:
+        raise InputError("--iters must be >= 1")
+    export_dir = Path(export_dir).absolute()
+    meta = load_export_meta(export_dir, verify=True)  # fail here, once, rather than in every worker
+    if "ort-int8" in backends and "frozen.int8.onnx" not in meta["files"]:
+        raise InputError(f"{export_dir} has no frozen.int8.onnx: export with --int8 to bench ort-int8")
+    threads = int(threads or physical_cores())
+    if iters is None and seconds is None:
+        seconds = DEFAULT_SECONDS
+    results: list[dict] = []
+    configs = [(b, int(n)) for b in backends for n in batches]
+    t_all = time.perf_counter()
+    for k, (backend, batch) in enumerate(configs, 1):
+        spec = {"export_dir": str(export_dir), "backend": backend, "batch": batch, "iters": iters, "seconds": seconds,
+                "warmup": warmup, "threads": threads, "device": device, "spin": spin,
+                "graph_optimization": graph_optimization}
+        if progress:
+            print(f"[latency] {k}/{len(configs)} {backend} batch {batch} ...", file=sys.stderr, end="", flush=True)
+        with tempfile.TemporaryDirectory(prefix="lightcl-lat-") as td:
+            out = Path(td) / "result.json"
+            cmd = [sys.executable, "-m", "lightcl.bench.latency", "--worker", json.dumps(spec), "--out", str(out)]
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+                rc, err = proc.returncode, proc.stderr
+            except subprocess.TimeoutExpired:
+                rc, err = -1, f"timed out after {timeout_s:.0f} s"
+            if rc == 0 and out.is_file():
+                res = json.loads(out.read_text())
+            else:
+                lines = [ln for ln in (err or "").strip().splitlines() if ln.strip()]
+                res = {"backend": backend, "batch": batch, "error": lines[-1] if lines else f"worker exit {rc}",
+                       "exit_code": rc}
+            res["wall_s"] = round(time.perf_counter() - t0, 3)
+        results.append(res)
+        if progress:
+            msg = f" p50 {res['p50_ms']:.3f} ms" if "p50_ms" in res else f" FAILED: {res['error']}"
+            print(msg, file=sys.stderr, flush=True)
+    _add_ratios(results)
+    return {"results": results, "env": environment(threads),
+            "config": {"export_dir": str(export_dir), "backends": list(backends), "batches": [int(b) for b in batches],
+                       "iters": iters, "seconds": seconds, "warmup": warmup, "threads": threads, "device": device,
+                       "spin": spin, "graph_optimization": graph_optimization or "all",
+                       "arch": meta.get("arch"), "width": meta.get("width"), "split": meta.get("split"),
+                       "frozen_id": meta["frozen_id"], "int8": meta.get("int8", {}).get("top1_agreement")},
+            "total_s": round(time.perf_counter() - t_all, 3)}
+
+
+def _add_ratios(results: list[dict]) -> None:
+    """p50 relative to torch (same batch) and int8 relative to ort fp32 (same batch)."""
+    p50 = {(r["backend"], r["batch"]): r["p50_ms"] for r in results if "p50_ms" in r}
+    for r in results:
+        if "p50_ms" not in r:
+            continue
+        t = p50.get(("torch", r["batch"]))
+        if t:
+            r["p50_vs_torch"] = r["p50_ms"] / t
+        f = p50.get(("ort", r["batch"]))
+        if f and r["backend"] == "ort-int8":
+            r["p50_vs_ort_fp32"] = r["p50_ms"] / f
+
+
+def format_table(report: dict) -> str:
+    cols = [("backend", "{}"), ("batch", "{}"), ("p50 ms", "{:.3f}"), ("p90 ms", "{:.3f}"), ("p99 ms", "{:.3f}"),
+            ("mean ms", "{:.3f}"), ("img/s", "{:.0f}"), ("create ms", "{:.1f}"), ("first ms", "{:.1f}"),
+            ("peak RSS MiB", "{:.0f}"), ("vs torch", "{:.2f}x")]
+    keys = ["backend", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "session_create_ms",
+            "first_run_ms", "peak_rss_mib", "p50_vs_torch"]
+    rows = []
+    for r in report["results"]:
+        if "error" in r:
+            rows.append([r["backend"], str(r["batch"]), "error: " + r["error"]] + [""] * (len(cols) - 3))
+            continue
+        row = []
+        for (_, fmt), k in zip(cols, keys):
+            v = r.get(k)
+            row.append("-" if v is None else fmt.format(v))
+        rows.append(row)
+    widths = [max(len(c[0]), *(len(row[i]) for row in rows if i < len(row))) if rows else len(c[0])
+              for i, c in enumerate(cols)]
+    lines = ["  ".join(c[0].rjust(w) for c, w in zip(cols, widths))]
+    for row in rows:
+        if row[2].startswith("error"):
+            lines.append("  ".join([row[0].rjust(widths[0]), row[1].rjust(widths[1]), row[2]]))
+        else:
+            lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    e = report["env"]
+    lines.append(f"threads {e.get('threads')}, {e.get('cpu_model')}, torch {e.get('torch')}, onnxruntime "
+                 f"{e.get('onnxruntime')}; each configuration in its own process")
+    for r in report["results"]:
+        if "p50_vs_ort_fp32" in r:
+            lines.append(f"ort-int8 / ort fp32 p50 at batch {r['batch']}: {r['p50_vs_ort_fp32']:.2f}x")
+    return "\n".join(lines)
+
+
+def _worker_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightcl.bench.latency")
+    p.add_argument("--worker", required=True, help="JSON spec of one configuration")
+    p.add_argument("--out", required=True, help="where to write the JSON result")
+    a = p.parse_args(argv)
+    from lightcl.engine.errors import LightCLError
+
+    try:
+        res = measure(json.loads(a.worker))
+    except LightCLError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    Path(a.out).write_text(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

@@ -1,0 +1,211 @@
+"""onnxruntime extractor: ``frozen.onnx`` (fp32) or ``frozen.int8.onnx`` (static QDQ int8).
+
+CPU: ``session.run`` on a zero-copy numpy view of the input; the output array becomes a torch
+tensor without a copy.
+
+CUDA / TensorRT execution providers (onnxruntime-gpu): the session asks for the providers and then
+reads back what it really got from ``session.get_providers()`` (``get_available_providers()`` lists
+CUDA on machines without a GPU and the session silently falls back to CPU). Inputs and outputs are
+bound with IO binding to torch CUDA tensors (``bind_input``/``bind_output`` with ``data_ptr()``), so
+features never round-trip through the host. Ordering with torch: torch's current stream is
+synchronised before the run (the input is complete), and ``run_with_iobinding`` returns after
+onnxruntime has synchronised its own stream (the output is complete), so the features can be used
+on any torch stream. TensorRT EP options are chosen by onnxruntime version (engine cache, timing
+cache, explicit shape profile 1..max_batch).
+
+What was exercised: the CPU provider (tests and benchmarks, onnxruntime 1.32). The CUDA/TensorRT
+provider options and the IO-binding path were written against the documented API and have NOT
+been run on a GPU in this repository's CI.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError, MissingDependencyError
+from ..export_dir import export_file
+from .base import BaseExtractor
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                   "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"the onnxruntime backend needs onnxruntime (import failed: {e}); install it with "
+            "pip install 'lightcl[ort]' (CPU) or 'lightcl[ort-gpu]' (CUDA/TensorRT), never both") from None
+    return ort
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split(".")[:3]:
+        num = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(num) if num else 0)
+    return tuple(out)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIGHTCL_CACHE", Path.home() / ".cache" / "lightcl"))
+
+
+class OrtExtractor(BaseExtractor):
+    """onnxruntime session over the exported frozen part.
+
+    Options: ``threads`` (intra-op threads; default onnxruntime's: one per physical core),
+    ``inter_threads`` (default 1), ``spin`` (default False: worker threads sleep instead of
+    busy-waiting between runs, which matters when the head trains in the same process),
+    ``arena`` (CPU memory arena + memory pattern, default True), ``graph_optimization``
+    ("all"|"extended"|"basic"|"disable"), ``providers`` (for a CUDA device: sequence of
+    "tensorrt"/"cuda", default ("cuda",)), ``trt_cache_dir``, ``trt_fp16``, ``trt_max_batch``,
+    ``trt_workspace_mib``, ``cuda_options`` (dict merged into the CUDA EP options),
+    ``log_severity`` (onnxruntime log level, default 3 = errors).
+    """
+
+    backend = "ort"
+    OPTIONS = frozenset({"threads", "inter_threads", "spin", "arena", "graph_optimization", "providers",
+                         "trt_cache_dir", "trt_fp16", "trt_max_batch", "trt_workspace_mib", "cuda_options",
+                         "log_severity", "require_gpu"})
+
+    def __init__(self, export_dir: str | Path, meta: dict[str, Any], device: torch.device, int8: bool = False,
+                 threads: int | None = None, inter_threads: int = 1, spin: bool = False, arena: bool = True,
+                 graph_optimization: str = "all", providers: Sequence[str] | None = None,
+                 trt_cache_dir: str | Path | None = None, trt_fp16: bool = False, trt_max_batch: int = 64,
+                 trt_workspace_mib: int = 1024, cuda_options: dict | None = None, log_severity: int = 3,
+                 require_gpu: bool = True) -> None:
+        super().__init__(export_dir, meta, device)
+        ort = import_onnxruntime()
+        self.ort = ort
+        self.backend = "ort-int8" if int8 else "ort"
+        self.file = "frozen.int8.onnx" if int8 else "frozen.onnx"
+        path = export_file(export_dir, meta, self.file)
+        if graph_optimization not in _OPT_LEVELS:
+            raise InputError(f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}, got {graph_optimization!r}")
+        self.threads, self.spin, self.arena, self.graph_optimization = threads, bool(spin), bool(arena), graph_optimization
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = int(inter_threads)
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization])
+        so.enable_cpu_mem_arena = self.arena
+        so.enable_mem_pattern = self.arena
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if self.spin else "0")
+        so.log_severity_level = int(log_severity)
+
+        self.on_gpu = self.device.type == "cuda"
+        self.requested = self._provider_list(providers, trt_cache_dir, trt_fp16, trt_max_batch, trt_workspace_mib,
+                                             cuda_options or {})
+        t0 = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=self.requested)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            if self.on_gpu:
+                raise MissingDependencyError(f"onnxruntime could not create a GPU session for {path.name}: "
+                                             f"{str(e).splitlines()[0][:200]}") from None
+            raise
+        self.session_create_ms = (time.perf_counter() - t0) * 1e3
+        self.providers: list[str] = list(self.session.get_providers())
+        self.provider = self.providers[0] if self.providers else "none"
+        if self.on_gpu and self.provider not in GPU_PROVIDERS and require_gpu:
+            raise MissingDependencyError(
+                f"device {self.device} asked for, but onnxruntime runs {self.provider} only "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu matching your "
+                "CUDA, without the CPU onnxruntime package")
+        self.io_binding = self.on_gpu and self.provider in GPU_PROVIDERS
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    # ------------------------------------------------------------------ providers
+    def _provider_list(self, providers, trt_cache_dir, trt_fp16, trt_max_batch, trt_workspace_mib, cuda_options):
+        if not self.on_gpu:
+            if providers and any(_PROVIDER_NAMES.get(str(p).lower(), p) != "CPUExecutionProvider" for p in providers):
+                raise InputError("GPU execution providers need device='cuda' (got device='cpu')")
+            return ["CPUExecutionProvider"]
+        idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", idx)
+        version = _version_tuple(self.ort.__version__)
+        out: list = []
+        for p in (providers or ("cuda",)):
+            name = _PROVIDER_NAMES.get(str(p).lower(), str(p))
+            if name == "TensorrtExecutionProvider":
+                cache = Path(trt_cache_dir or default_cache_dir() / "ort-trt" / self.frozen_id[:16]).absolute()
+                cache.mkdir(parents=True, exist_ok=True)
+                shape = "x".join(str(v) for v in self.input_shape)
+                opts: dict[str, Any] = {
+                    "device_id": idx,
+                    "trt_max_workspace_size": int(trt_workspace_mib) << 20,
+                    "trt_fp16_enable": bool(trt_fp16),
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                }
+                if version >= (1, 12):
+                    opts["trt_timing_cache_enable"] = True
+                if version >= (1, 16):
+                    opts["trt_timing_cache_path"] = str(cache)
+                if version >= (1, 15):
+                    # one explicit profile for batch 1..max: no engine rebuild when the batch size changes
+                    opts["trt_profile_min_shapes"] = f"{self._input_name_from_meta()}:1x{shape}"
+                    opts["trt_profile_opt_shapes"] = f"{self._input_name_from_meta()}:{max(1, trt_max_batch // 2)}x{shape}"
+                    opts["trt_profile_max_shapes"] = f"{self._input_name_from_meta()}:{int(trt_max_batch)}x{shape}"
+                out.append((name, opts))
+            elif name == "CUDAExecutionProvider":
+                opts = {"device_id": idx, "arena_extend_strategy": "kSameAsRequested",
+                        "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+                opts.update(cuda_options)
+                out.append((name, opts))
+            elif name == "CPUExecutionProvider":
+                pass
+            else:
+                raise InputError(f"unknown onnxruntime provider {p!r} (use 'tensorrt', 'cuda' or 'cpu')")
+        out.append("CPUExecutionProvider")
+        return out
+
+    def _input_name_from_meta(self) -> str:
+        return str(self.meta.get("onnx", {}).get("input_name", "input"))
+
+    # ------------------------------------------------------------------ run
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        if self.io_binding:
+            return self._run_cuda(x)
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        arr = x.contiguous().numpy()
+        (out,) = self.session.run([self.output_name], {self.input_name: arr})
+        return torch.from_numpy(out)
+
+    def _run_cuda(self, x: Tensor) -> Tensor:  # pragma: no cover - needs onnxruntime-gpu and a GPU
+        x = x.detach().to(self.device).contiguous()
+        out = torch.empty((x.shape[0], *self.feature_shape), dtype=torch.float32, device=self.device)
+        io = self.session.io_binding()
+        idx = self.device.index or 0
+        io.bind_input(name=self.input_name, device_type="cuda", device_id=idx, element_type=np.float32,
+                      shape=tuple(x.shape), buffer_ptr=x.data_ptr())
+        io.bind_output(name=self.output_name, device_type="cuda", device_id=idx, element_type=np.float32,
+                       shape=tuple(out.shape), buffer_ptr=out.data_ptr())
+        # x may still be being written by kernels queued on torch's stream; onnxruntime uses its own.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(io)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "backend": self.backend, "provider": self.provider, "providers": self.providers,
+                "threads": self.threads, "spin": self.spin, "arena": self.arena,
+                "graph_optimization": self.graph_optimization, "io_binding": self.io_binding, "file": self.file,
+                "onnxruntime": self.ort.__version__}

@@ -1,0 +1,432 @@
+"""``lightcl export``: split a checkpoint, export the frozen part to ONNX, check parity, write the directory.
+
+Output (written atomically: a temporary sibling directory renamed into place only when every check
+passed, so a failed export leaves the previous one untouched)::
+
+    DIR/frozen.onnx          frozen part, eval-mode BN folded, dynamic batch axis "batch"
+    DIR/frozen.safetensors   the same weights + block specs, for the torch backend on the device
+    DIR/head.safetensors     trainable deep part + classifier (engine.head.Head)
+    DIR/frozen.int8.onnx     --int8: static QDQ int8 (onnxruntime.quantization)
+    DIR/frozen.*.plan        --tensorrt: TensorRT engine(s) for this GPU
+    DIR/meta.json            format lightcl-export/1, shapes, normalisation, exporter/opset/profile,
+                             versions, parity figures, int8 report, sha256 of every file, frozen_id
+
+Profiles:
+
+* ``default``: ``torch.onnx.export(dynamo=True)`` (torch.export-based, the maintained exporter),
+  opset 18, dynamic batch axis, example batch 2 (batch 1 would let torch.export specialise it).
+* ``jetson-nano``: the legacy TorchScript exporter at opset 13, because the Jetson Nano's last
+  JetPack (4.6, TensorRT 8.2) parses ONNX opsets <= 13 only.
+
+Parity: torch (the split's eval-mode frozen part) and onnxruntime run the same batch of REAL
+images from the checkpoint's dataset (test split); max and mean abs diff go into meta.json and
+the export fails (:class:`ParityError`, non-zero exit) when the max exceeds ``atol``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lightcl.engine.errors import InputError, LightCLError, MissingDependencyError, StateError
+from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME
+from lightcl.engine.fileio import atomic_directory, read_json, sha256_file, write_json_atomic
+from lightcl.engine.frozen import load_frozen, save_frozen
+
+from .checkpoint import checkpoint_paths, load_checkpoint
+from .zoo import split_backbone, split_points
+
+INPUT_NAME, OUTPUT_NAME = "input", "features"
+EXAMPLE_BATCH = 2
+PARITY_BATCH = 64
+HELDOUT_BATCH = 256
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {
+        "exporter": "dynamo", "opset": 18,
+        "reason": "torch.onnx.export(dynamo=True): torch.export-based exporter, opset 18, dynamic batch axis",
+    },
+    "jetson-nano": {
+        "exporter": "legacy", "opset": 13,
+        "reason": "Jetson Nano's last JetPack (4.6) ships TensorRT 8.2, whose ONNX parser accepts opset <= 13; "
+                  "the dynamo exporter emits opset >= 18, so the legacy TorchScript exporter is used at opset 13",
+    },
+}
+
+
+class ParityError(LightCLError):
+    """The exported graph does not reproduce PyTorch within the tolerance."""
+
+
+class AgreementError(LightCLError):
+    """The int8 model disagrees with fp32 on too many held-out images (override with --force)."""
+
+
+def _progress(enabled: bool) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        if enabled:
+            print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+# ---------------------------------------------------------------------------------------------- data
+def real_images(dataset: str, split: str, n: int, normalization: dict, data_path: str | None = None,
+                seed: int = 0, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` real images of ``dataset`` (seeded selection), normalised like training: ``(x, y)``."""
+    from lightcl.bench.data import load_dataset
+    from lightcl.bench.tasks import TensorData
+    from lightcl.bench.transforms import Preprocess
+
+    data = TensorData(load_dataset(dataset, split, data_path))
+    if len(data) == 0:
+        raise StateError(f"dataset {dataset!r} split {split!r} is empty")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    idx = order[offset: offset + n] if offset < len(data) else order[:n]
+    pre = Preprocess(list(normalization["mean"]), list(normalization["std"]))
+    return pre(data.x[idx]), data.y[idx]
+
+
+# ---------------------------------------------------------------------------------------------- export
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporters print progress to stdout and warn about deprecations; keep the CLI output clean."""
+    names = ["torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes", "onnxscript"]
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    buf = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def export_onnx(frozen: torch.nn.Module, path: str | Path, profile: str = "default",
+                input_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
+    """Export ``frozen`` (eval mode) to ``path`` with the profile's exporter; return what was done."""
+    import onnx
+
+    if profile not in PROFILES:
+        raise InputError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    prof = PROFILES[profile]
+    frozen.eval()
+    example = torch.zeros(EXAMPLE_BATCH, *input_shape)
+    t0 = time.perf_counter()
+    with _quiet_exporter():
+        if prof["exporter"] == "dynamo":
+            try:
+                import onnxscript  # noqa: F401  (the dynamo exporter's backend)
+            except ImportError as e:
+                raise MissingDependencyError(f"profile 'default' needs onnxscript for torch.onnx.export(dynamo=True) "
+                                             f"({e}); pip install onnxscript") from None
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            torch.onnx.export(frozen, (example,), str(path), dynamo=True, opset_version=prof["opset"],
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=({0: batch},), optimize=True, verify=False, external_data=False)
+        else:
+            torch.onnx.export(frozen, (example,), str(path), dynamo=False, opset_version=prof["opset"],
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+    seconds = time.perf_counter() - t0
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset != prof["opset"]:
+        raise LightCLError(f"exporter wrote opset {opset}, profile {profile!r} needs {prof['opset']}")
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if dim0.HasField("dim_value"):
+        raise LightCLError(f"exported input has a fixed batch of {dim0.dim_value}: the batch axis must be dynamic")
+    ops = sorted({n.op_type for n in model.graph.node})
+    if "BatchNormalization" in ops:
+        raise LightCLError("exported graph still holds BatchNormalization: eval-mode BN was not folded")
+    return {"exporter": prof["exporter"], "opset": opset, "profile": profile, "reason": prof["reason"],
+            "export_seconds": round(seconds, 3), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "batch_axis": dim0.dim_param or "dynamic", "example_batch": EXAMPLE_BATCH, "ops": ops,
+            "nodes": len(model.graph.node), "ir_version": model.ir_version}
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    from lightcl.engine.extractors.ort_backend import import_onnxruntime
+
+    ort = import_onnxruntime()
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_session(sess, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    outs = []
+    name = sess.get_inputs()[0].name
+    for i in range(0, x.shape[0], batch):
+        outs.append(torch.from_numpy(sess.run(None, {name: x[i:i + batch].contiguous().numpy()})[0]))
+    return torch.cat(outs)
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    d = (a - b).abs()
+    scale = b.abs().max().item()
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
+            "max_rel_diff": float(d.max() / max(scale, 1e-12)), "reference_max_abs": float(scale)}
+
+
+@torch.no_grad()
+def check_parity(frozen: torch.nn.Module, head: torch.nn.Module, onnx_path: Path, frozen_st: Path,
+                 x: torch.Tensor, y: torch.Tensor, atol: float, images: str) -> dict[str, Any]:
+    """torch vs onnxruntime on the same real batch; also the device's torch rebuild and batch-1 runs."""
+    frozen.eval()
+    ref = frozen(x)
+    sess = ort_session(onnx_path)
+    got = run_session(sess, x, batch=x.shape[0])
+    rep: dict[str, Any] = {**_diff(got, ref), "atol": atol, "batch": int(x.shape[0]), "images": images}
+    # the dynamic batch axis really works: batch 1 and an odd batch give the same numbers
+    singles = torch.cat([run_session(sess, x[i:i + 1], 1) for i in range(min(4, x.shape[0]))])
+    odd = run_session(sess, x[: min(7, x.shape[0])], 7)
+    rep["batch1_max_abs_diff"] = float((singles - ref[: singles.shape[0]]).abs().max())
+    rep["batch7_max_abs_diff"] = float((odd - ref[: odd.shape[0]]).abs().max())
+    # the torch backend rebuilds the frozen part from frozen.safetensors on the device: same numbers
+    net, _ = load_frozen(frozen_st)
+    rep["torch_rebuild_max_abs_diff"] = float((net(x) - ref).abs().max())
+    head.eval()
+    logits_ref = head(ref)
+    logits_onnx = head(got)
+    rep["top1_agreement"] = float((logits_ref.argmax(1) == logits_onnx.argmax(1)).float().mean())
+    rep["top1_accuracy_torch"] = float((logits_ref.argmax(1) == y).float().mean())
+    rep["top1_accuracy_onnx"] = float((logits_onnx.argmax(1) == y).float().mean())
+    worst = max(rep["max_abs_diff"], rep["batch1_max_abs_diff"], rep["batch7_max_abs_diff"],
+                rep["torch_rebuild_max_abs_diff"])
+    rep["passed"] = bool(worst <= atol)
+    return rep
+
+
+def _versions() -> dict[str, str | None]:
+    import onnx
+
+    v: dict[str, str | None] = {"torch": torch.__version__, "onnx": onnx.__version__, "python": sys.version.split()[0],
+                                "platform": platform.platform()}
+    for mod in ("onnxruntime", "onnxscript", "safetensors", "tensorrt"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:
+            v[mod] = None
+    try:
+        from lightcl import __version__ as lv
+
+        v["lightcl"] = lv
+    except Exception:
+        pass
+    return v
+
+
+def _readable(d: Path) -> None:
+    """Temp files/dirs are created 0600/0700; an export is meant to be copied to devices: honour the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(d, 0o755 & ~mask)
+    for p in d.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o644 & ~mask)
+
+
+def _check_out_dir(out: Path) -> None:
+    """atomic_directory replaces ``out`` wholesale: only ever replace an empty dir or an earlier export."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    meta = out / META_NAME
+    if meta.is_file():
+        try:
+            if read_json(meta).get("format") == EXPORT_FORMAT:
+                return
+        except LightCLError:
+            pass
+    raise InputError(f"--out {out} exists and is not a lightcl export; refusing to replace it (choose a new path)")
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "layer3", profile: str = "default",
+                      atol: float = 1e-4, int8: bool = False, calib_size: int = 256, min_agreement: float = 0.98,
+                      force: bool = False, data_path: str | None = None, progress: bool = True,
+                      tensorrt: bool = False, trt_precision: str | None = None, max_batch: int = 32,
+                      workspace_mib: int = 1024, trt_cache_dir: str | Path | None = None,
+                      int8_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Split ``ckpt_path`` at ``split`` and write an export directory at ``out_dir``; return its meta.
+
+    Raises :class:`ParityError` when ONNX and torch differ by more than ``atol`` and
+    :class:`AgreementError` when the int8 model's top-1 agreement with fp32 is below
+    ``min_agreement`` (unless ``force``); in both cases nothing is written.
+    ``tensorrt=True`` builds a TensorRT plan (``trt_precision`` "fp32"|"fp16"|"int8", default int8
+    when ``int8`` else fp32) and needs ``tensorrt`` + CUDA: without them it raises
+    :class:`MissingDependencyError` (exit code 3) before doing any work.
+    """
+    say = _progress(progress)
+    if profile not in PROFILES:
+        raise InputError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    if not atol > 0:
+        raise InputError(f"--atol must be > 0, got {atol}")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
+    if int8 and calib_size < 1:
+        raise InputError(f"--calib-size must be >= 1, got {calib_size}")
+    trt_mod = None
+    if tensorrt:
+        from .tensorrt_build import require_tensorrt
+
+        trt_mod = require_tensorrt()  # fails fast, exit 3, before any work
+        trt_precision = trt_precision or ("int8" if int8 else "fp32")
+    from lightcl.engine.extractors.ort_backend import import_onnxruntime
+
+    import_onnxruntime()  # parity needs it: fail fast with exit 3
+    out = Path(out_dir).absolute()
+    _check_out_dir(out)
+
+    t_start = time.perf_counter()
+    model, ck = load_checkpoint(ckpt_path)
+    try:
+        frozen, head = split_backbone(model, split)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    input_shape = tuple(int(v) for v in ck.get("input_size", model.input_size))
+    with torch.no_grad():
+        feature_shape = [int(v) for v in frozen(torch.zeros(1, *input_shape)).shape[1:]]
+    norm = ck.get("normalization")
+    if not norm or "mean" not in norm or "std" not in norm:
+        raise StateError(f"checkpoint {ckpt_path} records no normalisation: cannot feed real images")
+    dataset = ck.get("dataset")
+    if not dataset:
+        raise StateError(f"checkpoint {ckpt_path} records no dataset: parity needs real images")
+    say(f"loading real {dataset} images for parity{' and int8 calibration' if int8 else ''}")
+    n_heldout = HELDOUT_BATCH if int8 else PARITY_BATCH
+    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1)
+    x_par, y_par = x_test[:PARITY_BATCH], y_test[:PARITY_BATCH]
+    st_path, js_path = checkpoint_paths(ckpt_path)
+
+    meta: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "arch": model.arch, "width": model.width, "split": split, "split_points": split_points(model),
+        "frozen_blocks": list(frozen.block_names), "head_blocks": [b["name"] for b in head.config["blocks"]],
+        "input_shape": list(input_shape), "feature_shape": feature_shape,
+        "normalization": {"mean": list(norm["mean"]), "std": list(norm["std"]), "scale": norm.get("scale", "0-1")},
+        "dataset": dataset, "classes": list(ck.get("classes", [])), "num_classes": int(model.num_classes),
+        "profile": profile,
+        "checkpoint": {"path": str(Path(ckpt_path).absolute()), "weights_sha256": ck.get("sha256"),
+                       "meta_sha256": sha256_file(js_path), "dataset": dataset,
+                       "test_accuracy": ck.get("test_accuracy"), "epochs": ck.get("epochs")},
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    with atomic_directory(out) as tmp:
+        onnx_path = tmp / "frozen.onnx"
+        prof = PROFILES[profile]
+        say(f"exporting frozen part ({', '.join(frozen.block_names)}) with the {prof['exporter']} exporter, "
+            f"opset {prof['opset']}")
+        info = export_onnx(frozen, onnx_path, profile, input_shape)
+        meta.update(exporter=info["exporter"], opset=info["opset"], onnx=info)
+        meta["profile_reason"] = info["reason"]
+        frozen_id = sha256_file(onnx_path)
+        meta["frozen_id"] = frozen_id
+        save_frozen(tmp / "frozen.safetensors", frozen, list(frozen.block_names),
+                    extra={"frozen_id": frozen_id, "feature_shape": feature_shape, "input_shape": list(input_shape),
+                           "split": split, "arch": model.arch, "width": model.width})
+        head.save(tmp / "head.safetensors")
+        say(f"parity: torch vs onnxruntime on {x_par.shape[0]} real {dataset} test images")
+        par = check_parity(frozen, head, onnx_path, tmp / "frozen.safetensors", x_par, y_par, atol,
+                           images=f"{dataset} test, {x_par.shape[0]} images (seed 1)")
+        meta["parity"] = par
+        say(f"parity: max abs diff {par['max_abs_diff']:.3g}, mean {par['mean_abs_diff']:.3g} (atol {atol:g}); "
+            f"top-1 agreement {par['top1_agreement']:.4f}")
+        if not par["passed"]:
+            raise ParityError(
+                f"ONNX export differs from PyTorch: max abs diff {par['max_abs_diff']:.3g} "
+                f"(batch 1: {par['batch1_max_abs_diff']:.3g}, torch rebuild: {par['torch_rebuild_max_abs_diff']:.3g}) "
+                f"> atol {atol:g}; nothing written")
+
+        if int8:
+            from .quantize import int8_report, quantize_frozen
+
+            x_cal, _ = real_images(dataset, "train", calib_size, norm, data_path, seed=2)
+            say(f"int8: static QDQ quantization calibrated on {x_cal.shape[0]} real {dataset} train images")
+            qinfo = quantize_frozen(onnx_path, tmp / "frozen.int8.onnx", x_cal, progress=progress,
+                                    **(int8_options or {}))
+            rep = int8_report(onnx_path, tmp / "frozen.int8.onnx", head, x_test, y_test)
+            rep.update(quantization=qinfo, calib_images=f"{dataset} train, {x_cal.shape[0]} images (seed 2)",
+                       heldout_images=f"{dataset} test, {x_test.shape[0]} images (seed 1)",
+                       min_agreement=min_agreement, forced=bool(force and rep["top1_agreement"] < min_agreement))
+            meta["int8"] = rep
+            say(f"int8: feature cosine {rep['feature_cosine_mean']:.4f} (min {rep['feature_cosine_min']:.4f}), "
+                f"top-1 agreement with fp32 {rep['top1_agreement']:.4f} on {rep['heldout']} held-out images")
+            if rep["top1_agreement"] < min_agreement and not force:
+                raise AgreementError(
+                    f"int8 top-1 agreement with fp32 is {rep['top1_agreement']:.4f} < --min-agreement "
+                    f"{min_agreement:g} (feature cosine {rep['feature_cosine_mean']:.4f}); nothing written. "
+                    "Use --force to keep it anyway, or more --calib-size")
+
+        if tensorrt:
+            from .tensorrt_build import build_plan
+
+            x_cal_trt = None
+            with torch.no_grad():
+                ref_par = frozen(x_par)
+            if trt_precision == "int8":
+                x_cal_trt, _ = real_images(dataset, "train", max(calib_size, 1), norm, data_path, seed=2)
+            say(f"tensorrt: building a {trt_precision} plan, batch 1..{max_batch}, workspace {workspace_mib} MiB")
+            entry = build_plan(onnx_path, tmp, precision=trt_precision, max_batch=max_batch,
+                               workspace_mib=workspace_mib, calib_x=x_cal_trt, cache_dir=trt_cache_dir,
+                               parity_x=x_par, parity_ref=ref_par, progress=progress, trt=trt_mod)
+            meta["tensorrt"] = [entry]
+            say(f"tensorrt: wrote {entry['file']} in {entry['build_s']:.1f} s")
+
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != META_NAME)
+        meta["files"] = {name: sha256_file(tmp / name) for name in files}
+        meta["export_seconds"] = round(time.perf_counter() - t_start, 3)
+        write_json_atomic(tmp / META_NAME, meta)
+        _readable(tmp)
+    say(f"wrote {out} ({', '.join(meta['files'])}) in {meta['export_seconds']:.1f} s")
+    return meta
+
+
+def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
+    par = meta["parity"]
+    lines = [
+        f"exported {meta['arch']} width {meta['width']} split {meta['split']} -> {out_dir}",
+        f"  frozen.onnx: {meta['exporter']} exporter, opset {meta['opset']}, profile {meta['profile']}, "
+        f"features {meta['feature_shape']}, frozen_id {meta['frozen_id'][:16]}",
+        f"  parity on {par['batch']} real images: max abs diff {par['max_abs_diff']:.3g}, mean abs diff "
+        f"{par['mean_abs_diff']:.3g} (atol {par['atol']:g}), top-1 agreement {par['top1_agreement']:.4f}",
+    ]
+    if "int8" in meta:
+        r = meta["int8"]
+        lines.append(f"  frozen.int8.onnx: feature cosine {r['feature_cosine_mean']:.4f} (min {r['feature_cosine_min']:.4f}), "
+                     f"top-1 agreement {r['top1_agreement']:.4f} on {r['heldout']} held-out images"
+                     + (" [FORCED below --min-agreement]" if r.get("forced") else ""))
+    for e in meta.get("tensorrt", []) or []:
+        lines.append(f"  {e['file']}: TensorRT {e['trt_version']}, sm_{e['compute_capability']}, {e['precision']}, "
+                     f"batch 1..{e['max_batch']}")
+    return lines
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+__all__ = ["export_checkpoint", "export_onnx", "check_parity", "real_images", "PROFILES", "ParityError",
+           "AgreementError", "summary_lines"]

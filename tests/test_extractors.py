@@ -1,0 +1,176 @@
+"""Extractor backends: agreement, auto choice + its log line, integrity refusals, frozen BN modes, input checks."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from lightcl.engine.errors import (  # noqa: E402
+    IntegrityError, MissingDependencyError, ShapeError, StateError)
+from lightcl.engine.export_dir import load_export_meta, load_head  # noqa: E402
+from lightcl.engine.extractors import Extractor, load_extractor  # noqa: E402
+from lightcl.engine.fileio import sha256_file, write_json_atomic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def export_dir(digits_ckpt, tmp_path_factory):
+    """Legacy exporter (fast) + int8; the dynamo path is covered in test_export.py."""
+    from lightcl.export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("ext") / "exp"
+    export_checkpoint(digits_ckpt, out, split="layer3", profile="jetson-nano", int8=True, calib_size=32,
+                      progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_export(digits_ckpt, tmp_path_factory):
+    from lightcl.export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("ext") / "other"
+    export_checkpoint(digits_ckpt, out, split="layer2", profile="jetson-nano", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(export_dir):
+    from lightcl.export.onnx_export import real_images
+
+    meta = load_export_meta(export_dir)
+    x, y = real_images("digits", "test", 24, meta["normalization"], seed=3)
+    return x, y
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_backends_agree_on_real_images(export_dir, images):
+    x, _ = images
+    ref = load_extractor(export_dir, "torch")(x)
+    for backend in ("ort", "ort-int8", "auto"):
+        ext = load_extractor(export_dir, backend)
+        assert isinstance(ext, Extractor)
+        f = ext(x)
+        assert f.shape == (x.shape[0], *ext.feature_shape) and f.dtype == torch.float32 and not f.requires_grad
+        assert ext.frozen_id == load_export_meta(export_dir)["frozen_id"]
+        if backend == "ort-int8":
+            cos = torch.nn.functional.cosine_similarity(f.flatten(1), ref.flatten(1), dim=1)
+            assert cos.min() > 0.98
+        else:
+            assert (f - ref).abs().max() <= 1e-4
+        info = ext.info()
+        for k in ("backend", "provider", "device", "threads", "file"):
+            assert k in info
+    assert load_extractor(export_dir, "ort").info()["provider"] == "CPUExecutionProvider"
+
+
+def test_auto_picks_ort_on_cpu_and_logs_one_line(export_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="lightcl"):
+        ext = load_extractor(export_dir)
+    recs = [r for r in caplog.records if r.name == "lightcl"]
+    assert len(recs) == 1
+    assert ext.info()["backend"] == "ort" and "auto" in recs[0].getMessage()
+    assert "CPUExecutionProvider" in recs[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lightcl"):
+        ext = load_extractor(export_dir, frozen_bn="train")
+    assert ext.info()["backend"] == "torch" and "frozen_bn" in caplog.records[-1].getMessage()
+
+
+def test_ort_session_options(export_dir, images):
+    ext = load_extractor(export_dir, "ort", threads=1, arena=False)
+    so = ext.session.get_session_options()
+    assert so.intra_op_num_threads == 1 and not so.enable_cpu_mem_arena
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spin = load_extractor(export_dir, "ort", spin=True, graph_optimization="basic")
+    assert spin.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert (spin(images[0]) - ext(images[0])).abs().max() <= 1e-4
+
+
+def test_tampered_frozen_onnx_refused(export_dir, tmp_path):
+    d = _copy(export_dir, tmp_path / "tampered")
+    data = bytearray((d / "frozen.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "frozen.onnx").write_bytes(bytes(data))
+    for backend in ("torch", "ort", "auto"):
+        with pytest.raises(IntegrityError, match="frozen.onnx"):
+            load_extractor(d, backend)
+
+
+def test_foreign_frozen_onnx_refused(export_dir, other_export, tmp_path):
+    d = _copy(export_dir, tmp_path / "foreign")
+    shutil.copy2(other_export / "frozen.onnx", d / "frozen.onnx")
+    with pytest.raises(IntegrityError, match="frozen.onnx"):
+        load_extractor(d, "ort")
+    # even with meta.json rewritten to accept it, the torch weights still name their own frozen part
+    meta = load_export_meta(other_export)
+    mine = load_export_meta(export_dir, verify=False)
+    mine["files"]["frozen.onnx"] = meta["frozen_id"]
+    mine["frozen_id"] = meta["frozen_id"]
+    write_json_atomic(d / "meta.json", mine)
+    with pytest.raises(IntegrityError, match="mixes two exports"):
+        load_extractor(d, "torch")
+
+
+def test_missing_or_tampered_files(export_dir, tmp_path):
+    d = _copy(export_dir, tmp_path / "missing")
+    (d / "frozen.int8.onnx").unlink()
+    with pytest.raises(StateError, match="frozen.int8.onnx"):
+        load_extractor(d, "ort")
+    d2 = _copy(export_dir, tmp_path / "head")
+    (d2 / "head.safetensors").write_bytes((d2 / "head.safetensors").read_bytes() + b"x")
+    with pytest.raises(IntegrityError, match="head.safetensors"):
+        load_head(d2)
+    with pytest.raises(StateError):
+        load_extractor(tmp_path / "nope")
+
+
+def test_frozen_bn_train_drifts_eval_does_not(export_dir, images):
+    x, _ = images
+    for mode, should_change in (("eval", False), ("train", True)):
+        ext = load_extractor(export_dir, "torch", frozen_bn=mode)
+        bn = ext.module.blocks[0].bn1
+        before = bn.running_mean.clone(), bn.running_var.clone()
+        w = ext.module.blocks[0].conv1.weight.clone()
+        ext(x)
+        changed = not (torch.equal(before[0], bn.running_mean) and torch.equal(before[1], bn.running_var))
+        assert changed is should_change, mode
+        assert torch.equal(w, ext.module.blocks[0].conv1.weight)
+        assert not any(p.requires_grad for p in ext.module.parameters())
+
+
+def test_features_feed_a_trainable_head(export_dir, images):
+    x, y = images
+    head = load_head(export_dir)
+    for backend in ("torch", "ort"):
+        f = load_extractor(export_dir, backend)(x)
+        loss = torch.nn.functional.cross_entropy(head(f), y)
+        loss.backward()
+        assert head.fc.weight.grad is not None
+        head.zero_grad()
+
+
+def test_input_checks_and_missing_runtimes(export_dir):
+    ext = load_extractor(export_dir, "ort")
+    with pytest.raises(ShapeError):
+        ext(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ShapeError):
+        ext(torch.zeros(2, 3, 32, 32, dtype=torch.float64))
+    with pytest.raises(ShapeError):
+        ext(torch.zeros(0, 3, 32, 32))
+    with pytest.raises(Exception, match="unknown option"):
+        load_extractor(export_dir, "torch", spin=True)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError):
+            load_extractor(export_dir, "tensorrt")
+    if not torch.cuda.is_available():
+        with pytest.raises(MissingDependencyError):
+            load_extractor(export_dir, "ort", device="cuda")
