@@ -6,7 +6,9 @@ cores from the next. The worker is this module (``python -m lightcl.bench.latenc
 
 Per configuration: load (sha256 verification + session creation), first run, warm-up, then timed
 iterations (``iters`` or ``seconds``) under ``torch.inference_mode()`` with the same intra-op
-thread count for torch and onnxruntime. Reported: p50/p90/p99/mean ms, images/s (batch / mean),
+thread count for torch and onnxruntime, and the same waiting policy for both thread pools (no
+spinning unless ``spin``: onnxruntime's ``allow_spinning`` and ``OMP_WAIT_POLICY`` for torch's
+OpenMP pool). Reported: p50/p90/p99/mean ms, images/s (batch / mean),
 session creation ms, first-run ms, peak RSS MiB (``getrusage`` high-water mark of the worker).
 """
 from __future__ import annotations
@@ -174,6 +176,11 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
     threads = int(threads or physical_cores())
     if iters is None and seconds is None:
         seconds = DEFAULT_SECONDS
+    # Same waiting policy for both runtimes' thread pools: onnxruntime's spinning is off unless --spin, so
+    # torch's OpenMP pool must not spin either (with spinning OpenMP threads, a loaded machine makes every
+    # torch op wait for a time slice and eager torch looks 10-50x slower than it is).
+    worker_env = dict(os.environ)
+    omp_policy = worker_env.setdefault("OMP_WAIT_POLICY", "ACTIVE" if spin else "PASSIVE")
     results: list[dict] = []
     configs = [(b, int(n)) for b in backends for n in batches]
     t_all = time.perf_counter()
@@ -188,7 +195,8 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
             cmd = [sys.executable, "-m", "lightcl.bench.latency", "--worker", json.dumps(spec), "--out", str(out)]
             t0 = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout_s,
+                                      env=worker_env)
                 rc, err = proc.returncode, proc.stderr
             except subprocess.TimeoutExpired:
                 rc, err = -1, f"timed out after {timeout_s:.0f} s"
@@ -207,7 +215,7 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
     return {"results": results, "env": environment(threads),
             "config": {"export_dir": str(export_dir), "backends": list(backends), "batches": [int(b) for b in batches],
                        "iters": iters, "seconds": seconds, "warmup": warmup, "threads": threads, "device": device,
-                       "spin": spin, "graph_optimization": graph_optimization or "all",
+                       "spin": spin, "omp_wait_policy": omp_policy, "graph_optimization": graph_optimization or "all",
                        "arch": meta.get("arch"), "width": meta.get("width"), "split": meta.get("split"),
                        "frozen_id": meta["frozen_id"], "int8": meta.get("int8", {}).get("top1_agreement")},
             "total_s": round(time.perf_counter() - t_all, 3)}

@@ -174,3 +174,16 @@ def test_input_checks_and_missing_runtimes(export_dir):
     if not torch.cuda.is_available():
         with pytest.raises(MissingDependencyError):
             load_extractor(export_dir, "ort", device="cuda")
+
+
+def test_torch_backend_imports_nothing_from_export_or_bench(export_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from lightcl.engine.extractors import load_extractor\n"
+            f"load_extractor({str(export_dir)!r}, 'torch')(torch.zeros(1, 3, 32, 32))\n"
+            "bad = [m for m in sys.modules if m.startswith(('lightcl.export', 'lightcl.bench', 'onnxruntime'))]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
