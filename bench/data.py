@@ -556,6 +556,8 @@ def load_dataset(name: str, split: str = "train", path: str | None = None) -> Im
     ``"a+b"`` concatenates datasets with the same classes (e.g. ``mnist-5k+digits``), every image
     resized to 32x32 first.
     """
+    if not isinstance(name, str) or not name:
+        raise InputError(f"dataset name must be a non-empty string, got {name!r}")
     if "+" in name:
         return combine_datasets([load_dataset(n, split, path) for n in name.split("+")], name)
     if name not in LOADERS:

@@ -169,6 +169,12 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
         raise InputError("batch sizes must be >= 1")
     if iters is not None and iters < 1:
         raise InputError("--iters must be >= 1")
+    if seconds is not None and not seconds > 0:
+        raise InputError(f"--seconds must be > 0, got {seconds}")
+    if warmup is not None and warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
     export_dir = Path(export_dir).absolute()
     meta = load_export_meta(export_dir, verify=True)  # fail here, once, rather than in every worker
     if "ort-int8" in backends and "frozen.int8.onnx" not in meta["files"]:

@@ -75,8 +75,12 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
 
     from lightcl.engine.export_dir import load_export_meta, load_head
     from lightcl.engine.extractors import load_extractor
+    from lightcl.engine.state import check_state_path
 
+    if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1):
+        raise InputError(f"max_tasks must be a positive integer, got {max_tasks!r}")
     export_dir, state_dir = Path(export_dir), Path(state_dir)
+    check_state_path(state_dir)  # before any work: a foreign directory at --state is refused, not replaced
     meta = load_export_meta(export_dir)
     extractor = load_extractor(export_dir, backend=backend, **(extractor_options or {}))
     data = ScenarioData(scenario, meta["normalization"], data_path)

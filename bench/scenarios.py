@@ -51,4 +51,8 @@ def get_scenario(name: str, **overrides) -> Scenario:
         raise InputError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     s = SCENARIOS[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("epochs", "batch_size", "n_tasks", "classes_per_task"):
+        v = overrides.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"{key} must be a positive integer, got {v!r}")
     return replace(s, **overrides) if overrides else s

@@ -193,6 +193,10 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise InputError(f"unknown mode(s) {bad}; known: {', '.join(MODES)}")
+    if batch < 1 or steps < 1 or warmup < 0:
+        raise InputError(f"batch >= 1, steps >= 1 and warmup >= 0 are required (got {batch}, {steps}, {warmup})")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(export_dir, batch, Path(tmp) / "batch.safetensors", data_path)

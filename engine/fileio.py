@@ -6,11 +6,16 @@ A directory is written into a temporary sibling, every file fsync-ed, then swapp
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,8 +57,11 @@ def fsync_tree(path: Path) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write a single file atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a file where a folder should be, no permission, disk full: one typed line
+        raise StateError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -61,9 +69,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise StateError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -71,47 +81,172 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+# ---------------------------------------------------------------- directory swaps
+# Temporary (``.NAME.tmp-*``) and previous-version (``.NAME.old-*``) siblings carry the writer's pid and
+# a token of its identity (boot id + process start time), so a *reader* running ``recover_directory``
+# while another process is in the middle of a save leaves that save alone (it used to delete the
+# writer's temporary directory, or put the old version back between the writer's two renames), and a
+# pid recycled after a reboot is not mistaken for the writer that crashed.
+_ACTIVE: set[str] = set()  # swap siblings this process is using right now
+_ACTIVE_LOCK = threading.Lock()
+_MARKER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-(?P<token>[0-9a-f]+|x))?(?:-.*)?$")
+SWAP_WAIT_S = 5.0  # how long a reader waits for a live writer to finish its two renames
+
+
+_BOOT_ID: bytes | None = None
+
+
+def _boot_id() -> bytes:
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                _BOOT_ID = f.read().strip()
+        except OSError:
+            _BOOT_ID = b""
+    return _BOOT_ID
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, identity token = digest of boot id + start time) of ``pid``; None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        state, start = fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+    return state.decode(errors="replace"), hashlib.sha256(_boot_id() + b":" + start).hexdigest()[:8]
+
+
+_MY_TOKEN: tuple[int, str] | None = None
+
+
+def _my_token() -> str:
+    global _MY_TOKEN
+    if _MY_TOKEN is None or _MY_TOKEN[0] != os.getpid():  # recomputed in a forked child
+        _MY_TOKEN = (os.getpid(), (_proc_stat(os.getpid()) or ("", "x"))[1])
+    return _MY_TOKEN[1]
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _owner_alive(path: Path) -> bool:
+    """Is the process that made this swap sibling still using it?"""
+    m = _MARKER.match(path.name)
+    if not m:
+        return False
+    pid, token = int(m["pid"]), m["token"]
+    if token is None:
+        return False  # an old-style name (before owners were recorded): stale
+    if pid == os.getpid() and token == _my_token():
+        with _ACTIVE_LOCK:
+            return str(path) in _ACTIVE
+    if not _pid_exists(pid):
+        return False
+    st = _proc_stat(pid)
+    if st is None:
+        return True  # no /proc to tell a recycled pid: assume the writer lives (a leftover is harmless)
+    state, have = st
+    if state in ("Z", "X"):
+        return False  # killed, not yet reaped
+    return token == "x" or have == token
+
+
+def _siblings(dest: Path, kind: str) -> list[Path]:
+    out = []
+    for p in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*"):
+        m = _MARKER.match(p.name)
+        if m is None or (m["name"] == dest.name and m["kind"] == kind):  # unparsable: an old-style name
+            out.append(p)
+    return out
+
+
+@contextlib.contextmanager
+def _registered(*paths: Path) -> Iterator[None]:
+    with _ACTIVE_LOCK:
+        _ACTIVE.update(str(p) for p in paths)
+    try:
+        yield
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.difference_update(str(p) for p in paths)
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``dest`` atomically.
 
     ``dest`` always holds either the complete old version or the complete new one. The old one
-    is moved to ``dest.old-*`` for the instant between the two renames; ``recover_directory``
+    is moved to ``.dest.old-*`` for the instant between the two renames; ``recover_directory``
     puts it back if a crash lands exactly there.
     """
     dest = Path(dest).absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        yield tmp
-        fsync_tree(tmp)
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            _fsync_dir(dest.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
-            _fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        recover_directory(dest)
+        tag = f"{os.getpid()}-{_my_token()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{tag}", dir=dest.parent))
+    except OSError as e:
+        raise StateError(f"cannot write {dest}: {e.strerror or e}") from e
+    old = dest.parent / f".{dest.name}.old-{tag}{secrets.token_hex(4)}"
+    with _registered(tmp, old):
+        try:
+            yield tmp
+            fsync_tree(tmp)
+            if dest.exists():
+                os.rename(dest, old)
+                os.rename(tmp, dest)
+                _fsync_dir(dest.parent)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, dest)
+                _fsync_dir(dest.parent)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not dest.exists() and old.exists():  # failed between the two renames: put the old one back
+                with contextlib.suppress(OSError):
+                    os.rename(old, dest)
+            if isinstance(e, OSError):  # disk full, permissions: the previous version is intact
+                raise StateError(f"cannot write {dest}: {e.strerror or e} (the previous version is kept)") from e
+            raise
 
 
-def recover_directory(dest: str | os.PathLike) -> None:
-    """Finish or roll back an interrupted ``atomic_directory`` swap and drop stale temp dirs."""
+def recover_directory(dest: str | os.PathLike, wait_s: float | None = None) -> None:
+    """Finish or roll back an interrupted ``atomic_directory`` swap and drop stale temp dirs.
+
+    Siblings of a writer that is still running (another process or thread in the middle of a save)
+    are left alone; if ``dest`` is missing because such a writer is between its two renames, wait
+    up to ``wait_s`` (default ``SWAP_WAIT_S``) for it, then roll back anyway.
+    """
     dest = Path(dest).absolute()
     parent = dest.parent
-    if not parent.exists():
+    if not parent.is_dir():
         return
-    olds = sorted(parent.glob(f".{dest.name}.old-*"))
+    olds = sorted(_siblings(dest, "old"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
     if not dest.exists() and olds:
-        os.rename(olds[-1], dest)
-        olds = olds[:-1]
-    for p in olds + list(parent.glob(f".{dest.name}.tmp-*")):
-        shutil.rmtree(p, ignore_errors=True)
+        deadline = time.monotonic() + (SWAP_WAIT_S if wait_s is None else wait_s)
+        while not dest.exists() and any(_owner_alive(p) and p.exists() for p in olds) \
+                and time.monotonic() < deadline:
+            time.sleep(0.001)
+        olds = [p for p in olds if p.exists()]
+        if not dest.exists() and olds:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rename(olds[-1], dest)
+                _fsync_dir(parent)
+            olds = [p for p in olds if p.exists()]
+    for p in olds + _siblings(dest, "tmp"):
+        if not _owner_alive(p):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def safe_member(root: str | os.PathLike, name: str) -> Path:

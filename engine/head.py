@@ -119,24 +119,51 @@ class Head(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> "Head":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise StateError(f"head file not found: {path}")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path), device=map_location)
+            data = path.read_bytes()
+        except OSError as e:
+            raise StateError(f"head file {path} is unreadable ({e})") from None
+        return cls.from_bytes(data, map_location=map_location, where=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, map_location: str = "cpu", where: str = "head.safetensors") -> "Head":
+        """A head from the bytes of a ``head.safetensors`` (verified by the caller: the bytes checked are the
+        bytes used, so a file replaced between check and use cannot slip in)."""
+        from safetensors.torch import load
+
+        try:
+            meta = read_safetensors_metadata(data)
+            tensors = load(data)
         except Exception as e:  # safetensors raises its own error types on corrupt headers
-            raise IntegrityError(f"{path} is not a readable safetensors file ({e})") from None
+            raise IntegrityError(f"{where} is not a readable safetensors file ({e})") from None
         if meta.get("format") != HEAD_FORMAT or "config" not in meta:
-            raise IntegrityError(f"{path} is not a lightcl head (metadata format {meta.get('format')!r})")
-        config = json.loads(meta["config"])
-        head = cls(config)
+            raise IntegrityError(f"{where} is not a lightcl head (metadata format {meta.get('format')!r})")
+        try:
+            config = json.loads(meta["config"])
+            head = cls(config)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            raise IntegrityError(f"{where}: malformed head config in its metadata ({type(e).__name__}: {e})") from None
         try:
             head.load_state_dict(tensors, strict=True)
         except RuntimeError as e:
-            raise IntegrityError(f"{path}: tensors do not match the head config ({e})") from None
-        return head
+            raise IntegrityError(f"{where}: tensors do not match the head config ({e})") from None
+        return head.to(map_location)
+
+
+def read_safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header size, then a JSON header)."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header of {n} bytes in a blob of {len(data)}")
+    header = json.loads(data[8:8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("__metadata__ is not a JSON object")
+    return meta

@@ -9,6 +9,8 @@ feature-pattern penalty. Defaults reproduce the authors' code; every departure i
 from __future__ import annotations
 
 import copy
+import math
+import operator
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError, ShapeError, UnknownTaskError
+from .errors import InputError, NonFiniteError, ShapeError, UnknownTaskError
 from .head import Head
 from .memory import FeaturePatternMemory
 from .validate import check_images, check_labels
@@ -50,6 +52,22 @@ class LightCLConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "beta", "ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{name} must be a finite number, got {v!r}")
+        for name in ("buffer_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise InputError(f"{name} must be an integer, got {v!r}")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)):
+            raise InputError(f"num_classes must be an integer or None, got {self.num_classes!r}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise InputError("momentum >= 0 and weight_decay >= 0 are required")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise InputError(f"bad device {self.device!r} ({e})") from None
         if self.buffer_policy not in BUFFER_POLICIES:
             raise InputError(f"buffer_policy must be one of {BUFFER_POLICIES}, got {self.buffer_policy!r}")
         if self.loss_slice not in LOSS_SLICES:
@@ -123,6 +141,12 @@ class LightCL:
                              f"[N, {', '.join(map(str, self.head.in_features))}]: head and export do not match")
         return f
 
+    @staticmethod
+    def _check_features(feats: Tensor) -> None:
+        if not bool(torch.isfinite(feats).all()):
+            raise NonFiniteError("the frozen part gave NaN/Inf features for these images (pixel values far out of "
+                                 "range?): refusing to use them")
+
     def _check_x(self, x) -> Tensor:
         return check_images(x, self.input_shape).to(self.device)
 
@@ -135,10 +159,8 @@ class LightCL:
         return [self.class_index[c] for c in self.tasks[task_id]]
 
     def _labels_to_index(self, y: Tensor) -> Tensor:
-        lut = torch.full((max(self.class_index) + 1,), -1, dtype=torch.long)
-        for c, i in self.class_index.items():
-            lut[c] = i
-        return lut[y]
+        # a dict lookup, not a table indexed by class id: ids like 2**40 must not allocate 8 TB
+        return torch.tensor([self.class_index[c] for c in y.tolist()], dtype=torch.long, device=y.device)
 
     def _index_to_labels(self, idx: Tensor) -> Tensor:
         inv = torch.empty(max(self.class_index.values()) + 1, dtype=torch.long)
@@ -159,12 +181,14 @@ class LightCL:
         """Announce a task and its classes (integer labels, disjoint from earlier tasks' classes)."""
         if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
             raise InputError(f"task_id must be a non-negative int, got {task_id!r}")
+        if isinstance(classes, (str, bytes)):
+            raise InputError(f"classes must be a sequence of integers, got {classes!r}")
         try:
-            classes = [int(c) for c in classes]
-        except (TypeError, ValueError):
+            classes = [operator.index(c) for c in classes]  # 2.0 or 0.5 is not a class id
+        except (TypeError, ValueError, RuntimeError):
             raise InputError(f"classes must be integers, got {classes!r}") from None
-        if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
-            raise InputError(f"classes must be distinct non-negative integers, got {classes}")
+        if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= 2 ** 63:
+            raise InputError(f"classes must be distinct non-negative 64-bit integers, got {classes}")
         if self.current_task is not None:
             raise InputError(f"task {self.current_task} is still open: call end_task() first")
         if task_id in self.tasks:
@@ -212,13 +236,22 @@ class LightCL:
         t0 = time.perf_counter()
         feats = self.extract(x)
         task = self.current_task
+        if not bool(torch.isfinite(feats).all()):
+            # Finite but extreme pixels can overflow the frozen part. Such a batch must not reach the
+            # buffer, the BN statistics or the masks: skip it like a non-finite loss.
+            with self._lock:
+                self.counters["skipped_nonfinite"] += 1
+            return {"loss": float("nan"), "ce": float("nan"), "feature_pattern": 0.0, "skipped": 1,
+                    "step_ms": (time.perf_counter() - t0) * 1000.0}
         with self._lock:
+            saved_bn = self._bn_buffers()
+            saved_memory = None
             if self._pending_capture:
+                saved_memory = self.memory.snapshot()
                 self.memory.set_buffer(feats, y, task)
                 _, taps = self._taps(self.memory.features)
                 self.memory.record_targets(taps)
                 self._pending_capture = False
-            saved_bn = self._bn_buffers()
             self.head.train()
             logits = self.head(feats)
             idx = self.task_indices(task) if self.config.loss_slice == "task" else self.seen_indices()
@@ -235,6 +268,9 @@ class LightCL:
                    "skipped": 0}
             if not torch.isfinite(loss):
                 self._restore_bn(saved_bn)
+                if saved_memory is not None:  # the capture happens again on the next good batch
+                    self.memory.restore(saved_memory)
+                    self._pending_capture = True
                 self.counters["skipped_nonfinite"] += 1
                 out["skipped"] = 1
             else:
@@ -242,9 +278,9 @@ class LightCL:
                 loss.backward()
                 self.optimizer.step()
                 self.counters["steps"] += 1
-            if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
-                self.memory.reservoir_add(feats, y, task, self.generator)
-            self._last_features = feats
+                if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
+                    self.memory.reservoir_add(feats, y, task, self.generator)
+                self._last_features = feats
         out["step_ms"] = (time.perf_counter() - t0) * 1000.0
         return out
 
@@ -255,6 +291,7 @@ class LightCL:
         feats = self.extract(self._check_x(x)) if x is not None else self._last_features
         if feats is None:
             raise InputError(f"task {self.current_task} saw no data: observe() a batch or pass end_task(x)")
+        self._check_features(feats)
         with self._lock:
             _, taps = self._taps(feats)
             self.memory.update_masks(taps)
@@ -268,6 +305,7 @@ class LightCL:
     def logits(self, x: Tensor) -> Tensor:
         x = self._check_x(x)
         feats = self.extract(x)
+        self._check_features(feats)
         with self._lock:
             was = self.head.training
             self.head.eval()
@@ -299,13 +337,26 @@ class LightCL:
         With ``record`` the row is appended to the accuracy matrices in ``self.metrics``.
         """
         til, cil, ids = [], [], []
-        for task_id, batches in stream:
+        try:
+            stream = list(stream)
+            items = [(task_id, batches) for task_id, batches in stream]
+        except (TypeError, ValueError):
+            raise InputError("evaluate() takes an iterable of (task_id, batches of (x, y))") from None
+        for task_id, batches in items:
             tidx = torch.tensor(self.task_indices(task_id))
             sidx = torch.tensor(self.seen_indices())
             n = ct = cc = 0
-            for x, y in batches:
+            try:
+                batches = iter(batches)
+            except TypeError:
+                raise InputError(f"evaluate(): the batches of task {task_id} are not iterable") from None
+            for batch in batches:
+                try:
+                    x, y = batch
+                except (TypeError, ValueError):
+                    raise InputError(f"evaluate(): each batch of task {task_id} must be a pair (x, y)") from None
                 logits = self.logits(x).cpu()
-                y = y.cpu().long()
+                y = check_labels(y, x.shape[0], self.tasks[task_id]).cpu()
                 ct += int((self._index_to_labels(tidx[logits[:, tidx].argmax(1)]) == y).sum())
                 cc += int((self._index_to_labels(sidx[logits[:, sidx].argmax(1)]) == y).sum())
                 n += len(y)

@@ -79,6 +79,15 @@ class FeaturePatternMemory:
                     self.origin[j] = int(task_id)
                     self.target_valid[j] = False
 
+    def snapshot(self) -> dict:
+        """The buffer as it is (references: ``set_buffer``/``record_targets`` replace tensors, never write into them)."""
+        return {"features": self.features, "labels": self.labels, "origin": self.origin,
+                "targets": dict(self.targets), "target_valid": self.target_valid}
+
+    def restore(self, snap: dict) -> None:
+        for k, v in snap.items():
+            setattr(self, k, v)
+
     def record_targets(self, taps: dict[str, Tensor], valid: Tensor | None = None) -> None:
         self.targets = {k: v.detach().clone() for k, v in taps.items()}
         self.target_valid = torch.ones(len(self), dtype=torch.bool) if valid is None else valid.clone()

@@ -20,9 +20,11 @@ def check_images(x, expected_chw: Sequence[int] | None = None, what: str = "imag
         raise ShapeError(f"{what} must be floating point (normalised), got dtype {x.dtype}")
     if expected_chw is not None and tuple(x.shape[1:]) != tuple(expected_chw):
         raise ShapeError(f"{what} must be [N, {', '.join(map(str, expected_chw))}], got {list(x.shape)}")
+    if x.dtype != torch.float32:
+        x = x.float()  # checked after the cast: 1e300 in float64 is Inf in float32
     if not torch.isfinite(x).all():
-        raise NonFiniteError(f"{what} contain NaN or Inf values")
-    return x if x.dtype == torch.float32 else x.float()
+        raise NonFiniteError(f"{what} contain NaN or Inf values (as float32)")
+    return x
 
 
 def check_labels(y, n: int, allowed: Sequence[int] | None = None) -> Tensor:

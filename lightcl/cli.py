@@ -32,10 +32,17 @@ def _load(verb: str):
         raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line on stderr (exit 2), like every other lightcl error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from lightcl import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lightcl",
         description="Edge continual learning: frozen feature extractor (ONNX Runtime / TensorRT) + trainable head.",
     )

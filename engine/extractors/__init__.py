@@ -31,6 +31,7 @@ the CPU-only onnxruntime is skipped (torch on the GPU beats it and keeps feature
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -113,6 +114,12 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown extractor backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if not isinstance(export_dir, (str, os.PathLike)):
+        raise InputError(f"export_dir must be a path, got {type(export_dir).__name__}")
+    for key in ("threads", "inter_threads"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"{key} must be a positive integer, got {v!r}")
     meta = load_export_meta(export_dir, verify=True)
     dev = resolve_device(device)
     if backend != "auto":

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import InputError, ShapeError
+from ..errors import InputError, NonFiniteError, ShapeError
 
 
 class BaseExtractor:
@@ -35,6 +35,8 @@ class BaseExtractor:
             raise ShapeError("extractor got an empty batch")
         if x.dtype != torch.float32:
             raise ShapeError(f"extractor expects float32 input (normalised images), got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError("extractor input contains NaN or Inf values")
 
     def __call__(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.bench.scenarios import get_scenario
     from lightcl.engine.fileio import write_json_atomic
 
+    from lightcl.engine.errors import InputError
+
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     scenario = get_scenario(args.scenario, epochs=args.epochs, batch_size=args.batch_size)

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.engine.learner import LightCL
     from lightcl.engine.state import read_state_doc
 
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     doc = read_state_doc(args.state)
     export_dir = args.export or doc.get("extra", {}).get("export_dir")
     if not export_dir:

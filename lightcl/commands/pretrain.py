@@ -23,9 +23,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
 
 
+def _check(args: argparse.Namespace) -> None:
+    import math
+
+    from lightcl.engine.errors import InputError
+    from lightcl.export.zoo import list_backbones
+
+    if args.arch not in list_backbones():
+        raise InputError(f"unknown arch {args.arch!r}; known: {', '.join(list_backbones())}")
+    for name in ("width", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("subset", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InputError(f"--{name} must be >= 1, got {v}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise InputError(f"--lr must be a positive number, got {args.lr}")
+    from pathlib import Path
+
+    from lightcl.export.checkpoint import checkpoint_paths
+
+    for f in checkpoint_paths(args.out):  # fail now, not after the training
+        if f.is_dir():
+            raise InputError(f"--out: {f} is a directory")
+        d = f.parent
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        if not d.is_dir():
+            raise InputError(f"--out: {d} is not a directory")
+
+
 def run(args: argparse.Namespace) -> int:
     from lightcl.export.pretrain import pretrain
 
+    _check(args)
     meta = pretrain(args.dataset, args.out, arch=args.arch, width=args.width, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_path=args.data_path,
                     threads=args.threads, subset=args.subset)
