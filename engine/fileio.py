@@ -285,3 +285,20 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
     if not isinstance(obj, dict):
         raise IntegrityError(f"{what} {path} must hold a JSON object")
     return obj
+
+
+def read_buffer(path: str | os.PathLike) -> bytearray:
+    """A whole file in one writable buffer (``readinto``: no intermediate ``bytes`` copy)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            k = f.readinto(view[got:])
+            if not k:
+                break
+            got += k
+    if got != size:
+        raise OSError(f"{path}: file changed size while being read")
+    return buf

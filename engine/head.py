@@ -123,7 +123,9 @@ class Head(nn.Module):
         if not path.is_file():
             raise StateError(f"head file not found: {path}")
         try:
-            data = path.read_bytes()
+            from .fileio import read_buffer
+
+            data = read_buffer(path)
         except OSError as e:
             raise StateError(f"head file {path} is unreadable ({e})") from None
         return cls.from_bytes(data, map_location=map_location, where=str(path))
@@ -134,23 +136,64 @@ class Head(nn.Module):
         bytes used, so a file replaced between check and use cannot slip in)."""
         from safetensors.torch import load
 
+        def load_tensors(blob):
+            # A writable buffer becomes the parameters' storage (no second copy of the weights: the load
+            # peak on a device is one head, not two); immutable bytes go through safetensors.
+            return tensors_in_buffer(blob) if isinstance(blob, bytearray) else load(blob)
+
         try:
             meta = read_safetensors_metadata(data)
-            tensors = load(data)
+            tensors = load_tensors(data)
         except Exception as e:  # safetensors raises its own error types on corrupt headers
             raise IntegrityError(f"{where} is not a readable safetensors file ({e})") from None
         if meta.get("format") != HEAD_FORMAT or "config" not in meta:
             raise IntegrityError(f"{where} is not a lightcl head (metadata format {meta.get('format')!r})")
         try:
             config = json.loads(meta["config"])
-            head = cls(config)
+            with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned
+                head = cls(config)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
             raise IntegrityError(f"{where}: malformed head config in its metadata ({type(e).__name__}: {e})") from None
         try:
-            head.load_state_dict(tensors, strict=True)
+            head.load_state_dict(tensors, strict=True, assign=True)
         except RuntimeError as e:
             raise IntegrityError(f"{where}: tensors do not match the head config ({e})") from None
         return head.to(map_location)
+
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def tensors_in_buffer(buf: bytearray) -> dict[str, Tensor]:
+    """Tensors of a safetensors blob as views into ``buf`` (zero copy), with the format's checks:
+    known dtypes, offsets inside the data section, sizes matching shapes, no overlaps."""
+    n = int.from_bytes(buf[:8], "little")
+    if len(buf) < 8 or n > len(buf) - 8:
+        raise ValueError("truncated safetensors header")
+    header = json.loads(bytes(buf[8:8 + n]))
+    base, size = 8 + n, len(buf) - 8 - n
+    out, spans = {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _DTYPES.get(info.get("dtype"))
+        shape = [int(d) for d in info.get("shape", [])]
+        begin, end = (int(v) for v in info["data_offsets"])
+        numel = 1
+        for d in shape:
+            numel *= d
+        if dtype is None or not (0 <= begin <= end <= size) or end - begin != numel * torch.empty(
+                (), dtype=dtype).element_size() or any(d < 0 for d in shape):
+            raise ValueError(f"tensor {name!r}: bad dtype, shape or offsets")
+        spans.append((begin, end))
+        t = torch.frombuffer(buf, dtype=dtype, count=numel, offset=base + begin) if numel else torch.empty(0, dtype=dtype)
+        out[name] = t.view(shape)
+    spans.sort()
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError("overlapping tensors")
+    return out
 
 
 def read_safetensors_metadata(data: bytes) -> dict[str, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, IntegrityError, LightCLError, StateError
-from .fileio import atomic_directory, read_json, recover_directory, safe_member, sha256_file, verify_files
+from .fileio import atomic_directory, read_buffer, read_json, recover_directory, safe_member, sha256_file, verify_files
 from .head import Head
 
 STATE_FORMAT = "lightcl-state/1"
@@ -157,7 +157,7 @@ def _read_verified(directory: Path) -> tuple[dict, dict[str, bytes]]:
     for name in FILES:
         path = safe_member(directory, name)
         try:
-            data = path.read_bytes()
+            data = read_buffer(path)
         except FileNotFoundError:
             raise StateError(f"learner state {directory}: missing file {name}") from None
         except OSError as e:
@@ -192,7 +192,7 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
 
     head = Head.from_bytes(blobs["head.safetensors"], where=str(directory / "head.safetensors"))
     try:
-        tensors = load(blobs["learner.safetensors"])
+        tensors = load(bytes(blobs["learner.safetensors"]))
     except Exception as e:
         raise IntegrityError(f"{directory}/learner.safetensors is unreadable ({e})") from None
     config = dict(doc["config"])

@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--modes", default="lightcl,lightcl-torch,lightcl-reference,finetune")
+    p.add_argument("--modes", default="lightcl,lightcl-torch,lightcl-reference,finetune",
+                   help="comma-separated; also lightcl-int8 (needs an export made with --int8)")
     p.add_argument("--threads", type=int, default=None, help="torch/ort threads in every mode (default: all cores)")
     p.add_argument("--data-path", default=None)
     p.add_argument("--json", default=None)
