@@ -109,13 +109,11 @@ class Head(nn.Module):
 
     # --- persistence (safetensors + config in its metadata) ---
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save
-
-        from .fileio import write_bytes_atomic
+        from .fileio import safetensors_bytes, write_bytes_atomic
 
         meta = {"format": HEAD_FORMAT, "config": json.dumps(self.config, sort_keys=True)}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        write_bytes_atomic(path, save(tensors, metadata=meta))
+        write_bytes_atomic(path, safetensors_bytes(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> "Head":

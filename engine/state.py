@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, IntegrityError, LightCLError, StateError
-from .fileio import atomic_directory, read_buffer, read_json, recover_directory, safe_member, sha256_file, verify_files
+from .fileio import (atomic_directory, read_buffer, read_json, recover_directory, safe_member, safetensors_bytes,
+                     sha256_file, verify_files)
 from .head import Head
 
 STATE_FORMAT = "lightcl-state/1"
@@ -60,8 +61,6 @@ def check_state_path(directory: str | Path) -> None:
 
 
 def save_state(learner, directory: str | Path) -> Path:
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     check_state_path(directory)
     with atomic_directory(directory) as tmp:
@@ -76,7 +75,7 @@ def save_state(learner, directory: str | Path) -> Path:
         tensors["rng.generator"] = learner.generator.get_state()
         if learner._last_features is not None:
             tensors["task.last_features"] = learner._last_features.detach().cpu().contiguous()
-        save_file(tensors, str(tmp / "learner.safetensors"))
+        (tmp / "learner.safetensors").write_bytes(safetensors_bytes(tensors))
         doc = {
             "format": STATE_FORMAT,
             "config": asdict(learner.config),
