@@ -252,7 +252,14 @@ def recover_directory(dest: str | os.PathLike, wait_s: float | None = None) -> N
     parent = dest.parent
     if not parent.is_dir():
         return
-    olds = sorted(_siblings(dest, "old"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:  # removed meanwhile by its writer
+            return 0.0
+
+    olds = sorted(_siblings(dest, "old"), key=mtime)
     if not dest.exists() and olds:
         deadline = time.monotonic() + (SWAP_WAIT_S if wait_s is None else wait_s)
         while not dest.exists() and any(_owner_alive(p) and p.exists() for p in olds) \
