@@ -1,0 +1,286 @@
+"""The one contract every benchmark method implements, and what the whole-model baselines share.
+
+Mammoth-style: ``begin_task(task_id, classes, n_train=None)``, ``observe(x, y) -> dict``,
+``end_task()``, ``logits(x)``. Outputs are in *output-index* space: class ``c`` gets output
+``class_index[c]`` in order of arrival, so TIL and CIL come from one set of logits by masking
+(``task_indices(t)`` / ``seen_indices()``), for every method alike.
+
+Every method also keeps two ledgers the suite reports:
+
+* ``flops``: training FLOPs by the paper's counting (see :func:`forward_flops`): a sample that
+  only goes *forward* through a part costs 1x that part's forward FLOPs; a sample that is
+  *trained* through a part costs 3x (forward + backward for activations and weights). Only
+  conv and linear layers count (2 FLOPs per multiply-add); BN, ReLU, pooling and the optimiser
+  update are left out. Evaluation is not training and is not counted.
+* ``accounting()``: element counts for the paper's theoretical memory (fp32): weights held,
+  trainable weights (= gradients), optimiser slots, extra state (EWC's Fisher, LwF's teacher, ...),
+  activations of one step (batch + replayed samples, leaf-module outputs, via
+  :func:`lightcl.bench.accounting.count_activations`) and the replay buffer.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightcl.engine.errors import InputError
+
+
+@dataclass
+class MethodContext:
+    """What a method needs to build itself: the same pretrained start for every method."""
+
+    scenario: Any  # bench.scenarios.Scenario
+    ckpt: str  # pretrained backbone checkpoint (PATH of PATH.safetensors + PATH.json)
+    export_dir: str | None  # the split export of that checkpoint (engine methods)
+    num_classes: int
+    seed: int = 0
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    backend: str = "ort"  # extractor backend for engine methods
+    threads: int | None = None
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.scenario.batch_size)
+
+
+def xavier_classifier(in_features: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A fresh classifier as the authors make it: xavier-uniform weights, zero bias."""
+    fc = nn.Linear(in_features, num_classes)
+    with torch.no_grad():
+        bound = (6.0 / (in_features + num_classes)) ** 0.5
+        fc.weight.uniform_(-bound, bound, generator=generator)
+        fc.bias.zero_()
+    return fc
+
+
+def forward_flops(module: nn.Module, x: Tensor, forward=None) -> float:
+    """Forward FLOPs *per sample* of ``module`` on ``x`` (conv + linear, 2 per multiply-add)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        total += 2 * out.numel() * k
+
+    def lin_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += 2 * out.numel() * m.in_features
+
+    hooks = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(lin_hook))
+    was = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            (forward or module)(x)
+    finally:
+        module.train(was)
+        for h in hooks:
+            h.remove()
+    return total / x.shape[0]
+
+
+def n_params(params) -> int:
+    return int(sum(p.numel() for p in params))
+
+
+class Reservoir:
+    """Reservoir sampling (Vitter's algorithm R) over every sample offered; tensors per field."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = int(size)
+        self.generator = generator
+        self.seen = 0
+        self.data: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return 0 if not self.data else int(next(iter(self.data.values())).shape[0])
+
+    def add(self, **fields: Tensor) -> None:
+        n = next(iter(fields.values())).shape[0]
+        for i in range(n):
+            self.seen += 1
+            if len(self) < self.size:
+                for k, v in fields.items():
+                    row = v[i: i + 1].detach().clone()
+                    self.data[k] = row if k not in self.data else torch.cat([self.data[k], row])
+            else:
+                j = int(torch.randint(0, self.seen, (1,), generator=self.generator))
+                if j < self.size:
+                    for k, v in fields.items():
+                        self.data[k][j] = v[i].detach()
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        m = len(self)
+        idx = torch.randperm(m, generator=self.generator)[: min(n, m)]
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def numel(self) -> int:
+        return int(sum(v.numel() for v in self.data.values()))
+
+
+class Method:
+    """Base: class bookkeeping, FLOP ledger, the contract. Subclasses implement the learning."""
+
+    name = "?"
+    trains = "?"  # what is trained, for the report
+    # relative cost of one step (sgd on the whole model = 1): only for the progress bar's ETA
+    cost = 1.0
+
+    def __init__(self, ctx: MethodContext, **hp: Any) -> None:
+        self.ctx = ctx
+        self.hp = dict(hp)
+        self.device = torch.device(ctx.device)
+        self.generator = torch.Generator().manual_seed(int(ctx.seed))
+        torch.manual_seed(int(ctx.seed))
+        self.class_index: dict[int, int] = {}
+        self.tasks: dict[int, list[int]] = {}
+        self.current_task: int | None = None
+        self.flops = 0.0
+        self.steps = 0
+
+    # --- hyperparameters
+    def opt(self, key: str, default: Any = None) -> Any:
+        return self.hp.get(key, default)
+
+    def check_hp(self, known: Sequence[str]) -> None:
+        bad = sorted(set(self.hp) - set(known))
+        if bad:
+            raise InputError(f"{self.name}: unknown hyperparameter(s) {bad}; known: {sorted(known)}")
+
+    # --- classes
+    def begin_task(self, task_id: int, classes: Sequence[int], n_train: int | None = None) -> None:
+        if self.current_task is not None:
+            raise InputError(f"task {self.current_task} is still open")
+        classes = [int(c) for c in classes]
+        for c in classes:
+            if c not in self.class_index:
+                if len(self.class_index) >= self.ctx.num_classes:
+                    raise InputError(f"more than {self.ctx.num_classes} classes")
+                self.class_index[c] = len(self.class_index)
+        self.tasks[int(task_id)] = classes
+        self.current_task = int(task_id)
+
+    def end_task(self) -> None:
+        self.current_task = None
+
+    def task_indices(self, task_id: int) -> list[int]:
+        return [self.class_index[c] for c in self.tasks[task_id]]
+
+    def seen_indices(self) -> list[int]:
+        return sorted(self.class_index.values())
+
+    def to_index(self, y: Tensor) -> Tensor:
+        lut = torch.full((max(self.class_index) + 1,), -1, dtype=torch.long)
+        for c, i in self.class_index.items():
+            lut[c] = i
+        return lut[y.long().cpu()].to(self.device)
+
+    # --- the rest of the contract
+    def observe(self, x: Tensor, y: Tensor) -> dict:
+        raise NotImplementedError
+
+    def logits(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def accounting(self) -> dict:
+        """Element counts: weights, trainable, optimizer_slots, extra_state, activations, buffer."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"method": self.name, "trains": self.trains, "hyperparameters": dict(self.hp)}
+
+
+class WholeModelMethod(Method):
+    """The whole pretrained backbone with a fresh classifier, trained end to end (Mammoth-style).
+
+    Loss: cross-entropy over *all* outputs, as Mammoth's baselines compute it (unseen classes'
+    logits are pushed down; they are masked away at evaluation). Train mode while learning, eval
+    mode for ``logits``. Optimiser: SGD(lr, momentum, weight_decay) from the config.
+    """
+
+    trains = "whole model"
+    HP = ("lr", "momentum", "weight_decay")
+
+    def __init__(self, ctx: MethodContext, **hp: Any) -> None:
+        super().__init__(ctx, **hp)
+        self.check_hp(self.HP)
+        from lightcl.export.checkpoint import load_checkpoint
+
+        model, self.ckpt_meta = load_checkpoint(ctx.ckpt)
+        model.fc = xavier_classifier(model.fc.in_features, ctx.num_classes, self.generator)
+        self.net = model.to(self.device)
+        self.net.train()
+        self.optimizer = self.make_optimizer(self.net.parameters())
+        probe = torch.zeros(2, *ctx.input_shape, device=self.device)
+        self.f_model = forward_flops(self.net, probe)
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=float(self.opt("lr", 0.01)), momentum=float(self.opt("momentum", 0.0)),
+                               weight_decay=float(self.opt("weight_decay", 0.0)))
+
+    def optimizer_slots(self) -> int:
+        return 1 if float(self.opt("momentum", 0.0)) > 0 else 0
+
+    def step(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+
+    def train_flops(self, n: int) -> None:
+        self.flops += 3.0 * self.f_model * n
+
+    def forward_only_flops(self, n: int) -> None:
+        self.flops += self.f_model * n
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        was = self.net.training
+        self.net.eval()
+        try:
+            return self.net(x.to(self.device))
+        finally:
+            self.net.train(was)
+
+    def replayed_per_step(self) -> int:
+        return 0
+
+    def extra_state(self) -> int:
+        return 0
+
+    def buffer_numel(self) -> int:
+        return 0
+
+    def accounting(self) -> dict:
+        from lightcl.bench.accounting import count_activations
+
+        n = self.ctx.batch_size + self.replayed_per_step()
+        params = n_params(self.net.parameters())
+        acts = count_activations(self.net, torch.zeros(n, *self.ctx.input_shape, device=self.device))
+        return {"weights": params, "trainable": params, "optimizer_slots": self.optimizer_slots(),
+                "extra_state": self.extra_state(), "activations": acts, "buffer": self.buffer_numel(),
+                "samples_per_step": n}
+
+    def ce(self, out: Tensor, y_idx: Tensor) -> Tensor:
+        return F.cross_entropy(out, y_idx)
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with gradients off (teachers, EWC anchors)."""
+    c = copy.deepcopy(net)
+    c.eval()
+    for p in c.parameters():
+        p.requires_grad_(False)
+    return c

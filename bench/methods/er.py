@@ -1,0 +1,43 @@
+"""``er``: Experience Replay with a reservoir buffer of images (Mammoth's ``er``).
+
+Each step: the current batch + ``minibatch_size`` samples drawn from the buffer, one CE over all
+outputs; then the batch is offered to the reservoir. Buffer size: ``--buffer`` (default 15, the
+paper's Table 1). Departure (stated): we store the batch as the suite gives it (after the random
+crop); Mammoth stores the un-augmented image and augments it again when replaying.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Reservoir, WholeModelMethod
+
+
+class ER(WholeModelMethod):
+    name = "er"
+    HP = WholeModelMethod.HP + ("buffer_size", "minibatch_size")
+    cost = 1.4
+
+    def __init__(self, ctx, **hp) -> None:
+        super().__init__(ctx, **hp)
+        self.buffer = Reservoir(int(self.opt("buffer_size", 15)), self.generator)
+        self.minibatch = int(self.opt("minibatch_size", 32))
+
+    def observe(self, x: Tensor, y: Tensor) -> dict:
+        x, yi = x.to(self.device), self.to_index(y)
+        xb, yb = x, yi
+        if len(self.buffer):
+            b = self.buffer.sample(self.minibatch)
+            xb, yb = torch.cat([x, b["x"]]), torch.cat([yi, b["y"]])
+        self.net.train()
+        loss = self.ce(self.net(xb), yb)
+        self.step(loss)
+        self.train_flops(len(xb))
+        self.buffer.add(x=x, y=yi)
+        return {"loss": float(loss.detach())}
+
+    def replayed_per_step(self) -> int:
+        return min(self.minibatch, self.buffer.size)
+
+    def buffer_numel(self) -> int:
+        return self.buffer.numel()

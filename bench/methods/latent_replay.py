@@ -1,0 +1,81 @@
+"""``latent-replay``: the natural edge competitor (Pellegrini et al., IROS 2020, "Latent Replay for
+Real-Time Continual Learning"): the same frozen extractor as LightCL (the export, run by the engine's
+backend), the same trainable head (deep layers + a fresh classifier), and ER in the latent space:
+a reservoir buffer of *frozen features* (``--buffer``, default 15) replayed with every batch
+(``minibatch_size`` samples), one CE over all outputs. Hyperparameters are ER's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Method, Reservoir, forward_flops, n_params
+from .engine_common import frozen_figures, open_extractor
+
+
+class LatentReplay(Method):
+    name = "latent-replay"
+    trains = "head (deep layers + classifier)"
+    HP = ("lr", "momentum", "weight_decay", "buffer_size", "minibatch_size")
+    cost = 0.15
+
+    def __init__(self, ctx, **hp) -> None:
+        super().__init__(ctx, **hp)
+        self.check_hp(self.HP)
+        from lightcl.engine.export_dir import load_head
+
+        self.extractor = open_extractor(ctx)
+        self.head = load_head(ctx.export_dir).to(self.device)
+        self.head.reset_classifier(ctx.num_classes, generator=self.generator)
+        self.head.train()
+        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=float(self.opt("lr", 0.1)),
+                                         momentum=float(self.opt("momentum", 0.0)),
+                                         weight_decay=float(self.opt("weight_decay", 0.0)))
+        self.buffer = Reservoir(int(self.opt("buffer_size", 15)), self.generator)
+        self.minibatch = int(self.opt("minibatch_size", 32))
+        self.frozen_params, self.f_frozen = frozen_figures(ctx)
+        self.f_head = forward_flops(self.head, torch.zeros(2, *self.head.in_features))
+
+    @torch.no_grad()
+    def extract(self, x: Tensor) -> Tensor:
+        return torch.as_tensor(self.extractor(x)).to(self.device, torch.float32)
+
+    def observe(self, x: Tensor, y: Tensor) -> dict:
+        yi = self.to_index(y)
+        f = self.extract(x)
+        fb, yb = f, yi
+        if len(self.buffer):
+            b = self.buffer.sample(self.minibatch)
+            fb, yb = torch.cat([f, b["f"]]), torch.cat([yi, b["y"]])
+        self.head.train()
+        loss = F.cross_entropy(self.head(fb), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        self.flops += self.f_frozen * len(f) + 3.0 * self.f_head * len(fb)
+        self.buffer.add(f=f, y=yi)
+        return {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        f = self.extract(x)
+        self.head.eval()
+        try:
+            return self.head(f)
+        finally:
+            self.head.train()
+
+    def accounting(self) -> dict:
+        from lightcl.bench.accounting import count_activations
+
+        n = self.ctx.batch_size + min(self.minibatch, self.buffer.size)
+        hp = n_params(self.head.parameters())
+        return {"weights": self.frozen_params + hp, "trainable": hp,
+                "optimizer_slots": 1 if float(self.opt("momentum", 0.0)) > 0 else 0, "extra_state": 0,
+                "activations": count_activations(self.head, torch.zeros(n, *self.head.in_features)),
+                "buffer": self.buffer.numel(), "samples_per_step": n}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "extractor": self.extractor.info()}

@@ -1,0 +1,75 @@
+"""``lightcl``: the engine itself: ``load_extractor`` (onnxruntime by default) + ``LightCL``.
+
+Hyperparameters are the learner's options (defaults = the authors' code: SGD lr 0.01, beta 2e-4,
+buffer 15 first samples of the new task's first batch, ratio 0.15, TIL-sliced CE).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Method, forward_flops, n_params
+from .engine_common import frozen_figures, open_extractor
+
+
+class LightCLMethod(Method):
+    name = "lightcl"
+    trains = "head (deep layers + classifier)"
+    cost = 0.2
+
+    def __init__(self, ctx, **hp) -> None:
+        super().__init__(ctx, **hp)
+        from lightcl.engine.export_dir import load_head
+        from lightcl.engine.learner import LightCL
+
+        self.extractor = open_extractor(ctx)
+        opts = {"num_classes": ctx.num_classes, "seed": int(ctx.seed), "device": ctx.device, **self.hp}
+        self.learner = LightCL(self.extractor, load_head(ctx.export_dir), **opts)
+        self.frozen_params, self.f_frozen = frozen_figures(ctx)
+        head = self.learner.head
+        self.f_head = forward_flops(head, torch.zeros(2, *head.in_features))
+
+    def begin_task(self, task_id, classes, n_train=None) -> None:
+        super().begin_task(task_id, classes, n_train)
+        self.learner.begin_task(int(task_id), [int(c) for c in classes])
+
+    def observe(self, x: Tensor, y: Tensor) -> dict:
+        capture = self.learner._pending_capture
+        out = self.learner.observe(x, y)
+        self.steps += 1
+        mem = self.learner.memory
+        n = len(x)
+        self.flops += self.f_frozen * n + 3.0 * self.f_head * n
+        if capture:
+            self.flops += self.f_head * len(mem)  # targets recorded on the new buffer
+        if mem.active():
+            self.flops += 3.0 * self.f_head * len(mem)
+        return out
+
+    def end_task(self) -> None:
+        self.learner.end_task()
+        self.flops += self.f_head * self.ctx.batch_size  # taps of the last batch -> vital channels
+        super().end_task()
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.learner.logits(x)
+
+    def task_indices(self, task_id: int) -> list[int]:
+        return self.learner.task_indices(task_id)
+
+    def seen_indices(self) -> list[int]:
+        return self.learner.seen_indices()
+
+    def accounting(self) -> dict:
+        from lightcl.bench.accounting import count_activations
+
+        head = self.learner.head
+        n = self.ctx.batch_size + len(self.learner.memory)
+        hp = n_params(head.parameters())
+        return {"weights": self.frozen_params + hp, "trainable": hp,
+                "optimizer_slots": 1 if self.learner.config.momentum > 0 else 0, "extra_state": 0,
+                "activations": count_activations(head, torch.zeros(n, *head.in_features)),
+                "buffer": self.learner.memory.nbytes() // 4, "samples_per_step": n}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "options": dict(vars(self.learner.config)), "extractor": self.extractor.info()}

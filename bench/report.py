@@ -1,0 +1,261 @@
+"""Suite results -> ``results.json``, ``results.csv``, ``report.md`` (+ plots via :mod:`.plots`).
+
+The main table has the paper's Table 1 shape (method, CIL, TIL, memory), mean +- std over seeds,
+with our extra resource columns; for paper suites the paper's own figures stand beside ours.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+# The paper's Table 1 (Split CIFAR-10, pretrained ResNet-18, buffer 15; memory theoretical, MB).
+PAPER_TABLE1 = [
+    # (paper's row name, our method or None, CIL, TIL, Mem)
+    ("SGD", "sgd", 34.21, 86.19, 153.4),
+    ("EWC", "ewc", 40.42, 89.77, 196.0),
+    ("ER", "er", 54.44, 92.25, 185.4),
+    ("DER++", "derpp", 40.75, 85.68, 217.3),
+    ("SparCL-DER++ (sparsity 0.9)", None, 35.58, 85.28, 140.6),
+    ("LightCL", "lightcl", 55.53, 96.28, 92.8),
+    ("LightCL (sparsity 0.9)", "lightcl-sparse", 38.31, 86.88, 25.0),
+]
+PAPER_BY_METHOD = {m: (name, cil, til, mem) for name, m, cil, til, mem in PAPER_TABLE1 if m}
+PAPER_BY_METHOD["lightcl-reference"] = PAPER_BY_METHOD["lightcl"]
+
+CSV_FIELDS = ["method", "seed", "status", "final_cil", "final_til", "forgetting_cil", "forgetting_til", "bwt_cil",
+              "bwt_til", "theoretical_mib", "peak_rss_delta_mib", "peak_rss_total_delta_mib", "idle_rss_mib",
+              "cuda_max_allocated_mib", "train_flops", "step_ms", "step_ms_p90", "steps", "train_s", "wall_s",
+              "epochs", "batch_size", "buffer_size", "threads"]
+METRICS = ["final_cil", "final_til", "forgetting_cil", "forgetting_til", "bwt_cil", "bwt_til", "theoretical_mib",
+           "peak_rss_delta_mib", "peak_rss_total_delta_mib", "train_flops", "step_ms", "wall_s", "train_s"]
+
+
+def _ok(results: dict) -> list[dict]:
+    return [r for r in results.get("records", []) if r.get("status") == "ok"]
+
+
+def method_order(results: dict) -> list[str]:
+    seen = []
+    for m in results.get("methods", []):
+        if m not in seen:
+            seen.append(m)
+    for r in results.get("records", []):
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+def mean_std(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(results: dict) -> dict[str, dict[str, Any]]:
+    """method -> {metric: (mean, std)} + ``n`` seeds + mean accuracy matrices."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in method_order(results):
+        recs = [r for r in _ok(results) if r["method"] == m]
+        if not recs:
+            continue
+        agg: dict[str, Any] = {"n": len(recs), "trains": recs[0].get("describe", {}).get("trains", "")}
+        for k in METRICS:
+            agg[k] = mean_std([r.get(k) for r in recs])
+        for key in ("til", "cil"):
+            mats = [r[key] for r in recs]
+            agg[key] = [[statistics.fmean(mat[t][i] for mat in mats) for i in range(len(mats[0][t]))]
+                        for t in range(len(mats[0]))]
+        out[m] = agg
+    return out
+
+
+def _pm(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
+    m, s = ms
+    if m is None or math.isnan(m):
+        return "-"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def _flops(ms: tuple[float, float]) -> str:
+    m, s = ms
+    if math.isnan(m):
+        return "-"
+    return f"{m / 1e12:.3g} ± {s / 1e12:.2g}"
+
+
+def main_table(results: dict) -> str:
+    agg = aggregate(results)
+    paper = results.get("paper_suite", False)
+    head = ["method", "trains", "seeds", "CIL %", "TIL %", "theoretical MiB", "measured peak ΔRSS MiB",
+            "train TFLOPs", "update step ms", "wall s"]
+    if paper:
+        head += ["paper CIL", "paper TIL", "paper Mem (MB)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, a in agg.items():
+        row = [f"`{m}`", a["trains"], str(a["n"]), _pm(a["final_cil"], 100, 2), _pm(a["final_til"], 100, 2),
+               _pm(a["theoretical_mib"]), _pm(a["peak_rss_delta_mib"]), _flops(a["train_flops"]),
+               _pm(a["step_ms"]), _pm(a["wall_s"], 1, 0)]
+        if paper:
+            p = PAPER_BY_METHOD.get(m)
+            row += [f"{p[1]:.2f}", f"{p[2]:.2f}", f"{p[3]:.1f}"] if p else ["-", "-", "-"]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
+def forgetting_table(results: dict) -> str:
+    agg = aggregate(results)
+    rows = ["| method | forgetting CIL (pts) | forgetting TIL (pts) | BWT CIL (pts) | BWT TIL (pts) | peak ΔRSS incl. evaluation MiB |",
+            "|---|---|---|---|---|---|"]
+    for m, a in agg.items():
+        rows.append(f"| `{m}` | {_pm(a['forgetting_cil'], 100)} | {_pm(a['forgetting_til'], 100)} | "
+                    f"{_pm(a['bwt_cil'], 100)} | {_pm(a['bwt_til'], 100)} | {_pm(a['peak_rss_total_delta_mib'])} |")
+    return "\n".join(rows)
+
+
+def paper_table() -> str:
+    rows = ["| method (paper) | CIL | TIL | Mem (MB, theoretical) |", "|---|---|---|---|"]
+    for name, _m, cil, til, mem in PAPER_TABLE1:
+        rows.append(f"| {name} | {cil:.2f} | {til:.2f} | {mem:.1f} |")
+    return "\n".join(rows)
+
+
+def matrix_block(R: list[list[float]], title: str) -> str:
+    lines = [f"{title:>10s} " + " ".join(f"{'T' + str(i):>6s}" for i in range(len(R[-1]) if R else 0))]
+    for t, r in enumerate(R):
+        lines.append(f"{'after T' + str(t):>10s} " + " ".join(f"{100 * a:6.1f}" for a in r))
+    return "\n".join(lines)
+
+
+def _theory_row(r: dict) -> str:
+    a = r["theoretical"]
+    return (f"| `{r['method']}` | {a['weights']:,} | {a['trainable']:,} | {a['optimizer_slots']} | {a['extra_state']:,} | "
+            f"{a['activations']:,} ({a['samples_per_step']} samples) | {a['buffer']:,} | {r['theoretical_mib']:.1f} |")
+
+
+def report_md(results: dict, plots: list[str] | None = None) -> str:
+    s = results["scenario"]
+    b = results.get("backbone", {})
+    env = results.get("env", {})
+    n_ok = len(_ok(results))
+    lines = [f"# Benchmark suite `{results['suite']}`", ""]
+    if results.get("command"):
+        lines += ["Regenerate with:", "", "```", results["command"], "```", ""]
+    lines += [
+        f"- scenario: {s.get('description', '')} {s['n_tasks']} tasks x {s['classes_per_task']} classes of "
+        f"`{s['cl_dataset']}`, batch {s['batch_size']}, **{results['epochs']} epoch(s) per task**, "
+        f"random-crop augmentation {'on' if s.get('augment') else 'off'}, class order "
+        f"{'natural' if s.get('class_order_seed') is None else 'seeded ' + str(s.get('class_order_seed'))}",
+        f"- pretrained start (every method): ResNet-18 width {b.get('width')} pretrained on `{b.get('dataset')}` for "
+        f"{b.get('epochs')} epochs (test accuracy {100 * (b.get('test_accuracy') or 0):.1f}%), `{Path(b.get('path', '')).name}`; "
+        f"LightCL / latent replay use its export split at `{s.get('split')}` (extractor backend `{results.get('backend')}`)",
+        f"- seeds: {results['seeds']} (seed = data order + every method's own randomness); runs finished: {n_ok}"
+        + (f"; buffer override: {results['buffer']}" if results.get("buffer") is not None else ""),
+        f"- machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPU(s), torch {env.get('torch')}, "
+        f"onnxruntime {env.get('onnxruntime')}; {results.get('threads') or 'default'} thread(s) per run, one run at a time",
+        f"- suite wall time: {results.get('wall_s', 0) / 60:.1f} min"
+        + ("" if results.get("finished") else " (**partial: the suite had not finished when this was written**)"),
+        "",
+        "## Results (Table 1 shape; mean ± std over seeds)",
+        "",
+        main_table(results),
+        "",
+    ]
+    if results.get("paper_suite"):
+        lines += ["The paper's columns are its Table 1 (Split CIFAR-10, width-64 ResNet-18 pretrained on ImageNet32, "
+                  "buffer 15; MB = MiB of its theoretical accounting). `lightcl-reference` is set beside the paper's "
+                  "LightCL row.", ""]
+    lines += ["## Forgetting and backward transfer (accuracy points; mean ± std)", "", forgetting_table(results), ""]
+    agg = aggregate(results)
+    if agg:
+        lines += ["## Accuracy matrices (mean over seeds; row = after learning task t, column = task i)", ""]
+        for m, a in agg.items():
+            lines += [f"`{m}`", "", "```", matrix_block(a["cil"], "CIL %"), matrix_block(a["til"], "TIL %"), "```", ""]
+    ok = _ok(results)
+    if ok:
+        first = {}
+        for r in ok:
+            first.setdefault(r["method"], r)
+        lines += ["## Theoretical memory, itemised (elements, fp32; seed 0's run)", "",
+                  "| method | weights held | trainable (= gradients) | optimiser slots | extra state | activations of one step | buffer | MiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [_theory_row(r) for r in first.values()]
+        lines += [""]
+        lines += ["## Hyperparameters (from `bench/configs/*.json`)", "", "| method | hyperparameters | source |",
+                  "|---|---|---|"]
+        for m, r in first.items():
+            hp = ", ".join(f"{k}={v}" for k, v in r.get("hyperparameters", {}).items())
+            lines.append(f"| `{m}` | {hp} | {r.get('config', {}).get('source', '')} |")
+        lines += [""]
+    bad = [r for r in results.get("records", []) if r.get("status") != "ok"]
+    if bad or results.get("skipped"):
+        lines += ["## Skipped and failed runs", ""]
+        for sk in results.get("skipped", []):
+            lines.append(f"- `{sk['method']}`: {sk['reason']}")
+        for r in bad:
+            err = (r.get("error") or "").strip().splitlines()
+            lines.append(f"- `{r['method']}` seed {r['seed']}: failed (exit {r.get('returncode')}): "
+                         f"{err[-1] if err else ''} (log: {r.get('log')})")
+        lines += [""]
+    lines += [
+        "## How it is measured", "",
+        "- **Accuracy**: one evaluation pass per task boundary on the test split of every task seen so far; TIL = "
+        "argmax inside the task's own outputs, CIL = argmax over every class seen; both from the same logits. "
+        "Final = mean over tasks after the last one; forgetting = mean over old tasks of (best earlier accuracy - "
+        "final); BWT = mean of (final - just-learned accuracy).",
+        "- **Measured peak ΔRSS**: each method-seed runs alone in a fresh process; peak resident memory while "
+        "training (Linux VmHWM, reset after the method is built and after each evaluation) minus the idle process "
+        "(interpreter + libraries + the uint8 dataset, after `malloc_trim`). The table's column excludes evaluation "
+        "passes; the forgetting table's last column is the whole run's peak.",
+        "- **Theoretical memory**: the paper's accounting in fp32: weights held + gradients of trainable weights + "
+        "optimiser state + extra state (EWC: Fisher + anchor; LwF: the teacher) + activations of one step "
+        "(outputs of every leaf module for batch 32 plus the replayed samples, through the trained part only) + "
+        "the buffer.",
+        "- **Training FLOPs**: conv + linear only (2 per multiply-add), per sample: 1x forward FLOPs for a part that "
+        "is only run forward (the frozen extractor, LwF's teacher, buffer targets), 3x for a part that is trained "
+        "(forward + backward); summed over every step and end-of-task pass (EWC's Fisher, LightCL's vital channels). "
+        "Evaluation is not counted.",
+        "- **Update step**: median wall time of one `observe` call (batch 32 + whatever the method replays). "
+        "**Wall**: build + train + evaluate, per run.",
+        "",
+    ]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if not results.get("paper_suite"):
+        lines += ["## The paper's Table 1, for orientation (Split CIFAR-10, width 64, not this setting)", "",
+                  paper_table(), ""]
+    return "\n".join(lines)
+
+
+def to_csv(results: dict) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in results.get("records", []):
+        w.writerow({k: r.get(k) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def write_all(results: dict, out: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write results.json, results.csv, report.md (+ PNG plots). Returns the paths written."""
+    from lightcl.engine.fileio import write_bytes_atomic, write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
+    write_json_atomic(paths["json"], json.loads(json.dumps(results, default=str)))
+    write_bytes_atomic(paths["csv"], to_csv(results).encode())
+    names: list[str] = []
+    if plots and _ok(results):
+        from .plots import make_plots
+
+        for p in make_plots(results, out):
+            paths[p.stem] = p
+            names.append(p.name)
+    write_bytes_atomic(paths["report"], report_md(results, names).encode())
+    return paths

@@ -1,0 +1,497 @@
+"""``lightcl bench --suite NAME``: every method x every seed on one scenario, measured alike.
+
+One loop drives every method (``bench/methods``: ``begin_task`` / ``observe`` / ``end_task`` /
+``logits``). Same pretrained start (the scenario's cached checkpoint, ``pipeline.ensure_backbone``;
+LightCL and latent replay run its split export), same data order (``ScenarioData`` batches drawn
+with a generator seeded by the run's seed, separate from every method's own randomness), TIL and
+CIL from one set of logits by masking.
+
+Each method-seed runs in its own subprocess (``python -m lightcl.bench.suite --worker SPEC``), so
+its *measured* memory is its own:
+
+* ``peak_rss_delta_mib``: the peak resident set size while *training* (Linux ``VmHWM``, reset
+  through ``/proc/self/clear_refs`` after the method is built and after each evaluation) minus the
+  RSS of the idle worker (interpreter, libraries including onnxruntime, and the scenario's uint8
+  dataset loaded, nothing of the method built). Evaluation passes are not training and are left out of it;
+  ``peak_rss_total_delta_mib`` is the whole run's peak (``ru_maxrss``) minus the same idle RSS.
+  CUDA runs also report ``torch.cuda.max_memory_allocated``.
+* ``theoretical_mib``: the paper's accounting, fp32: weights held + gradients of the trainable
+  weights + optimiser state + extra state (EWC's Fisher and anchor, LwF's teacher) + activations of
+  one step (leaf-module outputs for batch 32 + the replayed samples, ``bench.accounting``) + buffer.
+* ``train_flops``: by the paper's counting, see ``bench/methods/base.py`` (1x forward FLOPs for a
+  frozen pass, 3x for a trained pass; conv + linear only).
+* ``step_ms``: median wall time of ``observe`` (one update step, batch + replay); ``wall_s``: the
+  whole run (build, train, evaluate).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# Per-suite defaults. smoke: 1 epoch per task for every method (the scenario says 3) and 1 seed, so
+# `lightcl bench --suite smoke` stays well under CI's 3 minutes on 2 cores.
+SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {"epochs": 1, "seeds": 1},
+    "offline": {"seeds": 3},
+    "offline-hard": {"seeds": 3},
+    "paper-cifar10": {"seeds": 3},
+    "paper-tinyimg": {"seeds": 3},
+}
+PAPER_SUITES = ("paper-cifar10", "paper-tinyimg")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PROGRESS = "@@progress"
+MIB = 2.0 ** 20
+
+
+# --------------------------------------------------------------------------- configs
+def load_config(method: str, scenario: str, config_dir: str | Path | None = None) -> dict:
+    """Hyperparameters of ``method`` for ``scenario``: the file's default, then the scenario's entry."""
+    from lightcl.engine.errors import StateError
+
+    path = Path(config_dir or CONFIG_DIR) / f"{method}.json"
+    if not path.is_file():
+        raise StateError(f"no config for method {method!r}: {path} is missing")
+    raw = path.read_bytes()
+    doc = json.loads(raw)
+    hp = dict(doc.get("default", {}))
+    source = doc.get("source", "")
+    entry = dict(doc.get("scenarios", {}).get(scenario, {}))
+    if entry:
+        source = entry.pop("source", source)
+        hp.update(entry)
+    return {"hyperparameters": hp, "source": source, "file": path.name, "version": doc.get("version"),
+            "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+# --------------------------------------------------------------------------- memory meters
+def _status_kib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mib() -> float:
+    v = _status_kib("VmRSS")
+    if v is not None:
+        return v / 1024.0
+    import psutil
+
+    return psutil.Process().memory_info().rss / MIB
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mib() -> float:
+    v = _status_kib("VmHWM")
+    if v is not None:
+        return v / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _malloc_trim() -> None:
+    """Give freed heap back to the OS, so the idle RSS is not inflated by memory the method would reuse."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_up(input_shape) -> None:
+    """Run one tiny training step in torch and one tiny conv in onnxruntime, then free everything,
+    so that the idle RSS includes the library code every method pages in on its first step."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(input_shape[0], 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(2, *input_shape)
+    net.train()
+    loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1])) + net(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(np.zeros((4, input_shape[0], 3, 3), dtype=np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+            "warm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *input_shape])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess.run(None, {"x": np.zeros((2, *input_shape), dtype=np.float32)})
+        del sess, model
+    except Exception:  # onnxruntime missing or unusable: the engine methods will say so themselves
+        pass
+    del net, opt, x, loss
+
+
+# --------------------------------------------------------------------------- the one loop
+def evaluate(method, stream) -> tuple[list[float], list[float]]:
+    """Accuracy per task seen so far: TIL (argmax inside the task's outputs) and CIL (over all seen)."""
+    import torch
+
+    til, cil = [], []
+    with torch.no_grad():
+        for task_id, batches in stream:
+            tidx = torch.tensor(method.task_indices(task_id))
+            sidx = torch.tensor(method.seen_indices())
+            n = ct = cc = 0
+            for x, y in batches:
+                lg = method.logits(x).detach().cpu()
+                yi = method.to_index(y).cpu()
+                ct += int((tidx[lg[:, tidx].argmax(1)] == yi).sum())
+                cc += int((sidx[lg[:, sidx].argmax(1)] == yi).sum())
+                n += len(y)
+            til.append(ct / max(1, n))
+            cil.append(cc / max(1, n))
+    return til, cil
+
+
+def _frozen_figures(ckpt: str, split: str, input_shape) -> dict:
+    import torch
+
+    from lightcl.bench.methods.base import forward_flops
+    from lightcl.export.checkpoint import load_checkpoint
+    from lightcl.export.zoo import FrozenPart, _split_index
+
+    model, _ = load_checkpoint(ckpt)
+    k = _split_index(model, split)
+    frozen = FrozenPart(model.block_names[: k + 1], list(model.blocks[: k + 1]))
+    out = {"frozen_params": int(sum(p.numel() for p in frozen.parameters())),
+           "frozen_flops": forward_flops(frozen, torch.zeros(2, *input_shape)), "split_index": k}
+    del model, frozen
+    return out
+
+
+def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
+    """One method, one seed, in this process. ``spec``: see :func:`_spec`."""
+    import numpy as np
+    import torch
+
+    from lightcl.bench.methods import create_method, method_class
+    from lightcl.bench.methods.base import MethodContext
+    from lightcl.bench.metrics import summarize
+    from lightcl.bench.runner import ScenarioData
+    from lightcl.bench.scenarios import Scenario
+    from lightcl.engine.export_dir import load_export_meta
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    scenario = Scenario(**spec["scenario"])
+    meta = load_export_meta(spec["export_dir"], verify=False)
+    input_shape = tuple(int(v) for v in meta["input_shape"][-3:])
+    data = ScenarioData(scenario, meta["normalization"], spec.get("data_path"))
+    n_classes = scenario.n_tasks * scenario.classes_per_task
+    figures = spec.get("frozen") or _frozen_figures(spec["ckpt"], scenario.split, input_shape)
+    ctx = MethodContext(scenario=scenario, ckpt=spec["ckpt"], export_dir=spec["export_dir"], num_classes=n_classes,
+                        seed=int(spec["seed"]), input_shape=input_shape, backend=spec.get("backend", "ort"),
+                        threads=spec.get("threads"), device=spec.get("device", "cpu"), extra=figures)
+    cuda = ctx.device.startswith("cuda")
+    # libraries belong to the idle process for every method alike (onnxruntime is imported lazily),
+    # and so do the library code pages a first conv/BN/linear step faults in
+    method_class(spec["method"])
+    _warm_up(input_shape)
+    gc.collect()
+    _malloc_trim()
+    idle = rss_mib()
+    can_reset = reset_peak()
+    t_start = time.perf_counter()
+    method = create_method(spec["method"], ctx, **spec["hyperparameters"])
+    gc.collect()
+    _malloc_trim()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    data_gen = torch.Generator().manual_seed(int(spec["seed"]))
+    train_peak = rss_mib()
+    total_peak = max(peak_mib(), train_peak)  # the build's peak
+    reset_peak()
+    step_ms: list[float] = []
+    train_s = 0.0
+    R_til: list[list[float]] = []
+    R_cil: list[list[float]] = []
+    for task in data.tasks:
+        t0 = time.perf_counter()
+        method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
+        for _epoch in range(scenario.epochs):
+            for x, y in data.train_batches(task, data_gen):
+                ts = time.perf_counter()
+                method.observe(x, y)
+                step_ms.append((time.perf_counter() - ts) * 1000.0)
+                if progress:
+                    progress(1)
+        method.end_task()
+        train_s += time.perf_counter() - t0
+        train_peak = max(train_peak, peak_mib())
+        # evaluation in batches of the training size: no allocator arena grows beyond what training needs
+        til, cil = evaluate(method, data.test_stream(task.task_id + 1, batch_size=scenario.batch_size))
+        R_til.append(til)
+        R_cil.append(cil)
+        total_peak = max(total_peak, train_peak, peak_mib())
+        gc.collect()
+        _malloc_trim()  # what evaluation freed must not sit in the next task's training peak
+        reset_peak()
+    wall = time.perf_counter() - t_start
+    acc = method.accounting()
+    from lightcl.bench.accounting import theoretical_mib
+
+    theo = theoretical_mib(acc["weights"] + acc["extra_state"] + acc["buffer"], acc["trainable"], acc["activations"],
+                           acc["optimizer_slots"])
+    if not can_reset:  # no VmHWM reset: the process peak is all we know
+        total_peak = max(total_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    steps = np.array(step_ms) if step_ms else np.zeros(1)
+    rec = {
+        "method": spec["method"], "seed": int(spec["seed"]), "status": "ok",
+        **summarize(R_til, R_cil),
+        "til": R_til, "cil": R_cil,
+        "theoretical_mib": theo, "theoretical": acc,
+        "peak_rss_delta_mib": train_peak - idle, "peak_rss_mib": train_peak, "idle_rss_mib": idle,
+        "peak_rss_total_delta_mib": total_peak - idle, "peak_reset_supported": can_reset,
+        "cuda_max_allocated_mib": (torch.cuda.max_memory_allocated() / MIB) if cuda else None,
+        "train_flops": float(method.flops), "steps": len(step_ms),
+        "step_ms": float(np.median(steps)), "step_ms_p90": float(np.percentile(steps, 90)),
+        "step_ms_mean": float(steps.mean()),
+        "train_s": train_s, "wall_s": wall, "epochs": scenario.epochs, "batch_size": scenario.batch_size,
+        "buffer_size": spec["hyperparameters"].get("buffer_size"),
+        "hyperparameters": spec["hyperparameters"], "config": spec.get("config", {}),
+        "describe": method.describe(), "threads": torch.get_num_threads(),
+    }
+    return rec
+
+
+# --------------------------------------------------------------------------- worker process
+def _worker_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="bench suite worker (internal)")
+    ap.add_argument("--worker", required=True, help="spec JSON")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    spec = json.loads(Path(a.worker).read_text())
+
+    def progress(n: int) -> None:
+        print(f"{PROGRESS} {n}", flush=True)
+
+    rec = run_one(spec, progress)
+    from lightcl.engine.fileio import write_json_atomic
+
+    write_json_atomic(a.out, rec)
+    return 0
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def run_worker(spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
+               timeout: float | None = None) -> dict:
+    """Run one method-seed in a fresh interpreter; returns its record (status 'failed' on error)."""
+    with tempfile.TemporaryDirectory(prefix="lightcl-suite-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "record.json"
+        spec_path.write_text(json.dumps(spec, default=_json_default))
+        cmd = [sys.executable, "-m", "lightcl.bench.suite", "--worker", str(spec_path), "--out", str(out_path)]
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if spec.get("threads"):
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(spec["threads"])
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            try:
+                for line in proc.stdout:
+                    if line.startswith(PROGRESS):
+                        if on_progress:
+                            on_progress(int(line.split()[1]))
+                    else:
+                        log.write(line)
+                rc = proc.wait(timeout=timeout)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        if rc == 0 and out_path.is_file():
+            return json.loads(out_path.read_text())
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        return {"method": spec["method"], "seed": spec["seed"], "status": "failed", "returncode": rc,
+                "error": "\n".join(tail), "wall_s": time.perf_counter() - t0, "log": str(log_path)}
+
+
+# --------------------------------------------------------------------------- orchestration
+def _steps_per_run(scenario, data_sizes: list[int]) -> int:
+    return sum(scenario.epochs * math.ceil(n / scenario.batch_size) for n in data_sizes)
+
+
+def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = None, seeds: int | None = None,
+              epochs: int | None = None, buffer: int | None = None, threads: int | None = 1, backend: str = "ort",
+              device: str = "cpu", data_path: str | None = None, config_dir: str | Path | None = None,
+              progress: bool = True, plots: bool = True, command: str | None = None,
+              echo: Callable[[str], None] = print) -> dict:
+    """Run the suite; write ``out/results.json``, ``results.csv``, ``report.md`` and plots. Returns the results."""
+    from tqdm import tqdm
+
+    from lightcl.bench.methods import is_built, parse_methods
+    from lightcl.bench.pipeline import ensure_backbone, ensure_dataset, ensure_export
+    from lightcl.bench.report import write_all
+    from lightcl.bench.scenarios import get_scenario
+    from lightcl.engine.errors import InputError
+    from lightcl.engine.runtime_info import collect
+
+    defaults = SUITE_DEFAULTS.get(suite, {})
+    seeds = int(seeds if seeds is not None else defaults.get("seeds", 1))
+    if seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {seeds}")
+    if buffer is not None and buffer < 0:
+        raise InputError(f"--buffer must be >= 0, got {buffer}")
+    scenario = get_scenario(suite, epochs=epochs if epochs is not None else defaults.get("epochs"))
+    if scenario.epochs < 1:
+        raise InputError(f"--epochs must be >= 1, got {scenario.epochs}")
+    names = parse_methods(methods)
+    out = Path(out)
+    t_suite = time.perf_counter()
+
+    # data first: a missing dataset is one helpful line (DatasetNotFoundError, exit 2), nothing else
+    ensure_dataset(scenario.cl_dataset, echo)
+    ckpt = ensure_backbone(scenario, echo=echo, progress=progress)
+    export_dir = ensure_export(ckpt, scenario.split, echo=echo, progress=progress)
+    from lightcl.export.checkpoint import checkpoint_paths
+
+    ckpt_meta = json.loads(checkpoint_paths(ckpt)[1].read_text())
+    from lightcl.engine.export_dir import load_export_meta
+
+    frozen = _frozen_figures(str(ckpt), scenario.split,
+                             tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
+    out.mkdir(parents=True, exist_ok=True)
+
+    skipped = []
+    runnable = []
+    for m in names:
+        if not is_built(m):
+            skipped.append({"method": m, "reason": "not built yet"})
+            echo(f"suite: {m}: not built yet (skipped)")
+        else:
+            runnable.append(m)
+    if not runnable:
+        from lightcl.bench.methods import MethodNotBuilt
+
+        raise MethodNotBuilt(f"nothing to run: {', '.join(names)} not built yet")
+    # task sizes for the ETA (steps per run)
+    from lightcl.bench.data import load_dataset
+    from lightcl.bench.tasks import class_order, split_tasks
+
+    train = load_dataset(scenario.cl_dataset, "train", data_path)
+    test_y = load_dataset(scenario.cl_dataset, "test", data_path).y
+    order = class_order(len(train.classes), scenario.class_order_seed)
+    tasks = split_tasks(train.y, test_y, scenario.n_tasks, scenario.classes_per_task, order)
+    steps = _steps_per_run(scenario, [len(t.train_idx) for t in tasks])
+    del train
+
+    results: dict[str, Any] = {
+        "suite": suite, "scenario": scenario.to_dict(), "command": command,
+        "methods": names, "seeds": seeds, "epochs": scenario.epochs, "buffer": buffer, "threads": threads,
+        "backend": backend, "device": device,
+        "backbone": {"path": str(ckpt), "dataset": ckpt_meta.get("dataset"), "width": ckpt_meta.get("width"),
+                     "test_accuracy": ckpt_meta.get("test_accuracy"), "epochs": ckpt_meta.get("epochs"),
+                     "sha256": ckpt_meta.get("sha256")},
+        "export": str(export_dir), "steps_per_run": steps,
+        "records": [], "skipped": skipped, "env": collect(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "paper_suite": suite in PAPER_SUITES,
+    }
+    runs = [(seed, m) for seed in range(seeds) for m in runnable]
+    weights = {m: getattr(_cls(m), "cost", 1.0) for m in runnable}
+    total = sum(steps * weights[m] for _, m in runs)
+    bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0,
+               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {desc}")
+    echo(f"suite {suite}: {len(runnable)} method(s) x {seeds} seed(s), {scenario.epochs} epoch(s)/task, "
+         f"{steps} steps per run; each run in its own process; log files in {out / 'logs'}")
+    for seed, m in runs:
+        cfg = load_config(m, suite, config_dir)
+        hp = dict(cfg["hyperparameters"])
+        if buffer is not None and "buffer_size" in hp:
+            hp["buffer_size"] = int(buffer)
+        spec = {"method": m, "seed": seed, "scenario": scenario.to_dict(), "ckpt": str(ckpt),
+                "export_dir": str(export_dir), "hyperparameters": hp, "threads": threads, "frozen": frozen,
+                "backend": backend, "device": device, "data_path": data_path,
+                "config": {k: cfg[k] for k in ("file", "version", "sha256", "source")}}
+        bar.set_description_str(f"{m} seed {seed}")
+        w = weights[m]
+        done = [0]
+
+        def tick(n: int, w=w, done=done) -> None:
+            done[0] += n
+            bar.update(w * n)
+
+        rec = run_worker(spec, out / "logs" / f"{m}-seed{seed}.log", tick)
+        bar.update(min(w * max(0, steps - done[0]), max(0.0, bar.total - bar.n)))
+        results["records"].append(rec)
+        if rec["status"] == "ok":
+            msg = (f"{m} seed {seed}: CIL {100 * rec['final_cil']:.1f}%  TIL {100 * rec['final_til']:.1f}%  "
+                   f"peak {rec['peak_rss_delta_mib']:.0f} MiB  theory {rec['theoretical_mib']:.1f} MiB  "
+                   f"step {rec['step_ms']:.1f} ms  {rec['wall_s']:.0f} s")
+        else:
+            msg = f"{m} seed {seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
+        if progress:
+            bar.write(msg)
+        else:
+            echo(msg)
+        results["wall_s"] = time.perf_counter() - t_suite
+        write_all(results, out, plots=False)  # partial results survive an interruption
+    bar.close()
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["wall_s"] = time.perf_counter() - t_suite
+    write_all(results, out, plots=plots)
+    return results
+
+
+def _cls(name: str):
+    from lightcl.bench.methods import method_class
+
+    return method_class(name)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

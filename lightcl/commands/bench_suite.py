@@ -1,0 +1,57 @@
+"""``lightcl bench --suite NAME --out DIR`` (= ``lightcl bench suite --suite NAME ...``)."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+DESCRIPTION = ("Run a scenario's continual-learning methods x seeds, each method-seed in its own process, from the "
+               "same pretrained start and the same data order; write DIR/results.json, results.csv, report.md "
+               "(Table-1-shaped, mean ± std over seeds) and PNG plots. Suites: smoke (CI, 1 epoch/task), offline, "
+               "offline-hard, paper-cifar10, paper-tinyimg.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lightcl.bench.methods import METHODS
+    from lightcl.bench.scenarios import SCENARIOS
+
+    p.add_argument("--suite", required=True, choices=list(SCENARIOS), help="scenario to run")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--methods", default="all", help=f"comma list or 'all' (default): {', '.join(METHODS)}")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 1 for smoke, 3 otherwise)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's; smoke: 1)")
+    p.add_argument("--buffer", type=int, default=None, help="buffer size for every replay method (default: 15)")
+    p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads per run (default 1; 0 = library default)")
+    p.add_argument("--backend", default="ort", help="extractor backend for lightcl / latent-replay (default ort)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--data-path", default=None, help="explicit path of the continual-learning dataset")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightcl.bench.suite import run_suite
+
+    command = f"lightcl bench --suite {args.suite}"
+    for flag, val in (("--methods", None if args.methods == "all" else args.methods), ("--seeds", args.seeds),
+                      ("--epochs", args.epochs), ("--buffer", args.buffer),
+                      ("--threads", None if args.threads == 1 else args.threads),
+                      ("--backend", None if args.backend == "ort" else args.backend),
+                      ("--device", None if args.device == "cpu" else args.device)):
+        if val is not None:
+            command += f" {flag} {shlex.quote(str(val))}"
+    command += f" --out {shlex.quote(args.out)}"
+    res = run_suite(args.suite, args.out, methods=args.methods, seeds=args.seeds, epochs=args.epochs,
+                    buffer=args.buffer, threads=args.threads or None, backend=args.backend, device=args.device,
+                    data_path=args.data_path, progress=not args.quiet, plots=not args.no_plots, command=command)
+    from lightcl.bench.report import main_table
+
+    print()
+    print(main_table(res))
+    failed = [r for r in res["records"] if r.get("status") != "ok"]
+    print(f"\nwrote {args.out}/results.json, results.csv, report.md" + ("" if args.no_plots else " and plots")
+          + f" ({res['wall_s'] / 60:.1f} min)")
+    if failed:
+        print(f"{len(failed)} run(s) failed: see {args.out}/logs/", file=sys.stderr)
+        return 1
+    return 0
