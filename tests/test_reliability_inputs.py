@@ -581,6 +581,9 @@ def cli_cases():
     add("bad options/values", ["analyze", C, "--dataset", "digits", "--old-classes", "0,1", "--new-classes", "1,2",
                                "--quiet"])
     add("labels outside the task's classes", ["analyze", C, "--dataset", "digits", "--old-classes", "0,99", "--quiet"])
+    for opt, val in (("--threads", "-1"), ("--max-train", "0"), ("--lr", "nan"), ("--momentum", "-1"),
+                     ("--lp-threshold", "nan"), ("--ms-threshold", "inf")):
+        add("bad options/values", ["analyze", C, "--dataset", "digits", opt, val, "--quiet"])
     add("bad options/values", ["analyze", C], 2)
     return c
 

@@ -45,8 +45,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _check(args: argparse.Namespace) -> None:
+    import math
+
+    from lightcl.engine.errors import InputError
+
+    for name in ("threads", "max_train"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise InputError(f"--lr must be a positive number, got {args.lr}")
+    for name in ("momentum", "lp_threshold", "ms_threshold"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+
+
 def run(args: argparse.Namespace) -> int:
     from lightcl.bench.analysis import analyze, format_table, write_outputs
+
+    _check(args)
 
     res = analyze(args.ckpt, args.dataset, old_classes=_classes(args.old_classes), new_classes=_classes(args.new_classes),
                   epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, seeds=args.seeds,
