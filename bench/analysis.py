@@ -242,12 +242,7 @@ def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = 
                      "acc_single": ms_([r["acc_single"][name] for r in per_seed])[0],
                      "acc_prefix": ms_([r["acc_prefix"][name] for r in per_seed])[0],
                      "ms": ms_([r["ms"][name] for r in per_seed])[0], "ms_std": ms_([r["ms"][name] for r in per_seed])[1]})
-    recommended = None
-    for j, row in enumerate(rows):
-        ok_ms = all(r["ms"] >= ms_threshold for r in rows[: j + 1])
-        row["frozen_ok"] = bool(ok_ms and row["lp_prefix"] <= lp_threshold)
-        if row["frozen_ok"] and j < len(rows) - 1:  # freezing the last unit too leaves only the classifier
-            recommended = row["unit"]
+    recommended = recommend(rows, lp_threshold, ms_threshold)
     return {
         "checkpoint": str(ckpt), "arch": meta.get("arch"), "width": meta.get("width"),
         "pretrained_on": meta.get("dataset"), "dataset": dataset, "level": level,
@@ -261,6 +256,18 @@ def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = 
         "rows": rows, "recommended_split": recommended, "per_seed": per_seed,
         "paper_split": "layer3", "wall_s": time.perf_counter() - t_start,
     }
+
+
+def recommend(rows: list[dict], lp_threshold: float, ms_threshold: float) -> str | None:
+    """Mark each boundary ``frozen_ok`` and return the deepest acceptable one (never the last unit:
+    freezing it too leaves only the classifier). A tolerance of 1e-6 points absorbs float noise."""
+    recommended = None
+    for j, row in enumerate(rows):
+        ok_ms = all(r["ms"] >= ms_threshold - 1e-9 for r in rows[: j + 1])
+        row["frozen_ok"] = bool(ok_ms and row["lp_prefix"] <= lp_threshold + 1e-6)
+        if row["frozen_ok"] and j < len(rows) - 1:
+            recommended = row["unit"]
+    return recommended
 
 
 # --------------------------------------------------------------------------- output
@@ -333,7 +340,7 @@ def plot(res: dict, path: str | Path) -> Path:
         ax.axvline(names.index(res["recommended_split"]) + 0.5, color="k", ls="--", lw=1)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center left")
     ax.set_title(f"LP / MS per {res['level']} ({res['dataset']}); recommended split: {res['recommended_split']}",
                  fontsize=9)
     fig.tight_layout()

@@ -209,9 +209,11 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         "Final = mean over tasks after the last one; forgetting = mean over old tasks of (best earlier accuracy - "
         "final); BWT = mean of (final - just-learned accuracy).",
         "- **Measured peak ΔRSS**: each method-seed runs alone in a fresh process; peak resident memory while "
-        "training (Linux VmHWM, reset after the method is built and after each evaluation) minus the idle process "
-        "(interpreter + libraries + the uint8 dataset, after `malloc_trim`). The table's column excludes evaluation "
-        "passes; the forgetting table's last column is the whole run's peak.",
+        "training (Linux VmHWM, reset after the method is built and after each evaluation, each time after "
+        "`malloc_trim`) minus the idle process (interpreter + torch + onnxruntime + the uint8 dataset, after one "
+        "tiny throw-away training step in torch and one conv in onnxruntime, so library code paged in by a first "
+        "step counts for nobody). Evaluation runs in batches of 32 so no allocator arena outgrows training. The "
+        "table's column excludes evaluation passes; the forgetting table's last column is the whole run's peak.",
         "- **Theoretical memory**: the paper's accounting in fp32: weights held + gradients of trainable weights + "
         "optimiser state + extra state (EWC: Fisher + anchor; LwF: the teacher) + activations of one step "
         "(outputs of every leaf module for batch 32 plus the replayed samples, through the trained part only) + "
