@@ -74,7 +74,7 @@ class ReferenceLightCL:
         loss.backward()
         self.optimizer.step()
         self._last_x = x
-        return {"loss": float(loss), "ce": float(ce), "feature_pattern": float(fp)}
+        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "feature_pattern": float(fp.detach())}
 
     def end_task(self) -> None:
         self.model.train()
