@@ -35,3 +35,17 @@ def digits_export(digits_ckpt, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "digits16-layer3"
     export_checkpoint(digits_ckpt, out, split="layer3", progress=False)
     return out
+
+
+def write_counts(kind: str, counts) -> None:
+    """Reliability tests count what they tried; with LIGHTCL_RELIABILITY_DIR set, each xdist worker
+    writes its counts there (the closing table is their sum)."""
+    import json
+
+    if not counts:
+        return
+    out = os.environ.get("LIGHTCL_RELIABILITY_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        (Path(out) / f"{kind}.{worker}.json").write_text(json.dumps(counts, indent=1, sort_keys=True))

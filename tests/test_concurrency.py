@@ -24,6 +24,7 @@ from lightcl.engine.export_dir import load_export_meta, load_head
 from lightcl.engine.extractors import load_extractor
 from lightcl.engine.head import Head
 from lightcl.engine.learner import LightCL
+from conftest import write_counts
 
 COUNTS: collections.Counter = collections.Counter()
 TRAIN_SECONDS = 3.0
@@ -32,12 +33,8 @@ TRAIN_SECONDS = 3.0
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
+    write_counts("concurrency", COUNTS)
     if COUNTS:
-        out = os.environ.get("LIGHTCL_RELIABILITY_DIR")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            (Path(out) / f"concurrency.{worker}.json").write_text(json.dumps(COUNTS, indent=1, sort_keys=True))
         print("\nconcurrency:", dict(sorted(COUNTS.items())))
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_counts
 
 FROZEN_ID = "crash-test-frozen-part"
 COUNTS: collections.Counter = collections.Counter()
@@ -323,12 +324,8 @@ def zygote(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
+    write_counts("crash_safety", COUNTS)
     if COUNTS:
-        out = os.environ.get("LIGHTCL_RELIABILITY_DIR")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            (Path(out) / f"crash_safety.{worker}.json").write_text(json.dumps(COUNTS, indent=1, sort_keys=True))
         print("\ncrash safety:", dict(sorted(COUNTS.items())))
 
 

@@ -27,6 +27,7 @@ from lightcl.engine.extractors import load_extractor
 from lightcl.engine.head import Head
 from lightcl.engine.learner import LightCL
 from lightcl.engine.state import read_state_doc
+from conftest import write_counts
 
 COUNTS: collections.Counter = collections.Counter()
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
@@ -35,12 +36,8 @@ ENGINE = Path(__file__).resolve().parents[1] / "engine"
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
+    write_counts("integrity", COUNTS)
     if COUNTS:
-        out = os.environ.get("LIGHTCL_RELIABILITY_DIR")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            (Path(out) / f"integrity.{worker}.json").write_text(json.dumps(COUNTS, indent=1, sort_keys=True))
         print("\nintegrity:", dict(sorted(COUNTS.items())))
 
 

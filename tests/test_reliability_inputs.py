@@ -35,6 +35,7 @@ from lightcl.engine.export_dir import load_export_meta, load_head
 from lightcl.engine.extractors import load_extractor
 from lightcl.engine.head import Head
 from lightcl.engine.learner import LightCL
+from conftest import write_counts
 
 COUNTS: collections.Counter = collections.Counter()
 
@@ -42,12 +43,8 @@ COUNTS: collections.Counter = collections.Counter()
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
+    write_counts("inputs", COUNTS)
     if COUNTS:
-        out = os.environ.get("LIGHTCL_RELIABILITY_DIR")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            (Path(out) / f"inputs.{worker}.json").write_text(json.dumps(COUNTS, indent=1, sort_keys=True))
         width = max(len(k) for k in COUNTS)
         print("\nbad inputs tried, by kind:")
         for k, n in sorted(COUNTS.items()):
