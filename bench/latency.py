@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .meters import peak_mib, rss_mib
+
 DEFAULT_SECONDS = 2.0
 
 
@@ -37,22 +39,6 @@ def physical_cores() -> int:
     except Exception:
         pass
     return os.cpu_count() or 1
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
-
-
-def _rss_mib() -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / (1 << 20)
-    except Exception:
-        return None
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -71,12 +57,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         opts["spin"] = bool(spec.get("spin", False))
         if spec.get("graph_optimization"):
             opts["graph_optimization"] = spec["graph_optimization"]
-    rss_base = _rss_mib()
+    rss_base = rss_mib()
     t0 = time.perf_counter()
     ext = load_extractor(spec["export_dir"], backend=backend, device=device, **opts)
     load_ms = (time.perf_counter() - t0) * 1e3
     info = ext.info()
-    rss_loaded = _rss_mib()
+    rss_loaded = rss_mib()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *ext.meta["input_shape"], generator=gen)
     cuda = torch.device(info.get("device", "cpu")).type == "cuda"
@@ -118,7 +104,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
         "p99_ms": float(np.percentile(a, 99)), "mean_ms": mean, "min_ms": float(a.min()), "std_ms": float(a.std()),
         "images_per_s": batch / (mean / 1e3), "session_create_ms": info.get("session_create_ms"),
-        "load_ms": load_ms, "first_run_ms": first_ms, "peak_rss_mib": _peak_rss_mib(),
+        "load_ms": load_ms, "first_run_ms": first_ms, "peak_rss_mib": peak_mib(),
         "rss_before_load_mib": rss_base, "rss_after_load_mib": rss_loaded, "threads": threads,
         "provider": info.get("provider"), "device": info.get("device"), "file": info.get("file"),
         "spin": info.get("spin"),

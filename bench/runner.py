@@ -8,7 +8,6 @@ resumed run reproduces an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -21,17 +20,13 @@ from lightcl.engine.errors import InputError, StateError
 from lightcl.engine.learner import LightCL
 
 from .data import load_dataset
+from .meters import peak_mib
 from .metrics import summarize
 from .scenarios import Scenario
 from .tasks import TensorData, class_order, split_tasks
 from .transforms import Preprocess
 
 log = logging.getLogger("lightcl")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class ScenarioData:
@@ -141,7 +136,7 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
         "step_ms": statistics.median(learner.extra["step_ms"]) if learner.extra.get("step_ms") else None,
         "step_ms_per_task": learner.extra.get("step_ms", []),
         "wall_s": learner.extra.get("wall_s"),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_mib(),
         "memory": learner.memory_report(),
         "counters": dict(learner.counters),
     }

@@ -31,13 +31,14 @@ import hashlib
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from .meters import malloc_trim, peak_mib, reset_peak, rss_mib, warm_up
 
 # Per-suite defaults. smoke: 1 epoch per task for every method (the scenario says 3) and 1 seed, so
 # `lightcl bench --suite smoke` stays well under CI's 3 minutes on 2 cores.
@@ -72,97 +73,6 @@ def load_config(method: str, scenario: str, config_dir: str | Path | None = None
         hp.update(entry)
     return {"hyperparameters": hp, "source": source, "file": path.name, "version": doc.get("version"),
             "sha256": hashlib.sha256(raw).hexdigest()}
-
-
-# --------------------------------------------------------------------------- memory meters
-def _status_kib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_mib() -> float:
-    v = _status_kib("VmRSS")
-    if v is not None:
-        return v / 1024.0
-    import psutil
-
-    return psutil.Process().memory_info().rss / MIB
-
-
-def reset_peak() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_mib() -> float:
-    v = _status_kib("VmHWM")
-    if v is not None:
-        return v / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _malloc_trim() -> None:
-    """Give freed heap back to the OS, so the idle RSS is not inflated by memory the method would reuse."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _warm_up(input_shape) -> None:
-    """Run one tiny training step in torch and one tiny conv in onnxruntime, then free everything,
-    so that the idle RSS includes the library code every method pages in on its first step."""
-    import numpy as np
-    import torch
-    from torch import nn
-
-    net = nn.Sequential(nn.Conv2d(input_shape[0], 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.Conv2d(4, 4, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    x = torch.randn(2, *input_shape)
-    net.train()
-    loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1])) + net(x).pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    net.eval()
-    with torch.no_grad():
-        net(x)
-    try:
-        import onnx
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-
-        w = numpy_helper.from_array(np.zeros((4, input_shape[0], 3, 3), dtype=np.float32), "w")
-        graph = helper.make_graph(
-            [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
-            "warm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *input_shape])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 4
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        sess.run(None, {"x": np.zeros((2, *input_shape), dtype=np.float32)})
-        del sess, model
-    except Exception:  # onnxruntime missing or unusable: the engine methods will say so themselves
-        pass
-    del net, opt, x, loss
 
 
 # --------------------------------------------------------------------------- the one loop
@@ -230,15 +140,15 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     # libraries belong to the idle process for every method alike (onnxruntime is imported lazily),
     # and so do the library code pages a first conv/BN/linear step faults in
     method_class(spec["method"])
-    _warm_up(input_shape)
+    warm_up(input_shape)
     gc.collect()
-    _malloc_trim()
+    malloc_trim()
     idle = rss_mib()
     can_reset = reset_peak()
     t_start = time.perf_counter()
     method = create_method(spec["method"], ctx, **spec["hyperparameters"])
     gc.collect()
-    _malloc_trim()
+    malloc_trim()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     data_gen = torch.Generator().manual_seed(int(spec["seed"]))
@@ -268,7 +178,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
         R_cil.append(cil)
         total_peak = max(total_peak, train_peak, peak_mib())
         gc.collect()
-        _malloc_trim()  # what evaluation freed must not sit in the next task's training peak
+        malloc_trim()  # what evaluation freed must not sit in the next task's training peak
         reset_peak()
     wall = time.perf_counter() - t_start
     acc = method.accounting()
@@ -277,7 +187,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     theo = theoretical_mib(acc["weights"] + acc["extra_state"] + acc["buffer"], acc["trainable"], acc["activations"],
                            acc["optimizer_slots"])
     if not can_reset:  # no VmHWM reset: the process peak is all we know
-        total_peak = max(total_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+        total_peak = max(total_peak, peak_mib())
     steps = np.array(step_ms) if step_ms else np.zeros(1)
     rec = {
         "method": spec["method"], "seed": int(spec["seed"]), "status": "ok",

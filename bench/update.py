@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,16 +46,6 @@ def compose_backbone(export_dir: str | Path):
     return model, k, meta
 
 
-def _rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, threads: int | None) -> dict:
     """Runs inside the subprocess: build ``mode``, take ``warmup + steps`` update steps, measure."""
     import torch
@@ -69,8 +58,11 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
 
     if threads:
         torch.set_num_threads(threads)
-    _complete_lazy_imports()
-    idle = _rss_mib()
+    from lightcl.bench.meters import malloc_trim, peak_mib, rss_mib, warm_up
+
+    warm_up((3, 32, 32))  # the same idle baseline as the suite: libraries initialised, freed heap returned
+    malloc_trim()
+    idle = rss_mib()
     d = load_file(data_file)
     xa, ya, xb, yb = d["xa"], d["ya"], d["xb"], d["yb"]
     ca, cb = sorted(set(ya.tolist())), sorted(set(yb.tolist()))
@@ -92,7 +84,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             learner.observe(xb, yb)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
-        peak = _peak_mib()  # before the accounting below allocates anything
+        peak = peak_mib()  # before the accounting below allocates anything
         head = learner.head
         feats = learner.extract(torch.cat([xb, xb[:learner.config.buffer_size]]))
         weights = sum(p.numel() for p in head.parameters()) + sum(
@@ -140,7 +132,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             step()
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
-        peak = _peak_mib()
+        peak = peak_mib()
         weights = sum(p.numel() for p in model.parameters())
         info = {"backend": "torch", "threads": torch.get_num_threads()}
     times.sort()
@@ -152,24 +144,6 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         "theoretical_mib": theoretical_mib(weights, trainable, acts),
         "weights": weights, "trainable_params": trainable, "activations": acts, "extractor": info,
     }
-
-
-def _complete_lazy_imports() -> None:
-    """Finish imports that libraries defer to first use, so they count in the idle baseline, not in a
-    mode: onnxruntime (every mode may import it) and torch's first training step, paid once per process
-    by every mode alike."""
-    import torch
-
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        pass
-    # one throw-away training step on a 2-layer toy net: autograd's engine, oneDNN's conv kernels and
-    # the optimizer machinery load on first use (~100 MiB of library code), not per model
-    toy = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
-    opt = torch.optim.SGD(toy.parameters(), lr=0.1)
-    toy(torch.randn(2, 3, 8, 8)).sum().backward()
-    opt.step()
 
 
 def _frozen_params(export_dir):

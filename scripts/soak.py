@@ -19,7 +19,6 @@ tests/test_soak.py runs the same function for 50 tasks and bounds the slope.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import sys
@@ -30,20 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightcl.bench.meters import malloc_trim, rss_mib
+
 MIB = 2.0 ** 20
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / MIB
 
 
 def slope(xs, ys) -> float:
@@ -95,7 +83,7 @@ def run_soak(export_dir: str | Path, tasks: int = 300, steps: int = 3, batch: in
             if (t + 1) % save_every == 0:
                 lr.save(state_dir)
             gc.collect()
-            _malloc_trim()
+            malloc_trim()
             rows.append(rss_mib())
             mem_bytes.append(lr.memory.nbytes())
             buf_len.append(len(lr.memory))
