@@ -150,12 +150,19 @@ class Head(nn.Module):
             config = json.loads(meta["config"])
             with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned
                 head = cls(config)
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as e:
             raise IntegrityError(f"{where}: malformed head config in its metadata ({type(e).__name__}: {e})") from None
+        want = head.state_dict()
+        for k, t in tensors.items():  # float64/float16 tensors loaded and then failed (or ran in the wrong precision)
+            if k in want and t.dtype != want[k].dtype:
+                raise IntegrityError(f"{where}: tensor {k} is {t.dtype}, a head's is {want[k].dtype}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise IntegrityError(f"{where}: tensor {k} holds NaN or Inf values")
         try:
             head.load_state_dict(tensors, strict=True, assign=True)
         except RuntimeError as e:
-            raise IntegrityError(f"{where}: tensors do not match the head config ({e})") from None
+            first = " ".join(str(e).split())[:300]
+            raise IntegrityError(f"{where}: tensors do not match the head config ({first})") from None
         return head.to(map_location)
 
 

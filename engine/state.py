@@ -22,14 +22,22 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, IntegrityError, LightCLError, StateError
-from .fileio import (atomic_directory, read_buffer, read_json, recover_directory, safe_member, safetensors_bytes,
-                     sha256_file, verify_files)
+from .fileio import (SWAP_MARKER, atomic_directory, check_json_depth, read_buffer, read_json, recover_directory,
+                     safe_member, safetensors_bytes, sha256_file, verify_files)
 from .head import Head
 
 STATE_FORMAT = "lightcl-state/1"
 FILES = ("head.safetensors", "learner.safetensors")
 SELF_KEY = "self_sha256"
 LOAD_ATTEMPTS = 50  # a load overlapping that many saves in a row gives up
+OWNED = frozenset({*FILES, "state.json", SWAP_MARKER})  # what a save replaces; anything else in the directory is kept
+MAX_FILE_BYTES = 1 << 34  # 16 GiB: a state file bigger than this is not one lightcl wrote
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def owned_names(directory: str | Path | None = None) -> set[str]:
+    """Names in a state directory that lightcl writes (``--json`` must not point at one of them)."""
+    return set(OWNED)
 
 
 def _doc_digest(doc: dict) -> str:
@@ -41,14 +49,18 @@ def check_state_path(directory: str | Path) -> None:
     """``save`` swaps the whole directory: only ever replace nothing, an empty directory or a learner state
     (``lightcl learn --state ~/Documents`` must not wipe ``~/Documents``). Raises :class:`InputError`."""
     directory = Path(directory)
+    recover_directory(directory)  # a save killed between its two renames: put the state back before anyone looks
     if directory.is_symlink():
         raise InputError(f"state path {directory} is a symbolic link; pass the real directory")
     if not directory.exists():
         return
     if not directory.is_dir():
         raise InputError(f"state path {directory} exists and is not a directory; refusing to replace it")
-    names = {p.name for p in directory.iterdir()}
-    if not names or names <= {*FILES, "state.json"}:
+    try:
+        names = {p.name for p in directory.iterdir()}
+    except OSError as e:
+        raise InputError(f"state path {directory} cannot be listed ({e.strerror or e})") from None
+    if not names or names <= OWNED:
         return  # empty, or a (possibly damaged) learner state
     try:
         if read_json(directory / "state.json").get("format") == STATE_FORMAT:
@@ -63,7 +75,8 @@ def check_state_path(directory: str | Path) -> None:
 def save_state(learner, directory: str | Path) -> Path:
     directory = Path(directory)
     check_state_path(directory)
-    with atomic_directory(directory) as tmp:
+    check_json_depth(learner.extra, "learner.extra")
+    with atomic_directory(directory, owned=owned_names) as tmp:
         learner.head.save(tmp / "head.safetensors")
         tensors = learner.memory.tensors()
         params = list(learner.head.parameters())
@@ -94,7 +107,7 @@ def save_state(learner, directory: str | Path) -> Path:
         try:
             doc[SELF_KEY] = _doc_digest(doc)
             text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise InputError(f"learner state is not JSON-serialisable (learner.extra holds JSON values only): {e}") from None
         (tmp / "state.json").write_text(text)
     return directory
@@ -104,7 +117,7 @@ def _read_doc(directory: Path) -> dict:
     recover_directory(directory)
     if not directory.is_dir():
         raise StateError(f"no learner state at {directory}")
-    doc = read_json(directory / "state.json", "learner state")
+    doc = read_json(safe_member(directory, "state.json"), "learner state")
     if doc.get("format") != STATE_FORMAT:
         raise IntegrityError(f"{directory}/state.json is not a lightcl learner state (format {doc.get('format')!r})")
     if doc.get(SELF_KEY) != _doc_digest(doc):
@@ -156,7 +169,7 @@ def _read_verified(directory: Path) -> tuple[dict, dict[str, bytes]]:
     for name in FILES:
         path = safe_member(directory, name)
         try:
-            data = read_buffer(path)
+            data = read_buffer(path, f"learner state file {name}", max_bytes=MAX_FILE_BYTES)
         except FileNotFoundError:
             raise StateError(f"learner state {directory}: missing file {name}") from None
         except OSError as e:
@@ -182,8 +195,126 @@ def load_state(cls, directory: str | Path, extractor, device: str | None = None)
             f"{have[:12]}...: load it with the export it was learned on")
     try:
         return _build(cls, directory, doc, blobs, extractor, device)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise IntegrityError(f"{directory}/state.json is malformed ({type(e).__name__}: {e})") from None
+    except LightCLError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise IntegrityError(f"{directory}: malformed state ({type(e).__name__}: {first})") from None
+
+
+def _int(v, where: str, lo: int = INT64[0], hi: int = INT64[1]) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise IntegrityError(f"{where} must be an integer in [{lo}, {hi}], got {str(v)[:40]!r}")
+    return v
+
+
+def _list(v, where: str) -> list:
+    if not isinstance(v, list):
+        raise IntegrityError(f"{where} must be a JSON list, got {type(v).__name__}")
+    return v
+
+
+def _check_doc(where: str, doc: dict, num_classes: int) -> None:
+    """Every field of a (re-signed) ``state.json`` has the type and range the learner relies on."""
+    if not isinstance(doc.get("config"), dict):
+        raise IntegrityError(f"{where}: 'config' must be a JSON object")
+    tasks: dict[int, list[int]] = {}
+    for item in _list(doc.get("tasks"), f"{where}: tasks"):
+        if not isinstance(item, list) or len(item) != 2:
+            raise IntegrityError(f"{where}: each task must be [task_id, [class, ...]]")
+        t = _int(item[0], f"{where}: task id")
+        if t in tasks:
+            raise IntegrityError(f"{where}: task {t} listed twice")
+        tasks[t] = [_int(c, f"{where}: class id of task {t}") for c in _list(item[1], f"{where}: classes of task {t}")]
+    seen_classes = [c for cs in tasks.values() for c in cs]
+    index: dict[int, int] = {}
+    for item in _list(doc.get("class_index"), f"{where}: class_index"):
+        if not isinstance(item, list) or len(item) != 2:
+            raise IntegrityError(f"{where}: each class_index entry must be [class, index]")
+        c = _int(item[0], f"{where}: class id")
+        index[c] = _int(item[1], f"{where}: index of class {c}", 0, max(0, num_classes - 1))
+    if len(set(index.values())) != len(index) or len(index) != len(doc["class_index"]):
+        raise IntegrityError(f"{where}: class_index maps two classes to one output (or lists a class twice)")
+    if set(seen_classes) != set(index) or len(seen_classes) != len(set(seen_classes)):
+        raise IntegrityError(f"{where}: the tasks' classes and class_index disagree")
+    cur = doc.get("current_task")
+    if cur is not None and _int(cur, f"{where}: current_task") not in tasks:
+        raise IntegrityError(f"{where}: current_task {cur} is not a known task")
+    fin = [_int(t, f"{where}: finished task") for t in _list(doc.get("finished_tasks"), f"{where}: finished_tasks")]
+    if len(set(fin)) != len(fin) or not set(fin) <= set(tasks):
+        raise IntegrityError(f"{where}: finished_tasks must be distinct known tasks")
+    counters = doc.get("counters", {})
+    if not isinstance(counters, dict):
+        raise IntegrityError(f"{where}: counters must be a JSON object")
+    for k, v in counters.items():
+        _int(v, f"{where}: counter {k}", 0)
+    for key in ("metrics", "extra"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise IntegrityError(f"{where}: {key} must be a JSON object")
+    _int(doc.get("memory_seen", 0), f"{where}: memory_seen", 0)
+    if not isinstance(doc.get("pending_capture", False), bool):
+        raise IntegrityError(f"{where}: pending_capture must be true or false")
+
+
+def _check_tensors(where: str, tensors: dict, learner) -> None:
+    """Every tensor of a (re-signed) ``learner.safetensors``: known name, dtype, shape, finite, in range."""
+    head = learner.head
+    was = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            _, taps = head(torch.zeros(1, *head.in_features, device=learner.device), return_taps=True)
+    finally:
+        head.train(was)
+    tap_shapes = {k: tuple(v.shape[1:]) for k, v in taps.items()}
+    n_params = len(list(head.parameters()))
+    buf = [k for k in ("buffer.features", "buffer.labels", "buffer.origin", "buffer.target_valid") if k in tensors]
+    if buf and len(buf) != 4:
+        raise IntegrityError(f"{where}: buffer tensors incomplete ({', '.join(buf)})")
+    n = None
+    if buf:
+        f = tensors["buffer.features"]
+        n = int(f.shape[0]) if f.dim() else -1
+        if f.dtype != torch.float32 or tuple(f.shape[1:]) != tuple(head.in_features) or not bool(torch.isfinite(f).all()):
+            raise IntegrityError(f"{where}: buffer.features must be finite float32 [N, {list(head.in_features)}]")
+        if n > learner.config.buffer_size:
+            raise IntegrityError(f"{where}: {n} buffered samples for a buffer of {learner.config.buffer_size}")
+        for k, dt in (("buffer.labels", torch.int64), ("buffer.origin", torch.int64), ("buffer.target_valid", torch.uint8)):
+            if tensors[k].dtype != dt or list(tensors[k].shape) != [n]:
+                raise IntegrityError(f"{where}: {k} must be {dt} [{n}], got {tensors[k].dtype} {list(tensors[k].shape)}")
+        if not set(tensors["buffer.labels"].tolist()) <= set(learner.class_index):
+            raise IntegrityError(f"{where}: buffer.labels holds classes the state never learned")
+    for k, v in tensors.items():
+        kind, _, rest = k.partition(".")
+        if kind == "buffer":
+            continue
+        if kind == "target":
+            if n is None or rest not in tap_shapes or v.dtype != torch.float32 or v.dim() < 1 or v.shape[0] != n:
+                raise IntegrityError(f"{where}: {k} does not fit the head's taps or the buffer")
+            if rest == "logits":
+                ok = v.dim() == 2 and v.shape[1] <= head.num_classes
+            else:
+                ok = tuple(v.shape[1:]) == tap_shapes[rest]
+            if not ok or not bool(torch.isfinite(v).all()):
+                raise IntegrityError(f"{where}: {k} has shape {list(v.shape)}, the head's tap gives {list(tap_shapes[rest])}")
+        elif kind == "mask":
+            if rest not in tap_shapes or rest == "logits" or v.dtype != torch.uint8 or list(v.shape) != [tap_shapes[rest][0]] \
+                    or bool((v > 1).any()):
+                raise IntegrityError(f"{where}: {k} must be a 0/1 uint8 mask of the tap's channels")
+        elif kind == "rng":
+            ref = torch.Generator().get_state()
+            if k != "rng.generator" or v.dtype != ref.dtype or v.shape != ref.shape:
+                raise IntegrityError(f"{where}: {k} is not a generator state ({v.dtype} {list(v.shape)}, "
+                                     f"expected {ref.dtype} {list(ref.shape)})")
+        elif kind == "optim":
+            idx, _, what = rest.partition(".")
+            if what != "momentum_buffer" or not idx.isdigit() or int(idx) >= n_params or v.dtype != torch.float32:
+                raise IntegrityError(f"{where}: unexpected tensor {k}")
+        elif k == "task.last_features":
+            if v.dtype != torch.float32 or v.dim() != 4 or tuple(v.shape[1:]) != tuple(head.in_features):
+                raise IntegrityError(f"{where}: task.last_features must be float32 [N, {list(head.in_features)}]")
+        else:
+            raise IntegrityError(f"{where}: unexpected tensor {k}")
 
 
 def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, device: str | None):
@@ -194,14 +325,15 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
         tensors = load(bytes(blobs["learner.safetensors"]))
     except Exception as e:
         raise IntegrityError(f"{directory}/learner.safetensors is unreadable ({e})") from None
+    _check_doc(f"{directory}/state.json", doc, head.num_classes)
     config = dict(doc["config"])
     if device is not None:
         config["device"] = device
     reset = config.pop("reset_classifier", True)
     try:
         learner = cls(extractor, head, reset_classifier=False, **config)
-    except InputError as e:
-        raise IntegrityError(f"{directory}/state.json: unusable options ({e})") from None
+    except (InputError, RuntimeError, OverflowError) as e:  # torch.manual_seed(2**70) is a RuntimeError
+        raise IntegrityError(f"{directory}/state.json: unusable options ({str(e).splitlines()[0][:200]})") from None
     learner.config.reset_classifier = reset
     learner.tasks = {int(t): [int(c) for c in cs] for t, cs in doc["tasks"]}
     learner.class_index = {int(c): int(i) for c, i in doc["class_index"]}
@@ -214,6 +346,7 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
     if learner.head.num_classes < len(learner.class_index):
         raise IntegrityError(f"{directory}: the head has {learner.head.num_classes} outputs for "
                              f"{len(learner.class_index)} classes")
+    _check_tensors(f"{directory}/learner.safetensors", tensors, learner)
     learner.memory.load_tensors({k: v.to(learner.device) for k, v in tensors.items()
                                  if k.split(".")[0] in ("buffer", "target", "mask")})
     learner.memory.seen = int(doc.get("memory_seen", 0))

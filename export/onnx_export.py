@@ -8,8 +8,9 @@ passed, so a failed export leaves the previous one untouched)::
     DIR/head.safetensors     trainable deep part + classifier (engine.head.Head)
     DIR/frozen.int8.onnx     --int8: static QDQ int8 (onnxruntime.quantization)
     DIR/frozen.*.plan        --tensorrt: TensorRT engine(s) for this GPU
-    DIR/meta.json            format lightcl-export/1, shapes, normalisation, exporter/opset/profile,
+    DIR/meta.json            format lightcl-export/2, shapes, normalisation, exporter/opset/profile,
                              versions, parity figures, int8 report, sha256 of every file, frozen_id
+                             (covers frozen.onnx, frozen.safetensors, frozen.int8.onnx: engine.export_dir)
 
 Profiles:
 
@@ -39,8 +40,8 @@ from typing import Any, Callable
 import torch
 
 from lightcl.engine.errors import InputError, LightCLError, MissingDependencyError, StateError
-from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME
-from lightcl.engine.fileio import atomic_directory, read_json, sha256_file, write_json_atomic
+from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME, OLD_FORMATS, frozen_id_of, owned_names
+from lightcl.engine.fileio import atomic_directory, read_json, recover_directory, sha256_file, write_json_atomic
 from lightcl.engine.frozen import load_frozen, save_frozen
 
 from .checkpoint import checkpoint_paths, load_checkpoint
@@ -245,7 +246,11 @@ def _readable(d: Path) -> None:
 
 
 def _check_out_dir(out: Path) -> None:
-    """atomic_directory replaces ``out`` wholesale: only ever replace an empty dir or an earlier export."""
+    """atomic_directory replaces ``out``: only ever replace an empty dir or an earlier export (whose files
+    lightcl did not write are kept)."""
+    recover_directory(out)  # an export killed between its renames is put back before we look
+    if out.is_symlink():
+        raise InputError(f"--out {out} is a symbolic link; pass the real directory")
     if not out.exists():
         return
     if not out.is_dir():
@@ -255,11 +260,21 @@ def _check_out_dir(out: Path) -> None:
     meta = out / META_NAME
     if meta.is_file():
         try:
-            if read_json(meta).get("format") == EXPORT_FORMAT:
+            if read_json(meta).get("format") in (EXPORT_FORMAT, *OLD_FORMATS):
                 return
         except LightCLError:
             pass
     raise InputError(f"--out {out} exists and is not a lightcl export; refusing to replace it (choose a new path)")
+
+
+def _check_finite_weights(model: torch.nn.Module, ckpt_path) -> None:
+    """NaN/Inf weights export with "agreement 1.0" (argmax of NaN logits agrees with itself) and then
+    learn nothing: refuse them here, naming the first tensor."""
+    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"checkpoint {ckpt_path} has non-finite weights ({bad[0][1]} NaN/Inf values in {bad[0][0]}"
+                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}); refusing to export it")
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "layer3", profile: str = "default",
@@ -300,6 +315,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
 
     t_start = time.perf_counter()
     model, ck = load_checkpoint(ckpt_path)
+    _check_finite_weights(model, ckpt_path)
     try:
         frozen, head = split_backbone(model, split)
     except ValueError as e:
@@ -334,7 +350,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, owned=owned_names) as tmp:
         onnx_path = tmp / "frozen.onnx"
         prof = PROFILES[profile]
         say(f"exporting frozen part ({', '.join(frozen.block_names)}) with the {prof['exporter']} exporter, "
@@ -342,10 +358,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
         info = export_onnx(frozen, onnx_path, profile, input_shape)
         meta.update(exporter=info["exporter"], opset=info["opset"], onnx=info)
         meta["profile_reason"] = info["reason"]
-        frozen_id = sha256_file(onnx_path)
-        meta["frozen_id"] = frozen_id
+        onnx_sha = sha256_file(onnx_path)
         save_frozen(tmp / "frozen.safetensors", frozen, list(frozen.block_names),
-                    extra={"frozen_id": frozen_id, "feature_shape": feature_shape, "input_shape": list(input_shape),
+                    extra={"onnx_sha256": onnx_sha, "feature_shape": feature_shape, "input_shape": list(input_shape),
                            "split": split, "arch": model.arch, "width": model.width})
         head.save(tmp / "head.safetensors")
         say(f"parity: torch vs onnxruntime on {x_par.shape[0]} real {dataset} test images")
@@ -395,8 +410,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
             meta["tensorrt"] = [entry]
             say(f"tensorrt: wrote {entry['file']} in {entry['build_s']:.1f} s")
 
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != META_NAME)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != META_NAME and not p.name.startswith("."))
         meta["files"] = {name: sha256_file(tmp / name) for name in files}
+        meta["frozen_id"] = frozen_id_of(meta["files"])  # every byte of the frozen part (engine.export_dir)
         meta["export_seconds"] = round(time.perf_counter() - t_start, 3)
         write_json_atomic(tmp / META_NAME, meta)
         _readable(tmp)

@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from lightcl.engine.errors import InputError, MissingDependencyError  # noqa: E402
-from lightcl.engine.export_dir import load_export_meta, load_head  # noqa: E402
+from lightcl.engine.export_dir import frozen_id_of, load_export_meta, load_head  # noqa: E402
 from lightcl.engine.fileio import sha256_file  # noqa: E402
 from lightcl.export.onnx_export import (  # noqa: E402
     AgreementError, ParityError, check_parity, export_checkpoint, export_onnx, real_images)
@@ -40,10 +40,10 @@ def test_export_directory_and_meta(exported):
     assert on_disk == json.loads(json.dumps(meta))
     for k in REQUIRED_META:
         assert k in meta, k
-    assert meta["format"] == "lightcl-export/1"
+    assert meta["format"] == "lightcl-export/2"
     assert meta["input_shape"] == [3, 32, 32] and meta["feature_shape"] == [64, 8, 8]  # width 16, layer3
     assert meta["exporter"] == "dynamo" and meta["opset"] >= 18 and meta["profile"] == "default"
-    assert meta["frozen_id"] == sha256_file(out / "frozen.onnx")
+    assert meta["frozen_id"] == frozen_id_of(meta["files"])  # covers frozen.onnx and frozen.safetensors
     assert set(meta["files"]) == names - {"meta.json"}
     for name, sha in meta["files"].items():
         assert sha256_file(out / name) == sha

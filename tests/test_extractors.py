@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from lightcl.engine.errors import (  # noqa: E402
     IntegrityError, MissingDependencyError, ShapeError, StateError)
-from lightcl.engine.export_dir import load_export_meta, load_head  # noqa: E402
+from lightcl.engine.export_dir import frozen_id_of, load_export_meta, load_head  # noqa: E402
 from lightcl.engine.extractors import Extractor, load_extractor  # noqa: E402
 from lightcl.engine.fileio import sha256_file, write_json_atomic  # noqa: E402
 
@@ -111,8 +111,8 @@ def test_foreign_frozen_onnx_refused(export_dir, other_export, tmp_path):
     # even with meta.json rewritten to accept it, the torch weights still name their own frozen part
     meta = load_export_meta(other_export)
     mine = load_export_meta(export_dir, verify=False)
-    mine["files"]["frozen.onnx"] = meta["frozen_id"]
-    mine["frozen_id"] = meta["frozen_id"]
+    mine["files"]["frozen.onnx"] = meta["files"]["frozen.onnx"]
+    mine["frozen_id"] = frozen_id_of(mine["files"])
     write_json_atomic(d / "meta.json", mine)
     with pytest.raises(IntegrityError, match="mixes two exports"):
         load_extractor(d, "torch")

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from lightcl.engine.errors import IntegrityError, LightCLError, StateError
-from lightcl.engine.export_dir import load_export_meta, load_head
+from lightcl.engine.export_dir import frozen_id_of, load_export_meta, load_head
 from lightcl.engine.extractors import load_extractor
 from lightcl.engine.head import Head
 from lightcl.engine.learner import LightCL
@@ -217,15 +217,15 @@ def foreign_export(digits_export, tmp_path_factory):
     shutil.copytree(digits_export, d)
     _perturbed_onnx(digits_export / "frozen.onnx", d / "frozen.onnx")
     fid = _sha(d / "frozen.onnx")
-    _perturbed_safetensors(digits_export / "frozen.safetensors", d / "frozen.safetensors", {"frozen_id": fid})
+    _perturbed_safetensors(digits_export / "frozen.safetensors", d / "frozen.safetensors", {"onnx_sha256": fid})
     _perturbed_safetensors(digits_export / "head.safetensors", d / "head.safetensors")
     meta = json.loads((d / "meta.json").read_text())
     for name in meta["files"]:
         meta["files"][name] = _sha(d / name)
-    meta["frozen_id"] = fid
+    meta["frozen_id"] = frozen_id_of(meta["files"])
     (d / "meta.json").write_text(json.dumps(meta, indent=2))
     for backend in ("ort", "torch"):  # valid on its own
-        assert load_extractor(d, backend=backend).frozen_id == fid
+        assert load_extractor(d, backend=backend).frozen_id == meta["frozen_id"]
     load_head(d)
     return d
 
@@ -292,7 +292,8 @@ def test_meta_json_damage_is_refused(digits_export, tmp_path, no_session):
         "not an object": lambda t: "[1, 2]",
         "frozen_id edited": lambda t: t.replace(json.loads(t)["frozen_id"], "0" * 64),
         "checksum edited": lambda t: t.replace(json.loads(t)["files"]["head.safetensors"], "f" * 64),
-        "format edited": lambda t: t.replace("lightcl-export/1", "lightcl-export/9"),
+        "format edited": lambda t: t.replace("lightcl-export/2", "lightcl-export/9"),
+        "old format (frozen_id without frozen.safetensors)": lambda t: t.replace("lightcl-export/2", "lightcl-export/1"),
     }
     for label, edit in cases.items():
         d = tmp_path / label.replace(" ", "_")

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, MissingDependencyError
+from ..errors import InputError, IntegrityError, MissingDependencyError, StateError
 from ..export_dir import export_file
+from ..fileio import read_buffer
 from .base import BaseExtractor
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -110,14 +111,29 @@ class OrtExtractor(BaseExtractor):
         self.on_gpu = self.device.type == "cuda"
         self.requested = self._provider_list(providers, trt_cache_dir, trt_fp16, trt_max_batch, trt_workspace_mib,
                                              cuda_options or {})
+        # The session gets the verified bytes, never the path: the bytes checked are the bytes run, and an
+        # external-data file beside the model (not covered by frozen_id) can never be read.
+        try:
+            model_bytes = bytes(read_buffer(path, f"export file {self.file}", max_bytes=2 << 30))
+        except OSError as e:
+            raise StateError(f"export {export_dir}: cannot read {self.file} ({e})") from None
+        expected = meta["files"][self.file]
+        import hashlib
+
+        if hashlib.sha256(model_bytes).hexdigest() != expected:
+            raise IntegrityError(f"export {export_dir}: {self.file} does not match its recorded sha256: the file is "
+                                 "corrupt or was replaced")
         t0 = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=self.requested)
+            self.session = ort.InferenceSession(model_bytes, so, providers=self.requested)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            first = " ".join(str(e).split())[:200]
             if self.on_gpu:
-                raise MissingDependencyError(f"onnxruntime could not create a GPU session for {path.name}: "
-                                             f"{str(e).splitlines()[0][:200]}") from None
-            raise
+                raise MissingDependencyError(f"onnxruntime could not create a GPU session for {path.name}: {first}") from None
+            if "external" in first.lower():
+                raise IntegrityError(f"export {export_dir}: {self.file} refers to external data files, which lightcl "
+                                     "does not load (frozen_id covers the model file only): re-export it") from None
+            raise IntegrityError(f"export {export_dir}: onnxruntime cannot load {self.file} ({first})") from None
         self.session_create_ms = (time.perf_counter() - t0) * 1e3
         self.providers: list[str] = list(self.session.get_providers())
         self.provider = self.providers[0] if self.providers else "none"
@@ -127,8 +143,29 @@ class OrtExtractor(BaseExtractor):
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu matching your "
                 "CUDA, without the CPU onnxruntime package")
         self.io_binding = self.on_gpu and self.provider in GPU_PROVIDERS
+        self._check_signature(export_dir)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+
+    def _check_signature(self, export_dir) -> None:
+        """The model must take float32 [N, *input_shape] and give float32 [N, *feature_shape], as meta.json says
+        (a crafted model of another input size or dtype failed at the first batch with onnxruntime's report)."""
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+
+        def dims(shape):
+            return [d if isinstance(d, int) else None for d in shape]
+
+        ok = len(ins) == 1 and len(outs) >= 1 and ins[0].type == "tensor(float)" and outs[0].type == "tensor(float)"
+        if ok:
+            di, do = dims(ins[0].shape), dims(outs[0].shape)
+            ok = (len(di) == 1 + len(self.input_shape) and di[1:] in (list(self.input_shape), [None] * len(self.input_shape))
+                  and len(do) == 1 + len(self.feature_shape)
+                  and all(a is None or a == b for a, b in zip(do[1:], self.feature_shape)))
+        if not ok:
+            got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in ins)
+            raise IntegrityError(f"export {export_dir}: {self.file} takes ({got}) but meta.json says float32 "
+                                 f"[N, {', '.join(map(str, self.input_shape))}] -> [N, "
+                                 f"{', '.join(map(str, self.feature_shape))}]")
 
     # ------------------------------------------------------------------ providers
     def _provider_list(self, providers, trt_cache_dir, trt_fp16, trt_max_batch, trt_workspace_mib, cuda_options):

@@ -39,10 +39,11 @@ class TorchExtractor(BaseExtractor):
         t0 = time.perf_counter()
         path = export_file(export_dir, meta, "frozen.safetensors")
         self.net, fmeta = load_frozen(path, map_location=self.device)
-        bound = fmeta.get("frozen_id")
-        if bound is not None and bound != self.frozen_id:
+        bound = fmeta.get("onnx_sha256")  # format 2: the frozen.onnx these weights were exported with
+        onnx_sha = meta.get("files", {}).get("frozen.onnx")
+        if bound is not None and bound != onnx_sha:
             raise IntegrityError(f"{path} belongs to frozen part {str(bound)[:12]}..., this export's frozen.onnx is "
-                                 f"{self.frozen_id[:12]}...: the directory mixes two exports")
+                                 f"{str(onnx_sha)[:12]}...: the directory mixes two exports")
         if list(fmeta.get("feature_shape", self.feature_shape)) != list(self.feature_shape):
             raise IntegrityError(f"{path}: feature shape {fmeta.get('feature_shape')} differs from meta.json "
                                  f"{list(self.feature_shape)}")
