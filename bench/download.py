@@ -25,7 +25,9 @@ _HEX_LEN = {"md5": 32, "sha256": 64}
 
 def file_digest(path: str | os.PathLike, algo: str) -> str:
     h = hashlib.new(algo)
-    with open(path, "rb") as f:
+    from lightcl.engine.fileio import open_regular
+
+    with open_regular(path, "downloaded file", error=IntegrityError) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -68,8 +70,11 @@ def download(url: str, dest: str | os.PathLike, checksum: str, timeout: float = 
     algo, expected = parse_checksum(checksum)
     check_url(url)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:  # a file where the folder should be, no permission, disk full
+        raise DownloadError(f"cannot write {dest}: {e.strerror or e}") from None
     h = hashlib.new(algo)
     try:
         with os.fdopen(fd, "wb") as out:

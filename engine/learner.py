@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .errors import InputError, NonFiniteError, ShapeError, UnknownTaskError
 from .head import Head
 from .memory import FeaturePatternMemory
-from .validate import check_images, check_labels
+from .validate import check_images, check_labels, check_learner_args
 
 BUFFER_POLICIES = ("new-task-first-batch", "reservoir")
 LOSS_SLICES = ("task", "all")
@@ -90,6 +90,7 @@ class LightCL:
             raise InputError(f"unknown LightCL option(s) {unknown}; known: {sorted(known)}")
         self.config = LightCLConfig(**options)
         self.config.validate()
+        check_learner_args(extractor, head, self.config)
         self.extractor = extractor
         self.device = torch.device(self.config.device)
         self.head = head.to(self.device)

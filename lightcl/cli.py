@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, except that a usage error is one line on stderr (exit 2), like every other lightcl error."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -59,7 +59,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+MAX_MESSAGE = 600  # characters of an error line; torch's multi-line reports were printed whole
+
+
+def one_line(message: str) -> str:
+    """An error message as one line: newlines (torch's embedded reports, file names) become spaces."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception: writers roll back their half-done swap (recovery would also) and we exit 143."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     from lightcl.engine.errors import LightCLError
 
     parser, modules = build_parser()
@@ -74,14 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     if mod is None:
         print(f"lightcl {args.verb}: not built yet", file=sys.stderr)
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(mod.run(args) or 0)
     except LightCLError as e:
-        print(f"lightcl {args.verb}: error: {e}", file=sys.stderr)
+        print(f"lightcl {args.verb}: error: {one_line(str(e))}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         print(f"lightcl {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"lightcl {args.verb}: terminated (SIGTERM); the last saved state is kept", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

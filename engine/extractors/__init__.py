@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..errors import InputError, LightCLError, MissingDependencyError
 from ..export_dir import load_export_meta
+from ..validate import check_threads
 
 log = logging.getLogger("lightcl")
 
@@ -117,9 +118,7 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
     if not isinstance(export_dir, (str, os.PathLike)):
         raise InputError(f"export_dir must be a path, got {type(export_dir).__name__}")
     for key in ("threads", "inter_threads"):
-        v = options.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InputError(f"{key} must be a positive integer, got {v!r}")
+        check_threads(options.get(key), key)  # bounded by this machine's CPUs
     meta = load_export_meta(export_dir, verify=True)
     dev = resolve_device(device)
     if backend != "auto":

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, NonFiniteError, ShapeError
+from ..validate import check_tensor_kind
 
 
 class BaseExtractor:
@@ -29,6 +30,7 @@ class BaseExtractor:
         if not isinstance(x, Tensor):
             raise InputError(f"extractor input must be a torch.Tensor [N, {', '.join(map(str, self.input_shape))}], "
                              f"got {type(x).__name__}")
+        check_tensor_kind(x, "extractor input")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"extractor expects [N, {', '.join(map(str, self.input_shape))}], got {list(x.shape)}")
         if x.shape[0] == 0:

@@ -45,15 +45,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _ckpt_bytes_per_sample(ckpt) -> int | None:
+    from lightcl.commands._safety import backbone_bytes_per_sample
+    from lightcl.engine.errors import LightCLError
+    from lightcl.engine.fileio import read_json
+    from lightcl.export.checkpoint import checkpoint_paths
+
+    try:
+        meta = read_json(checkpoint_paths(ckpt)[1], "checkpoint metadata")
+        return backbone_bytes_per_sample(meta["arch"], meta["width"], tuple(meta["input_size"]))
+    except (LightCLError, KeyError, TypeError, ValueError):
+        return None  # analyze's own load says what is wrong
+
+
 def _check(args: argparse.Namespace) -> None:
     import math
 
     from lightcl.engine.errors import InputError
 
-    for name in ("threads", "max_train"):
+    from lightcl.commands._safety import backbone_bytes_per_sample, check_batch, check_threads
+
+    check_threads(args.threads)
+    for name in ("max_train",):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    check_batch(args.batch_size, "--batch-size", _ckpt_bytes_per_sample(args.ckpt))
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise InputError(f"--lr must be a positive number, got {args.lr}")
     for name in ("momentum", "lp_threshold", "ms_threshold"):

@@ -44,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
     backends = _csv(args.backend)
     if not backends or not batches:
         raise InputError("need at least one --backend and one --batch")
+    from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+
+    check_threads(args.threads)
+    check_output(args.json, dirs=[args.export_dir])
+    per = export_bytes_per_sample(args.export_dir, train=False)
+    for b in batches:
+        check_batch(b, "--batch", per)
     report = run_latency(args.export_dir, backends, batches, iters=args.iters, seconds=args.seconds,
                          warmup=args.warmup, threads=args.threads, device=args.device, spin=args.spin,
                          graph_optimization=args.graph_optimization, progress=not args.quiet)

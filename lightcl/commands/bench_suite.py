@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lightcl.bench.suite import run_suite
 
+    from lightcl.commands._safety import check_threads
+
+    check_threads(args.threads or None)  # 0 = the libraries' default
     command = f"lightcl bench --suite {args.suite}"
     for flag, val in (("--methods", None if args.methods == "all" else args.methods), ("--seeds", args.seeds),
                       ("--epochs", args.epochs), ("--buffer", args.buffer),

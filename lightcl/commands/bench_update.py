@@ -24,6 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.bench.update import bench_update, format_table
     from lightcl.engine.fileio import write_json_atomic
 
+    from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+
+    check_threads(args.threads)
+    check_output(args.json, dirs=[args.export_dir])
+    check_batch(args.batch, "--batch", export_bytes_per_sample(args.export_dir))
     res = bench_update(args.export_dir, batch=args.batch, steps=args.steps, warmup=args.warmup,
                        modes=[m.strip() for m in args.modes.split(",") if m.strip()], threads=args.threads,
                        data_path=args.data_path)

@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.fp16 and not args.tensorrt):
         raise InputError("--fp16 is a TensorRT precision: use it with --tensorrt")
+    from lightcl.commands._safety import check_output
+    from lightcl.export.checkpoint import checkpoint_paths
+
+    check_output(args.json, dirs=[args.out], files=checkpoint_paths(args.checkpoint))
     precision = None
     if args.tensorrt:
         precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"

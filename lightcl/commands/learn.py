@@ -57,8 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
     from lightcl.engine.errors import InputError
 
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+
+    check_threads(args.threads)
+    check_output(args.json, dirs=[args.state, args.export_dir])
+    if args.batch_size is not None:
+        check_batch(args.batch_size, "--batch-size", export_bytes_per_sample(args.export_dir))
     if args.threads:
         torch.set_num_threads(args.threads)
     scenario = get_scenario(args.scenario, epochs=args.epochs, batch_size=args.batch_size)

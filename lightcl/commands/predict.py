@@ -24,6 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write labels (and accuracy) here")
 
 
+MAX_IMAGE_BYTES = 256 << 20
+
+
+def printable(name: str) -> str:
+    """A file name on one line: a newline (or any control character) in an image name split its output line."""
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+
+
 def _read_images(path: Path, size: int):
     import numpy as np
     from PIL import Image
@@ -31,16 +39,22 @@ def _read_images(path: Path, size: int):
     from lightcl.engine.errors import InputError
 
     exts = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp"}
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.suffix.lower() in exts)
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"--images {printable(str(path))} does not exist")
+    files = [path] if not path.is_dir() else sorted(f for f in path.rglob("*") if f.suffix.lower() in exts)
     if not files:
         raise InputError(f"no images found at {path}")
     arrs = []
+    from lightcl.engine.fileio import open_regular
+
     for f in files:
-        try:
-            with Image.open(f) as im:
-                arrs.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8))
-        except Exception as e:
-            raise InputError(f"cannot read image {f}: {e}") from None
+        # open_regular first: a FIFO named x.png blocked forever, a directory named x.png gave a traceback
+        with open_regular(f, "image", max_bytes=MAX_IMAGE_BYTES, error=InputError) as fh:
+            try:
+                with Image.open(fh) as im:
+                    arrs.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8))
+            except Exception as e:  # PIL's own errors, decompression bombs included
+                raise InputError(f"cannot read image {printable(str(f))}: {' '.join(str(e).split())[:200]}") from None
     return files, np.stack(arrs)
 
 
@@ -56,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.engine.learner import LightCL
     from lightcl.engine.state import read_state_doc
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from lightcl.commands._safety import check_batch, check_output, export_bytes_per_sample
+
+    check_output(args.json, dirs=[args.state, args.export])
     doc = read_state_doc(args.state)
-    export_dir = args.export or doc.get("extra", {}).get("export_dir")
-    if not export_dir:
+    extra = doc.get("extra") if isinstance(doc.get("extra"), dict) else {}
+    export_dir = args.export or extra.get("export_dir")
+    if not export_dir or not isinstance(export_dir, str):
         raise InputError("the state does not say which export it was learned on: pass --export DIR")
+    check_output(args.json, dirs=[export_dir])
+    check_batch(args.batch_size, "--batch-size", export_bytes_per_sample(export_dir, train=False))
     meta = load_export_meta(export_dir)
     learner = LightCL.load(args.state, load_extractor(export_dir, backend=args.backend))
     norm = meta["normalization"]
@@ -71,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         files, arr = _read_images(Path(args.images), size)
         x = to_tensor_uint8(arr)
-        names = [str(f) for f in files]
+        names = [printable(str(f)) for f in files]
     else:
         from lightcl.bench.data import load_dataset
 

@@ -34,7 +34,13 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("width", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("subset", "threads"):
+    from lightcl.commands._safety import backbone_bytes_per_sample, check_batch, check_output, check_threads
+
+    check_threads(args.threads)
+    if args.width > 1024:
+        raise InputError(f"--width must be <= 1024, got {args.width}")
+    check_batch(args.batch_size, "--batch-size", backbone_bytes_per_sample(args.arch, args.width))
+    for name in ("subset",):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name} must be >= 1, got {v}")
@@ -44,6 +50,7 @@ def _check(args: argparse.Namespace) -> None:
 
     from lightcl.export.checkpoint import checkpoint_paths
 
+    check_output(args.json, files=checkpoint_paths(args.out))
     for f in checkpoint_paths(args.out):  # fail now, not after the training
         if f.is_dir():
             raise InputError(f"--out: {f} is a directory")
