@@ -334,7 +334,7 @@ def _cifar_labels(raw, n: int, where: Path) -> np.ndarray:
 
 def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
     spec = CIFAR[name]
-    missing = [b for b in spec[split] + [spec["meta"]] if not (d / b).is_file()]
+    missing = [b for b in spec[split] + [spec["meta"]] if not os.path.lexists(d / b)]  # a FIFO is refused when read
     if missing:
         raise DatasetNotFoundError(f"dataset {name!r} in {d} is incomplete: missing {', '.join(missing)}. "
                                    f"Re-extract {Path(spec['url']).name} ({spec['url']})")
@@ -373,7 +373,7 @@ def load_cifar(name: str, split: str = "train", path: str | None = None, downloa
     looked = []
     for d in cands:
         looked.append(str(d))
-        if (d / spec["meta"]).is_file():
+        if os.path.lexists(d / spec["meta"]):  # a FIFO or directory there is refused when read, not skipped
             return _cifar_from_dir(d, name, split)
     if path and Path(path).is_file():  # the downloaded archive itself
         return _extract_cifar(Path(path), name, split)
