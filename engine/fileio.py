@@ -338,13 +338,17 @@ def _dir_nonce(d: Path) -> str:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` (a file, link or whole directory tree) to ``dst``: no byte is copied or lost."""
+    """Hard-link ``src`` (a file, link or whole directory tree) to ``dst``: no byte is copied or lost
+    (copied where the file system has no hard links; a FIFO or device there is then refused)."""
     if stat.S_ISDIR(os.lstat(src).st_mode):
         os.mkdir(dst)
         for name in os.listdir(src):
             _link_tree(src / name, dst / name)
     else:
-        os.link(src, dst, follow_symlinks=False)
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:  # a file system without hard links (FAT on an SD card): copy it instead
+            shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _carry_foreign(dest: Path, tmp: Path, owned: set[str]) -> list[str]:
@@ -364,7 +368,7 @@ def _carry_foreign(dest: Path, tmp: Path, owned: set[str]) -> list[str]:
                              "move it away and retry (nothing was changed)")
         try:
             _link_tree(dest / name, tmp / name)
-        except OSError as e:
+        except (OSError, shutil.Error) as e:
             raise StateError(f"cannot keep {dest / name} (not lightcl's) in the new version of {dest}: "
                              f"{e.strerror or e}; move it away and retry (nothing was changed)") from None
         kept.append(name)
