@@ -420,6 +420,7 @@ class LightCL:
                 return self.head(feats)
             finally:
                 self.head.train(was)
+
     @torch.no_grad()
     def predict(self, x: Tensor, mode: str = "cil", task_id: int | None = None) -> Tensor:
         """Labels: ``cil`` = argmax over every class seen; ``til`` = argmax inside ``task_id``'s classes."""

@@ -15,9 +15,9 @@ Exercised on CPU here; on CUDA it is plain torch (``.to(device)``), not separate
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,7 +68,8 @@ class TorchExtractor(BaseExtractor):
         x = x.to(self.device, non_blocking=True)
         # no_grad, not inference_mode: the features feed the trainable head, and inference tensors
         # cannot be saved for its backward pass.
-        with self._mode_lock, torch.no_grad():
+        # eval mode never switches: no lock, concurrent calls stay concurrent
+        with (self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext()), torch.no_grad():
             return self.net(x)
 
     @property
@@ -77,15 +78,15 @@ class TorchExtractor(BaseExtractor):
         learner must then extract the buffer images on their own, never take rows of a larger batch."""
         return self.frozen_bn == "train"
 
-    @contextmanager
+    @contextlib.contextmanager
     def eval_statistics(self) -> Iterator["TorchExtractor"]:
         """Inside the block the frozen BN uses its running statistics and updates nothing, whatever
         ``frozen_bn`` says: prediction, as the authors' ``model.eval()``. Thread-safe: calls from other
         threads wait until the block ends, so they never see the wrong mode."""
+        if self.frozen_bn == "eval":
+            yield self
+            return
         with self._mode_lock:
-            if self.frozen_bn == "eval":
-                yield self
-                return
             self.net.set_bn_mode("eval")
             try:
                 yield self
