@@ -1,8 +1,19 @@
 """The authors' LightCL procedure in plain PyTorch, for comparison with the engine.
 
-Differences from the engine, on purpose (they are what the engine optimises away): the whole model
-runs in PyTorch in train mode (frozen BN statistics drift), the buffer holds *images* and is pushed
-through the whole model at every step, and nothing is exported.
+Reproduces ``my_process``/``my_train``/``test`` of github INV-WZQ/LightCL (LightCL.py, commit 62fda8b):
+the whole model in train mode while learning (frozen BN statistics drift); from task 1 the buffer is
+the first N images of a batch of the task, its targets recorded by one forward of the whole model on
+the buffer alone; each step pushes the buffer through the whole model *first*, then the batch;
+loss = CE on the task's logit slice + beta x masked squared tap differences (logits unmasked); after
+each task the vital channels come from a full batch of the task through the train-mode model,
+OR-ed across tasks; prediction with ``model.eval()``. Taps as in their models.py: every block after
+the split, after its first conv+BN+ReLU and at its output, plus the logits.
+
+Where it differs from their script: the buffer batch is the first batch the caller observes (theirs
+is a separate ``next(iter(loader))``: the same kind of draw); ``end_task(x)`` takes the fresh batch
+from the caller (without one: the last full-size observed batch, never a trailing remainder); the
+classifier's xavier init draws from a seeded generator. The engine with ``frozen_bn="train"`` matches
+this procedure to float precision (tests/test_faithful.py pins it against a separate re-statement).
 """
 from __future__ import annotations
 
@@ -73,14 +84,17 @@ class ReferenceLightCL:
         loss = ce + fp
         loss.backward()
         self.optimizer.step()
-        self._last_x = x
+        if self._last_x is None or len(x) >= len(self._last_x):
+            self._last_x = x  # a trailing remainder never replaces a full batch
         return {"loss": float(loss.detach()), "ce": float(ce.detach()), "feature_pattern": float(fp.detach())}
 
-    def end_task(self) -> None:
+    def end_task(self, x: Tensor | None = None) -> None:
+        """Vital channels from ``x`` (a fresh full batch of the task, as the authors), else the last full batch."""
         self.model.train()
         with torch.no_grad():
-            _, taps = self.forward_taps(self._last_x)
+            _, taps = self.forward_taps(x if x is not None else self._last_x)
         self.memory.update_masks(taps)
+        self._last_x = None
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Run a scenario's continual-learning stream through the engine: the body of ``lightcl learn``.
 
-Per task: ``begin_task`` -> epochs of ``observe`` on shuffled (optionally augmented) batches ->
-``end_task`` -> evaluate every task seen so far (TIL and CIL from one pass) -> save the state.
+Per task: ``begin_task`` (buffer from a freshly drawn batch of the task, as the authors) -> epochs of ``observe`` on shuffled (optionally augmented) batches ->
+``end_task`` (vital channels on a freshly drawn full batch of the task, as the authors) -> evaluate every task seen so far (TIL and CIL from one pass) -> save the state.
 ``resume`` continues after the last finished task; the shuffling RNG lives in the state, so a
 resumed run reproduces an uninterrupted one.
 """
@@ -46,6 +46,11 @@ class ScenarioData:
     def train_batches(self, task, generator: torch.Generator):
         return self.train.batches(task.train_idx, self.scenario.batch_size, self.pre_train, train=True,
                                   shuffle=True, generator=generator)
+
+    def fresh_batch(self, task, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A freshly shuffled full batch of the task's training data: the authors' ``next(iter(train_loader[task]))``,
+        drawn for the buffer (before training) and for the vital channels (never the epoch's trailing remainder)."""
+        return next(iter(self.train_batches(task, generator)))
 
     def test_stream(self, upto: int, batch_size: int = 256):
         return [(t.task_id, self.test.batches(t.test_idx, batch_size, self.pre_eval)) for t in self.tasks[:upto]]
@@ -98,7 +103,7 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
     echo(f"extractor: {extractor.info()}")
     for task in data.tasks[start:stop]:
         t0 = time.perf_counter()
-        learner.begin_task(task.task_id, task.classes)
+        learner.begin_task(task.task_id, task.classes, *data.fresh_batch(task, learner.generator))
         steps = scenario.epochs * int(np.ceil(len(task.train_idx) / scenario.batch_size))
         bar = tqdm(total=steps, desc=f"task {task.task_id + 1}/{scenario.n_tasks} classes {task.classes}",
                    unit="step", disable=not progress, leave=False)
@@ -110,7 +115,7 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
                 bar.update(1)
                 bar.set_postfix(ce=f"{out['ce']:.3f}", fp=f"{out['feature_pattern']:.4f}")
         bar.close()
-        learner.end_task()
+        learner.end_task(data.fresh_batch(task, learner.generator)[0])
         learner.evaluate(data.test_stream(task.task_id + 1))
         learner.extra["step_ms"] = list(learner.extra.get("step_ms", [])) + [statistics.median(step_ms)]
         learner.extra["wall_s"] = float(learner.extra.get("wall_s", 0.0)) + time.perf_counter() - t0

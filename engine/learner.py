@@ -8,6 +8,7 @@ feature-pattern penalty. Defaults reproduce the authors' code; every departure i
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import operator
@@ -106,6 +107,7 @@ class LightCL:
         self.metrics: dict[str, list] = {"til": [], "cil": [], "tasks": []}
         self.extra: dict[str, Any] = {}  # JSON-able values the application wants saved with the state
         self._pending_capture = False
+        # features of the task's last full-size batch: end_task() without a batch uses them (never a remainder)
         self._last_features: Tensor | None = None
         self._lock = threading.RLock()  # one head version for predict while observe trains
         self.optimizer = self._make_optimizer()
@@ -120,6 +122,41 @@ class LightCL:
         meta = getattr(self.extractor, "meta", None) or {}
         shp = meta.get("input_shape")
         return tuple(shp) if shp else None
+
+    # ---- the extractor's frozen BN (the torch backend's frozen_bn="train" is the authors' model.train())
+    @property
+    def frozen_bn(self) -> str:
+        """``"train"`` when the extractor normalises with batch statistics while learning, else ``"eval"``."""
+        return "train" if getattr(self.extractor, "batch_statistics", False) else "eval"
+
+    @property
+    def _batch_statistics(self) -> bool:
+        return self.frozen_bn == "train"
+
+    def _frozen_guard(self):
+        """The learner's lock when extracting changes the frozen part (train-mode BN statistics), so that a
+        prediction never sees a half-updated frozen part; nothing otherwise (extraction runs unlocked)."""
+        return self._lock if self._batch_statistics else contextlib.nullcontext()
+
+    def _inference(self):
+        """Prediction mode of the extractor: fixed BN statistics (the authors predict with model.eval())."""
+        ctx = getattr(self.extractor, "eval_statistics", None)
+        return ctx() if ctx is not None else contextlib.nullcontext()
+
+    def frozen_statistics(self) -> dict[str, Tensor]:
+        """The frozen part's drifted BN statistics (train-mode frozen BN; part of what was learned), else {}."""
+        return self.extractor.statistics() if self._batch_statistics else {}
+
+    def _restore_frozen(self, saved: dict[str, Tensor] | None) -> None:
+        if saved:
+            self.extractor.load_statistics(saved)
+
+    def _buffer_features(self) -> Tensor:
+        """Frozen features of the buffer. With batch-dependent features (train-mode frozen BN) the buffer
+        images go through the frozen part on their own, as in the authors' code; else the stored features."""
+        if self._batch_statistics and self.memory.images is not None:
+            return self.extract(self.memory.images)
+        return self.memory.features
 
     def _make_optimizer(self, old: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
         opt = torch.optim.SGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
@@ -178,8 +215,13 @@ class LightCL:
                 b.copy_(s)
 
     # ------------------------------------------------------------------ task hooks
-    def begin_task(self, task_id: int, classes: Sequence[int]) -> None:
-        """Announce a task and its classes (integer labels, disjoint from earlier tasks' classes)."""
+    def begin_task(self, task_id: int, classes: Sequence[int], x: Tensor | None = None, y=None) -> None:
+        """Announce a task and its classes (integer labels, disjoint from earlier tasks' classes).
+
+        ``x, y``: optionally a freshly drawn batch of the task; with the ``new-task-first-batch`` policy its
+        first ``buffer_size`` samples become the buffer now, as the authors' ``next(iter(train_loader[task]))``
+        before training. Without it the buffer is taken from the first batch ``observe`` gets.
+        """
         if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
             raise InputError(f"task_id must be a non-negative int, got {task_id!r}")
         if isinstance(classes, (str, bytes)):
@@ -206,6 +248,28 @@ class LightCL:
         if capacity is not None and len(self.class_index) + len(new) > capacity:
             raise InputError(f"the classifier has {capacity} outputs; {len(self.class_index) + len(new)} classes "
                              "would not fit (use num_classes=None for an expandable classifier)")
+        if (x is None) != (y is None):
+            raise InputError("begin_task takes a buffer batch as both x and y, or neither")
+        capture_now = (x is not None and bool(self.finished_tasks) and self.config.buffer_size > 0
+                       and self.config.buffer_policy == "new-task-first-batch")
+        if x is not None:
+            x = self._check_x(x)
+            y = check_labels(y, x.shape[0], classes).to(self.device)
+        with self._frozen_guard():
+            captured = None
+            if capture_now:  # the buffer on its own through the frozen part (train-mode BN: its own statistics)
+                saved_frozen = self.frozen_statistics()
+                n = min(self.config.buffer_size, x.shape[0])
+                captured = self.extract(x[:n])
+                try:
+                    self._check_features(captured)
+                except NonFiniteError:
+                    self._restore_frozen(saved_frozen)
+                    raise
+            self._open_task(task_id, classes, new, capacity, x, y, captured)
+
+    def _open_task(self, task_id: int, classes: list[int], new: list[int], capacity: int | None, x: Tensor | None,
+                   y: Tensor | None, captured: Tensor | None) -> None:
         with self._lock:
             for c in new:
                 self.class_index[c] = len(self.class_index)
@@ -216,10 +280,15 @@ class LightCL:
             self.current_task = task_id
             self._last_features = None
             if self.finished_tasks and self.config.buffer_size > 0:
-                if self.config.buffer_policy == "new-task-first-batch":
+                if self.config.buffer_policy == "new-task-first-batch" and captured is not None:
+                    self.memory.set_buffer(captured, y, task_id, images=x if self._batch_statistics else None)
+                    _, taps = self._taps(self.memory.features)
+                    self.memory.record_targets(taps)
+                    self._pending_capture = False
+                elif self.config.buffer_policy == "new-task-first-batch":
                     self._pending_capture = True
                 elif len(self.memory):
-                    _, taps = self._taps(self.memory.features)
+                    _, taps = self._taps(self._buffer_features())
                     self.memory.record_targets(taps, self.memory.origin != task_id)
 
     @torch.no_grad()
@@ -229,83 +298,121 @@ class LightCL:
         return self.head(features, return_taps=True)
 
     def observe(self, x: Tensor, y) -> dict[str, float]:
-        """One update step on a batch of the current task. Returns the loss terms."""
+        """One update step on a batch of the current task. Returns the loss terms.
+
+        Order as in the authors' ``my_train``: the buffer goes through the model first (on its own), then
+        the batch; the head's BN statistics (and, with ``frozen_bn="train"``, the frozen part's) see them
+        in that order.
+        """
         if self.current_task is None:
             raise InputError("no open task: call begin_task(task_id, classes) first")
         x = self._check_x(x)
         y = check_labels(y, x.shape[0], self.tasks[self.current_task]).to(self.device)
         t0 = time.perf_counter()
-        feats = self.extract(x)
         task = self.current_task
-        if not bool(torch.isfinite(feats).all()):
-            # Finite but extreme pixels can overflow the frozen part. Such a batch must not reach the
-            # buffer, the BN statistics or the masks: skip it like a non-finite loss.
+        with self._frozen_guard():
+            saved_frozen = self.frozen_statistics()
+            capture = self._pending_capture
+            n_buf = min(self.config.buffer_size, x.shape[0])
+            use_buffer = self.config.beta > 0 and (capture or self.memory.active())
+            captured = buffer_feats = None
+            if self._batch_statistics:  # the buffer alone: targets' pass (capture), then this step's pass
+                if capture:
+                    captured = self.extract(x[:n_buf])
+                if use_buffer:
+                    buffer_feats = self.extract(x[:n_buf]) if capture else self._buffer_features()
+            feats = self.extract(x)
+            if not all(bool(torch.isfinite(f).all()) for f in (captured, buffer_feats, feats) if f is not None):
+                # Finite but extreme pixels can overflow the frozen part. Such a batch must not reach the
+                # buffer, the BN statistics or the masks: skip it like a non-finite loss.
+                self._restore_frozen(saved_frozen)
+                with self._lock:
+                    self.counters["skipped_nonfinite"] += 1
+                return {"loss": float("nan"), "ce": float("nan"), "feature_pattern": 0.0, "skipped": 1,
+                        "step_ms": (time.perf_counter() - t0) * 1000.0}
             with self._lock:
-                self.counters["skipped_nonfinite"] += 1
-            return {"loss": float("nan"), "ce": float("nan"), "feature_pattern": 0.0, "skipped": 1,
-                    "step_ms": (time.perf_counter() - t0) * 1000.0}
-        with self._lock:
-            saved_bn = self._bn_buffers()
-            saved_memory = None
-            if self._pending_capture:
-                saved_memory = self.memory.snapshot()
-                self.memory.set_buffer(feats, y, task)
-                _, taps = self._taps(self.memory.features)
-                self.memory.record_targets(taps)
-                self._pending_capture = False
-            self.head.train()
-            logits = self.head(feats)
-            idx = self.task_indices(task) if self.config.loss_slice == "task" else self.seen_indices()
-            target_idx = self._labels_to_index(y)
-            pos = torch.full((self.head.num_classes,), -1, dtype=torch.long, device=self.device)
-            pos[torch.tensor(idx, device=self.device)] = torch.arange(len(idx), device=self.device)
-            ce = F.cross_entropy(logits[:, idx], pos[target_idx])
-            fp = torch.zeros((), device=self.device)
-            if self.config.beta > 0 and self.memory.active():
-                _, taps = self.head(self.memory.features, return_taps=True)
-                fp = self.memory.penalty(taps, self.config.beta)
-            loss = ce + fp
-            out = {"loss": float(loss.detach()), "ce": float(ce.detach()), "feature_pattern": float(fp.detach()),
-                   "skipped": 0}
-            if not torch.isfinite(loss):
-                self._restore_bn(saved_bn)
-                if saved_memory is not None:  # the capture happens again on the next good batch
-                    self.memory.restore(saved_memory)
-                    self._pending_capture = True
-                self.counters["skipped_nonfinite"] += 1
-                out["skipped"] = 1
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.counters["steps"] += 1
-                if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
-                    self.memory.reservoir_add(feats, y, task, self.generator)
-                self._last_features = feats
+                out = self._step(x, y, feats, task, capture, captured, buffer_feats, use_buffer, saved_frozen)
         out["step_ms"] = (time.perf_counter() - t0) * 1000.0
         return out
 
+    def _step(self, x: Tensor, y: Tensor, feats: Tensor, task: int, capture: bool, captured: Tensor | None,
+              buffer_feats: Tensor | None, use_buffer: bool, saved_frozen: dict[str, Tensor]) -> dict[str, float]:
+        saved_bn = self._bn_buffers()
+        saved_memory = None
+        if capture:
+            saved_memory = self.memory.snapshot()
+            images = x if self._batch_statistics else None
+            self.memory.set_buffer(feats if captured is None else captured, y, task, images=images)
+            _, taps = self._taps(self.memory.features)
+            self.memory.record_targets(taps)
+            self._pending_capture = False
+        self.head.train()
+        fp = torch.zeros((), device=self.device)
+        if use_buffer and self.memory.active():  # buffer first, as the authors
+            _, taps = self.head(self.memory.features if buffer_feats is None else buffer_feats, return_taps=True)
+            fp = self.memory.penalty(taps, self.config.beta)
+        logits = self.head(feats)
+        idx = self.task_indices(task) if self.config.loss_slice == "task" else self.seen_indices()
+        target_idx = self._labels_to_index(y)
+        pos = torch.full((self.head.num_classes,), -1, dtype=torch.long, device=self.device)
+        pos[torch.tensor(idx, device=self.device)] = torch.arange(len(idx), device=self.device)
+        ce = F.cross_entropy(logits[:, idx], pos[target_idx])
+        loss = ce + fp
+        out = {"loss": float(loss.detach()), "ce": float(ce.detach()), "feature_pattern": float(fp.detach()),
+               "skipped": 0}
+        if not torch.isfinite(loss):
+            self._restore_bn(saved_bn)
+            self._restore_frozen(saved_frozen)
+            if saved_memory is not None:  # the capture happens again on the next good batch
+                self.memory.restore(saved_memory)
+                self._pending_capture = True
+            self.counters["skipped_nonfinite"] += 1
+            out["skipped"] = 1
+            return out
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.counters["steps"] += 1
+        if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
+            self.memory.reservoir_add(feats, y, task, self.generator, images=x if self._batch_statistics else None)
+        if self._last_features is None or feats.shape[0] >= self._last_features.shape[0]:
+            self._last_features = feats  # a trailing remainder never replaces a full batch
+        return out
+
     def end_task(self, x: Tensor | None = None) -> None:
-        """Close the task: vital channels from a batch of its data (default: the last observed batch)."""
+        """Close the task: vital channels from the head's taps (train mode) on a batch of its data.
+
+        ``x``: a freshly drawn full batch of the task, as the authors do (``next(iter(train_loader[task]))``);
+        the runner and the benchmark pass one. Without it: the task's last full-size observed batch (a
+        trailing remainder of 3 images never decides the masks), its features as extracted then.
+        """
         if self.current_task is None:
             raise InputError("no open task to end")
-        feats = self.extract(self._check_x(x)) if x is not None else self._last_features
-        if feats is None:
-            raise InputError(f"task {self.current_task} saw no data: observe() a batch or pass end_task(x)")
-        self._check_features(feats)
-        with self._lock:
-            _, taps = self._taps(feats)
-            self.memory.update_masks(taps)
-            self.finished_tasks.append(self.current_task)
-            self.current_task = None
-            self._last_features = None
-            self._pending_capture = False
+        with self._frozen_guard():
+            saved_frozen = self.frozen_statistics()
+            feats = self.extract(self._check_x(x)) if x is not None else self._last_features
+            if feats is None:
+                raise InputError(f"task {self.current_task} saw no data: observe() a batch or pass end_task(x)")
+            try:
+                self._check_features(feats)
+            except NonFiniteError:
+                self._restore_frozen(saved_frozen)
+                raise
+            with self._lock:
+                _, taps = self._taps(feats)
+                self.memory.update_masks(taps)
+                self.finished_tasks.append(self.current_task)
+                self.current_task = None
+                self._last_features = None
+                self._pending_capture = False
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
+        """Logits with the whole model in prediction mode (eval-mode BN everywhere, nothing updated)."""
         x = self._check_x(x)
-        feats = self.extract(x)
+        with self._frozen_guard(), self._inference():
+            feats = self.extract(x)
         self._check_features(feats)
         with self._lock:
             was = self.head.training
@@ -376,6 +483,20 @@ class LightCL:
 
         with self._lock:
             save_state(self, directory)
+
+    @staticmethod
+    def check_frozen_bn(recorded: str | None, extractor, where: Any = "the state") -> None:
+        """A state learned with train-mode frozen BN holds the frozen part's drifted statistics and must be
+        reopened with an extractor that uses them (torch, ``frozen_bn="train"``), and vice versa."""
+        have = "train" if getattr(extractor, "batch_statistics", False) else "eval"
+        if recorded is None or recorded == have:  # None: a state saved before the mode was recorded
+            return
+        if recorded == "train":
+            raise InputError(f"{where} was learned with frozen_bn='train' (the frozen part's BN statistics drifted "
+                             "and are saved with it): open it with load_extractor(export, backend='torch', "
+                             "frozen_bn='train')")
+        raise InputError(f"{where} was learned with frozen_bn={recorded!r}, this extractor runs frozen_bn={have!r}: "
+                         "open it with the extractor mode it was learned with")
 
     @classmethod
     def load(cls, directory, extractor, device: str | None = None) -> "LightCL":

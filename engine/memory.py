@@ -1,7 +1,9 @@
-"""Memorize Feature Patterns: the buffer (frozen features, never images), target taps, vital channels.
+"""Memorize Feature Patterns: the buffer (frozen features), target taps, vital channels.
 
 The buffer holds frozen-extractor features of a few samples and the head's taps on them at the
-start of a task. Vital channels of each tap are the ``ratio`` of channels with the largest summed
+start of a task. Images are kept only when the extractor's features depend on the batch they are
+computed with (``frozen_bn="train"``, the authors' drifting BN): the buffer must then go through the
+frozen part on its own at every step, as in the authors' code. Vital channels of each tap are the ``ratio`` of channels with the largest summed
 |activation| on the task's data, OR-ed across tasks. The penalty pins the vital channels of the
 head's current taps on the buffer to their targets.
 """
@@ -35,6 +37,7 @@ class FeaturePatternMemory:
         self.buffer_size = int(buffer_size)
         self.ratio = float(ratio)
         self.features: Tensor | None = None  # [B, C, H, W] frozen features
+        self.images: Tensor | None = None  # [B, 3, H, W] only for batch-dependent extractors (frozen_bn="train")
         self.labels: Tensor | None = None  # [B]
         self.origin: Tensor | None = None  # [B] task id the sample came from
         self.targets: dict[str, Tensor] = {}  # tap -> [B, ...] head taps when recorded
@@ -46,22 +49,27 @@ class FeaturePatternMemory:
         return 0 if self.features is None else int(self.features.shape[0])
 
     # ---- buffer policies
-    def set_buffer(self, features: Tensor, labels: Tensor, task_id: int) -> None:
-        """``new-task-first-batch``: replace the buffer with these samples."""
+    def set_buffer(self, features: Tensor, labels: Tensor, task_id: int, images: Tensor | None = None) -> None:
+        """``new-task-first-batch``: replace the buffer with these samples (``images`` kept only if given)."""
         n = min(self.buffer_size, features.shape[0])
         self.features = features[:n].detach().clone()
+        self.images = None if images is None else images[:n].detach().clone()
         self.labels = labels[:n].detach().clone()
         self.origin = torch.full((n,), int(task_id), dtype=torch.long)
         self.targets = {}
         self.target_valid = torch.zeros(n, dtype=torch.bool)
 
-    def reservoir_add(self, features: Tensor, labels: Tensor, task_id: int, generator: torch.Generator) -> None:
+    def reservoir_add(self, features: Tensor, labels: Tensor, task_id: int, generator: torch.Generator,
+                      images: Tensor | None = None) -> None:
         """``reservoir``: classic reservoir sampling over every sample observed (Vitter's algorithm R)."""
         for i in range(features.shape[0]):
             self.seen += 1
             if len(self) < self.buffer_size:
                 f = features[i: i + 1].detach().clone()
                 self.features = f if self.features is None else torch.cat([self.features, f])
+                if images is not None:
+                    im = images[i: i + 1].detach().clone()
+                    self.images = im if self.images is None else torch.cat([self.images, im])
                 lab = labels[i: i + 1].detach().clone()
                 self.labels = lab if self.labels is None else torch.cat([self.labels, lab])
                 o = torch.tensor([int(task_id)])
@@ -75,13 +83,15 @@ class FeaturePatternMemory:
                 j = int(torch.randint(0, self.seen, (1,), generator=generator))
                 if j < self.buffer_size:
                     self.features[j] = features[i].detach()
+                    if images is not None and self.images is not None:
+                        self.images[j] = images[i].detach()
                     self.labels[j] = labels[i]
                     self.origin[j] = int(task_id)
                     self.target_valid[j] = False
 
     def snapshot(self) -> dict:
         """The buffer as it is (references: ``set_buffer``/``record_targets`` replace tensors, never write into them)."""
-        return {"features": self.features, "labels": self.labels, "origin": self.origin,
+        return {"features": self.features, "images": self.images, "labels": self.labels, "origin": self.origin,
                 "targets": dict(self.targets), "target_valid": self.target_valid}
 
     def restore(self, snap: dict) -> None:
@@ -124,6 +134,8 @@ class FeaturePatternMemory:
         out: dict[str, Tensor] = {}
         if self.features is not None:
             out["buffer.features"] = self.features
+            if self.images is not None:
+                out["buffer.images"] = self.images
             out["buffer.labels"] = self.labels
             out["buffer.origin"] = self.origin
             out["buffer.target_valid"] = self.target_valid.to(torch.uint8)
@@ -135,6 +147,7 @@ class FeaturePatternMemory:
 
     def load_tensors(self, t: dict[str, Tensor]) -> None:
         self.features = t.get("buffer.features")
+        self.images = t.get("buffer.images")
         self.labels = t.get("buffer.labels")
         self.origin = t.get("buffer.origin")
         tv = t.get("buffer.target_valid")

@@ -86,6 +86,8 @@ def save_state(learner, directory: str | Path) -> Path:
             if mb is not None:
                 tensors[f"optim.{i}.momentum_buffer"] = mb.detach().cpu().contiguous()
         tensors["rng.generator"] = learner.generator.get_state()
+        # train-mode frozen BN: the drifted statistics of the frozen part are learned state too
+        tensors.update({f"frozen_bn.{k}": v.detach().cpu().contiguous() for k, v in learner.frozen_statistics().items()})
         if learner._last_features is not None:
             tensors["task.last_features"] = learner._last_features.detach().cpu().contiguous()
         (tmp / "learner.safetensors").write_bytes(safetensors_bytes(tensors))
@@ -102,6 +104,7 @@ def save_state(learner, directory: str | Path) -> Path:
             "extra": learner.extra,
             "memory_seen": learner.memory.seen,
             "frozen_id": learner.frozen_id,
+            "frozen_bn": learner.frozen_bn,
             "files": {name: sha256_file(tmp / name) for name in FILES},
         }
         try:
@@ -193,6 +196,7 @@ def load_state(cls, directory: str | Path, extractor, device: str | None = None)
         raise IntegrityError(
             f"state {directory} was trained against frozen part {want[:12]}..., but this extractor runs "
             f"{have[:12]}...: load it with the export it was learned on")
+    cls.check_frozen_bn(doc.get("frozen_bn"), extractor, directory)
     try:
         return _build(cls, directory, doc, blobs, extractor, device)
     except LightCLError:
@@ -352,6 +356,9 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
     learner.memory.seen = int(doc.get("memory_seen", 0))
     if "rng.generator" in tensors:
         learner.generator.set_state(tensors["rng.generator"])
+    frozen_stats = {k[len("frozen_bn."):]: v for k, v in tensors.items() if k.startswith("frozen_bn.")}
+    if frozen_stats:
+        learner.extractor.load_statistics(frozen_stats)
     if "task.last_features" in tensors:
         learner._last_features = tensors["task.last_features"].to(learner.device)
     params = list(learner.head.parameters())

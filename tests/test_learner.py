@@ -163,6 +163,97 @@ def test_state_against_other_frozen_part_refused(learner, tmp_path):
         LightCL.load(tmp_path / "s", other)
 
 
+def test_end_task_without_a_batch_never_uses_a_remainder(learner):
+    from lightcl.export.zoo import create_backbone, split_backbone
+
+    torch.manual_seed(0)
+    frozen, head = split_backbone(create_backbone("resnet18", width=16).eval(), "layer3")
+    twin = LightCL(_TorchExtractor(frozen), head, num_classes=4)
+    twin.head.load_state_dict(learner.head.state_dict())
+    full, rest = _batch([0, 1], n=12, seed=3), _batch([0, 1], n=3, seed=4)
+    for lr in (learner, twin):
+        lr.begin_task(0, [0, 1])
+        lr.observe(*full)
+        lr.observe(*rest)  # a trailing remainder of 3 images
+    learner.end_task()  # no batch: the last full-size one
+    with torch.no_grad():  # the twin's head BN must have seen the same passes before its masks
+        twin.end_task(full[0])
+    for name, m in twin.memory.masks.items():
+        assert torch.equal(learner.memory.masks[name], m), name
+
+
+def test_begin_task_takes_the_buffer_from_a_fresh_batch(learner):
+    learner.begin_task(0, [0, 1])
+    learner.observe(*_batch([0, 1]))
+    learner.end_task()
+    x, y = _batch([2, 3], n=20, seed=5)
+    with pytest.raises(InputError, match="both x and y"):
+        learner.begin_task(1, [2, 3], x)
+    with pytest.raises(UnknownClassError):
+        learner.begin_task(1, [2, 3], x, torch.zeros(20, dtype=torch.long))
+    assert learner.current_task is None  # refused before anything changed
+    learner.begin_task(1, [2, 3], x, y)
+    assert not learner._pending_capture and torch.equal(learner.memory.labels, y[:15])
+    assert learner.memory.images is None  # eval-mode frozen BN: features, not images
+    xb, yb = _batch([2, 3], n=8, seed=6)
+    out = learner.observe(xb, yb)
+    assert out["feature_pattern"] == 0.0  # the first step starts from the targets
+    assert torch.equal(learner.memory.labels, y[:15])  # not replaced by the first observed batch
+
+
+def test_train_mode_frozen_bn_learns_in_train_mode_and_predicts_in_eval_mode(digits_export, tmp_path):
+    from lightcl.engine.export_dir import load_head
+    from lightcl.engine.extractors import load_extractor
+
+    ext = load_extractor(digits_export, "torch", frozen_bn="train")
+    lr = LightCL(ext, load_head(digits_export), num_classes=4)
+    assert lr.frozen_bn == "train"
+    lr.begin_task(0, [0, 1])
+    x, y = _batch([0, 1], n=8)
+    lr.observe(x, y)
+    lr.end_task()
+    stats = ext.statistics()
+    a = lr.logits(x)
+    b = lr.logits(x[:2])  # eval mode: a sample's logits do not depend on its batch, and nothing drifts
+    assert torch.allclose(a[:2], b, atol=1e-5)
+    assert all(torch.equal(v, ext.statistics()[k]) for k, v in stats.items())
+    lr.begin_task(1, [2, 3], *_batch([2, 3], n=20, seed=1))
+    assert lr.memory.images is not None and lr.memory.images.shape[0] == 15  # the buffer's images are kept
+    before = ext.statistics()
+    out = lr.observe(*_batch([2, 3], n=8, seed=2))
+    assert out["skipped"] == 0 and out["feature_pattern"] == 0.0
+    assert not all(torch.equal(v, ext.statistics()[k]) for k, v in before.items())  # learning drifts them
+    # an eval-mode state is not reopened with train-mode BN, nor the other way round
+    lr.save(tmp_path / "train")
+    with pytest.raises(InputError, match="frozen_bn='train'"):
+        LightCL.load(tmp_path / "train", load_extractor(digits_export, "torch"))
+    ev = LightCL(load_extractor(digits_export, "torch"), load_head(digits_export), num_classes=4)
+    ev.save(tmp_path / "eval")
+    with pytest.raises(InputError, match="frozen_bn='eval'"):
+        LightCL.load(tmp_path / "eval", load_extractor(digits_export, "torch", frozen_bn="train"))
+    # a resumed state continues exactly (buffer images, drifted statistics)
+    other = LightCL.load(tmp_path / "train", load_extractor(digits_export, "torch", frozen_bn="train"))
+    xb, yb = _batch([2, 3], n=8, seed=3)
+    assert lr.observe(xb, yb)["loss"] == other.observe(xb, yb)["loss"]
+    assert torch.equal(lr.logits(xb), other.logits(xb))
+
+
+def test_train_mode_skipped_step_restores_the_frozen_statistics(digits_export):
+    from lightcl.engine.export_dir import load_head
+    from lightcl.engine.extractors import load_extractor
+
+    ext = load_extractor(digits_export, "torch", frozen_bn="train")
+    lr = LightCL(ext, load_head(digits_export), num_classes=4)
+    lr.begin_task(0, [0, 1])
+    before = ext.statistics()
+    x, y = _batch([0, 1], n=8)
+    with torch.no_grad():
+        lr.head.fc.bias.fill_(float("nan"))  # a non-finite loss: the step is skipped
+    out = lr.observe(x, y)
+    assert out["skipped"] == 1
+    assert all(torch.equal(v, ext.statistics()[k]) for k, v in before.items())
+
+
 # ---------------------------------------------------------------- the smoke scenario, through the CLI
 def test_smoke_learns_and_resume_matches_uninterrupted(digits_export, tmp_path):
     full = tmp_path / "full.json"

@@ -40,15 +40,19 @@ class LightCLMethod(Method):
         mem = self.learner.memory
         n = len(x)
         self.flops += self.f_frozen * n + 3.0 * self.f_head * n
+        refrozen = self.learner.frozen_bn == "train"  # the buffer images go through the frozen part again
         if capture:
-            self.flops += self.f_head * len(mem)  # targets recorded on the new buffer
+            self.flops += (self.f_head + (self.f_frozen if refrozen else 0.0)) * len(mem)  # targets on the new buffer
         if mem.active():
-            self.flops += 3.0 * self.f_head * len(mem)
+            self.flops += (3.0 * self.f_head + (self.f_frozen if refrozen else 0.0)) * len(mem)
         return out
 
-    def end_task(self) -> None:
-        self.learner.end_task()
-        self.flops += self.f_head * self.ctx.batch_size  # taps of the last batch -> vital channels
+    def end_task(self, x: Tensor | None = None) -> None:
+        """``x``: a fresh full batch of the task for the vital channels (the suite passes none: the last full batch)."""
+        self.learner.end_task(x)
+        self.flops += self.f_head * self.ctx.batch_size  # taps of a full batch -> vital channels
+        if x is not None:
+            self.flops += self.f_frozen * len(x)
         super().end_task()
 
     def logits(self, x: Tensor) -> Tensor:

@@ -6,13 +6,20 @@ device. ``frozen_bn="train"`` reproduces the authors' code, where the frozen lay
 drift with every batch; the parameters stay frozen either way. The default ``"eval"`` matches the
 ONNX export exactly (eval-mode BN, folded).
 
+``frozen_bn="train"`` applies to *learning* only. The authors predict with ``model.eval()``, so
+prediction runs inside :meth:`TorchExtractor.eval_statistics` (fixed, drifted running statistics;
+nothing moves). The drifted statistics are part of what was learned: :meth:`statistics` and
+:meth:`load_statistics` let a learner state save and restore them.
+
 Exercised on CPU here; on CUDA it is plain torch (``.to(device)``), not separately tested.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -48,6 +55,8 @@ class TorchExtractor(BaseExtractor):
             raise IntegrityError(f"{path}: feature shape {fmeta.get('feature_shape')} differs from meta.json "
                                  f"{list(self.feature_shape)}")
         self.net.set_bn_mode(frozen_bn)
+        # one mode at a time: a prediction in eval_statistics() must not switch BN under a learning step
+        self._mode_lock = threading.RLock()
         self.session_create_ms = (time.perf_counter() - t0) * 1e3
 
     @property
@@ -60,8 +69,51 @@ class TorchExtractor(BaseExtractor):
         x = x.to(self.device, non_blocking=True)
         # no_grad, not inference_mode: the features feed the trainable head, and inference tensors
         # cannot be saved for its backward pass.
-        with torch.no_grad():
+        # eval mode never switches: no lock, concurrent calls stay concurrent
+        with (self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext()), torch.no_grad():
             return self.net(x)
+
+    @property
+    def batch_statistics(self) -> bool:
+        """True when features depend on the batch they are computed with (train-mode frozen BN): a
+        learner must then extract the buffer images on their own, never take rows of a larger batch."""
+        return self.frozen_bn == "train"
+
+    @contextlib.contextmanager
+    def eval_statistics(self) -> Iterator["TorchExtractor"]:
+        """Inside the block the frozen BN uses its running statistics and updates nothing, whatever
+        ``frozen_bn`` says: prediction, as the authors' ``model.eval()``. Thread-safe: calls from other
+        threads wait until the block ends, so they never see the wrong mode."""
+        if self.frozen_bn == "eval":
+            yield self
+            return
+        with self._mode_lock:
+            self.net.set_bn_mode("eval")
+            try:
+                yield self
+            finally:
+                self.net.set_bn_mode(self.frozen_bn)
+
+    def statistics(self) -> dict[str, Tensor]:
+        """Copies of the frozen BN buffers (running mean/var, batch count), keyed by module path."""
+        with self._mode_lock:
+            return {k: v.detach().clone() for k, v in self.net.named_buffers()}
+
+    def load_statistics(self, stats: dict[str, Tensor]) -> None:
+        """Restore :meth:`statistics` (a state saved with drifted statistics, or a skipped step)."""
+        with self._mode_lock:
+            own = dict(self.net.named_buffers())
+            if set(stats) != set(own):
+                missing, extra = sorted(set(own) - set(stats)), sorted(set(stats) - set(own))
+                raise IntegrityError(f"frozen BN statistics do not match the frozen part (missing {missing[:3]}, "
+                                     f"unexpected {extra[:3]})")
+            for k, v in stats.items():
+                if tuple(v.shape) != tuple(own[k].shape):
+                    raise IntegrityError(f"frozen BN statistic {k} has shape {list(v.shape)}, the frozen part "
+                                         f"{list(own[k].shape)}")
+            with torch.no_grad():
+                for k, v in stats.items():
+                    own[k].copy_(v.to(own[k].device, own[k].dtype))
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "provider": f"torch {torch.__version__} eager", "threads": torch.get_num_threads(),

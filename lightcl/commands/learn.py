@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto, torch, ort, ort-int8, tensorrt")
     p.add_argument("--device", default="cpu", help="extractor device (cpu, cuda)")
     p.add_argument("--frozen-bn", choices=["eval", "train"], default=None,
-                   help="torch backend only: train = the authors' drifting frozen BN statistics")
+                   help="torch backend only: train = the authors' drifting frozen BN statistics while learning "
+                        "(prediction always uses fixed statistics); --resume defaults to the state's mode")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--state", required=True, help="state directory (written atomically after each task)")
@@ -69,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     ext_opts = {"device": args.device}
     if args.frozen_bn:
         ext_opts["frozen_bn"] = args.frozen_bn
+    elif args.resume:
+        from pathlib import Path
+
+        from lightcl.engine.state import read_state_doc
+
+        if (Path(args.state) / "state.json").exists() and read_state_doc(args.state).get("frozen_bn") == "train":
+            ext_opts["frozen_bn"] = "train"
     res = learn_scenario(args.export_dir, scenario, args.state, backend=args.backend, resume=args.resume,
                          learner_options=learner_options(args), extractor_options=ext_opts,
                          data_path=args.data_path, max_tasks=args.max_tasks, progress=not args.quiet)

@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cil: any learned class; til: inside a task (--task-id, or each sample's own task)")
     p.add_argument("--task-id", type=int, default=None)
     p.add_argument("--export", default=None, help="export directory (default: the one the state was learned on)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto",
+                   help="extractor backend (auto); a state learned with --frozen-bn train reopens on torch with its "
+                        "drifted frozen BN statistics")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", default=None, help="write labels (and accuracy) here")
 
@@ -81,7 +83,13 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.json, dirs=[export_dir])
     check_batch(args.batch_size, "--batch-size", export_bytes_per_sample(export_dir, train=False))
     meta = load_export_meta(export_dir)
-    learner = LightCL.load(args.state, load_extractor(export_dir, backend=args.backend))
+    ext_opts = {}
+    if doc.get("frozen_bn") == "train":  # the frozen part's drifted BN statistics are in the state
+        if args.backend not in ("auto", "torch"):
+            raise InputError(f"{args.state} was learned with --frozen-bn train: its frozen BN statistics drifted and "
+                             f"only the torch backend can use them (--backend torch or auto, not {args.backend})")
+        ext_opts["frozen_bn"] = "train"
+    learner = LightCL.load(args.state, load_extractor(export_dir, backend=args.backend, **ext_opts))
     norm = meta["normalization"]
     pre = Preprocess(norm["mean"], norm["std"])
     size = int(meta["input_shape"][-1])
