@@ -192,3 +192,41 @@ def test_sparcl_remove_data_sorts_by_forgetting_events(setting):
     assert m.remove_data() == 2
     assert m.removed == {1, 4}  # no forgetting event; 2 and 5 forgot once; 3 never learned
     assert m.stats == {}
+
+
+# --------------------------------------------------------------------------- report and plots
+def _rec(method, seed, cil, til, **kw):
+    return {"method": method, "seed": seed, "status": "ok", "final_cil": cil, "final_til": til,
+            "forgetting_cil": None if cil is None else 0.1, "forgetting_til": 0.05, "bwt_cil": None if cil is None else -0.1,
+            "bwt_til": -0.05, "theoretical_mib": 10.0, "peak_rss_delta_mib": 20.0, "peak_rss_total_delta_mib": 21.0,
+            "train_flops": 1e12, "step_ms": 5.0, "wall_s": 3.0, "train_s": 2.0,
+            "describe": {"trains": "x"}, "til": [[til], [til, til]], "cil": None if cil is None else [[cil], [cil, cil]],
+            "theoretical": {"weights": 1, "trainable": 1, "optimizer_slots": 0, "extra_state": 0, "activations": 1,
+                            "buffer": 0, "samples_per_step": 32}, **kw}
+
+
+@pytest.mark.parametrize("suite,er_paper,pnn_paper", [("paper-cifar10", "54.44", "94.62"),
+                                                      ("paper-tinyimg", "11.82", "73.94")])
+def test_report_table1_rows_with_pnn_cil_not_applicable(tmp_path, suite, er_paper, pnn_paper):
+    from lightcl.bench.report import main_table, report_md, write_all
+
+    recs = [_rec("er", 0, 0.5, 0.9), _rec("pnn", 0, None, 0.95), _rec("pnn", 1, None, 0.93),
+            _rec("sparcl-derpp", 0, 0.4, 0.8)]
+    res = {"suite": suite, "records": recs, "methods": ["er", "pnn", "sparcl-derpp"], "paper_suite": True,
+           "scenario": {"n_tasks": 2, "classes_per_task": 2, "cl_dataset": "d", "batch_size": 32}, "seeds": 2,
+           "epochs": 1}
+    md = main_table(res)
+    pnn = next(ln for ln in md.splitlines() if ln.startswith("| `pnn`"))
+    cells = [c.strip() for c in pnn.split("|")]
+    assert cells[4] == "n/a" and cells[5] == "94.00 ± 1.41"  # CIL n/a, TIL a number
+    assert pnn_paper in pnn and er_paper in md
+    sp = next(ln for ln in md.splitlines() if ln.startswith("| `sparcl-derpp`"))
+    assert ("35.58" in sp and "140.6" in sp) if suite == "paper-cifar10" else ("9.12" in sp and "536.8" in sp)
+    full = report_md(res)
+    assert "n/a (task-incremental only)" in full and "nan" not in full.lower()
+    paths = write_all(res, tmp_path)  # the plots accept a method without CIL
+    assert (tmp_path / "heatmaps.png").stat().st_size > 0 and paths["report"].is_file()
+    import csv
+
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    assert rows["pnn"]["final_cil"] == "" and float(rows["er"]["final_cil"]) == 0.5
