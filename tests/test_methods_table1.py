@@ -230,3 +230,15 @@ def test_report_table1_rows_with_pnn_cil_not_applicable(tmp_path, suite, er_pape
 
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
     assert rows["pnn"]["final_cil"] == "" and float(rows["er"]["final_cil"]) == 0.5
+
+
+def test_batches_with_index_are_the_same_batches(setting):
+    """SparCL's ids ride along without changing the data order any method sees."""
+    _, data, _ = setting
+    task = data.tasks[1]
+    a = list(data.train_batches(task, torch.Generator().manual_seed(5)))
+    b = list(data.train_batches(task, torch.Generator().manual_seed(5), with_index=True))
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb, ib) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert torch.equal(data.train.y[ib], yb) and set(ib.tolist()) <= set(task.train_idx.tolist())
