@@ -28,9 +28,12 @@ def backward_transfer(R: Sequence[Sequence[float]]) -> float:
     return sum(R[-1][i] - R[i][i] for i in range(T - 1)) / (T - 1)
 
 
-def summarize(til: Sequence[Sequence[float]], cil: Sequence[Sequence[float]]) -> dict:
-    return {
-        "final_til": final_average(til), "final_cil": final_average(cil),
-        "forgetting_til": forgetting(til), "forgetting_cil": forgetting(cil),
-        "bwt_til": backward_transfer(til), "bwt_cil": backward_transfer(cil),
-    }
+def summarize(til: Sequence[Sequence[float]], cil: Sequence[Sequence[float]] | None) -> dict:
+    """Final accuracy, forgetting and BWT for TIL and CIL. ``cil=None``: CIL is not applicable to the
+    method (task-incremental only, e.g. PNN); its figures are ``None`` ("n/a"), never a number."""
+    out = {"final_til": final_average(til), "forgetting_til": forgetting(til), "bwt_til": backward_transfer(til)}
+    if cil is None:
+        out.update(final_cil=None, forgetting_cil=None, bwt_cil=None)
+    else:
+        out.update(final_cil=final_average(cil), forgetting_cil=forgetting(cil), bwt_cil=backward_transfer(cil))
+    return {k: out[k] for k in ("final_til", "final_cil", "forgetting_til", "forgetting_cil", "bwt_til", "bwt_cil")}

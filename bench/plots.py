@@ -3,7 +3,8 @@
 * ``heatmaps.png``: accuracy matrix R[t][i] per method (CIL and TIL), mean over seeds
 * ``accuracy_vs_memory.png``: final accuracy against measured peak memory and theoretical memory
 * ``curves.png``: average accuracy over the tasks seen so far, after each task, per method
-* ``task_curves.png``: per method, the CIL accuracy of every task as later tasks are learned
+* ``task_curves.png``: per method, the CIL accuracy of every task as later tasks are learned (TIL for a
+  task-incremental-only method such as PNN, whose CIL is n/a)
 """
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def heatmaps(agg: dict, path: Path, title: str) -> Path:
     for row, m in enumerate(methods):
         for col, key in enumerate(("cil", "til")):
             ax = axes[row][col]
+            if agg[m][key] is None:  # task-incremental-only method: no CIL
+                ax.text(0.5, 0.5, f"{key.upper()}: n/a (task-incremental only)", ha="center", va="center",
+                        fontsize=8, transform=ax.transAxes)
+                ax.set_title(f"{m} - {key.upper()}", fontsize=9)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
             a = _mat(agg[m][key])
             ax.imshow(a, vmin=0, vmax=100, cmap="viridis", aspect="auto")
             T, n = a.shape
@@ -76,8 +84,12 @@ def accuracy_vs_memory(agg: dict, path: Path, title: str) -> Path:
             x, xs = a[key]
             for acc, marker, col in (("final_cil", "o", "tab:blue"), ("final_til", "^", "tab:orange")):
                 y, ys = a[acc]
+                if y is None or math.isnan(y):  # CIL n/a (task-incremental only)
+                    continue
                 ax.errorbar(x, 100 * y, xerr=xs, yerr=100 * ys, fmt=marker, color=col, ms=6, capsize=2)
-            ax.annotate(m, (x, 100 * a["final_cil"][0]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+            y0 = a["final_cil"][0] if a.get("cil_applicable", True) else a["final_til"][0]
+            ax.annotate(m if a.get("cil_applicable", True) else f"{m} (TIL only)", (x, 100 * y0), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
         ax.set_xlabel(label, fontsize=9)
         ax.set_ylabel("final accuracy (%)", fontsize=9)
         ax.grid(alpha=0.3)
@@ -97,8 +109,10 @@ def curves(agg: dict, path: Path, title: str) -> Path:
     for ax, key in ((axes[0], "cil"), (axes[1], "til")):
         for m, a in agg.items():
             R = a[key]
+            if R is None:  # CIL n/a
+                continue
             ax.plot(range(1, len(R) + 1), [100 * float(np.mean(r)) for r in R], marker="o", ms=3, label=m)
-        ax.set_xticks(range(1, max(len(a[key]) for a in agg.values()) + 1))
+        ax.set_xticks(range(1, max((len(a[key]) for a in agg.values() if a[key] is not None), default=1) + 1))
         ax.set_xlabel("tasks learned", fontsize=9)
         ax.set_ylabel(f"average {key.upper()} accuracy on tasks seen (%)", fontsize=9)
         ax.set_ylim(0, 101)
@@ -119,16 +133,17 @@ def task_curves(agg: dict, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     for k, m in enumerate(methods):
         ax = axes[k // cols][k % cols]
-        a = _mat(agg[m]["cil"])
+        key = "cil" if agg[m]["cil"] is not None else "til"  # task-incremental-only: its TIL
+        a = _mat(agg[m][key])
         T, n = a.shape
         for i in range(n):
             ts = [t for t in range(T) if not math.isnan(a[t, i])]
             ax.plot([t + 1 for t in ts], [a[t, i] for t in ts], marker="o", ms=2.5, label=f"task {i}")
-        ax.set_title(m, fontsize=9)
+        ax.set_title(m if key == "cil" else f"{m} (TIL; CIL n/a)", fontsize=9)
         ax.set_xticks(range(1, T + 1))
         ax.set_ylim(0, 101)
         ax.set_xlabel("tasks learned", fontsize=8)
-        ax.set_ylabel("CIL accuracy (%)", fontsize=8)
+        ax.set_ylabel(f"{key.upper()} accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for k in range(len(methods), rows * cols):

@@ -13,21 +13,64 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-# The paper's Table 1 (Split CIFAR-10, pretrained ResNet-18, buffer 15; memory theoretical, MB).
-PAPER_TABLE1 = [
-    # (paper's row name, our method or None, CIL, TIL, Mem)
-    ("SGD", "sgd", 34.21, 86.19, 153.4),
-    ("EWC", "ewc", 40.42, 89.77, 196.0),
-    ("ER", "er", 54.44, 92.25, 185.4),
-    ("DER++", "derpp", 40.75, 85.68, 217.3),
-    ("SparCL-DER++ (sparsity 0.9)", None, 35.58, 85.28, 140.6),
-    ("LightCL", "lightcl", 55.53, 96.28, 92.8),
-    ("LightCL (sparsity 0.9)", "lightcl-sparse", 38.31, 86.88, 25.0),
-]
-PAPER_BY_METHOD = {m: (name, cil, til, mem) for name, m, cil, til, mem in PAPER_TABLE1 if m}
-PAPER_BY_METHOD["lightcl-reference"] = PAPER_BY_METHOD["lightcl"]
+# The paper's Table 1 (arXiv 2407.10545; also the authors' README image, github INV-WZQ/LightCL
+# image/Experiment.png): pretrained ResNet-18, buffer 15, mean over 5 runs; FLOPs and Mem theoretical.
+# (paper's row name, our method or None, CIL (None = "/": PNN cannot run CIL), TIL, FLOPs, Mem MB)
+PAPER_TABLE1 = {
+    "paper-cifar10": {
+        "dataset": "Split CIFAR-10", "flops_unit": 1e15,
+        "rows": [
+            ("JOINT", "joint", 94.67, 99.04, 37.5, 153.4),
+            ("SGD", "sgd", 34.21, 86.19, 7.5, 153.4),
+            ("EWC", "ewc", 40.42, 89.77, 7.5, 196.0),
+            ("PNN", "pnn", None, 94.62, 10.5, 323.9),
+            ("FDR", "fdr", 25.64, 85.54, 11.0, 185.4),
+            ("ER", "er", 54.44, 92.25, 11.0, 185.4),
+            ("DER++", "derpp", 40.75, 85.68, 14.5, 217.3),
+            ("SparCL-ER (sparsity 0.9)", "sparcl-er", 36.98, 85.33, 1.1, 106.6),
+            ("SparCL-DER++ (sparsity 0.9)", "sparcl-derpp", 35.58, 85.28, 1.5, 140.6),
+            ("LightCL", "lightcl", 55.53, 96.28, 5.4, 92.8),
+            ("LightCL (sparsity 0.9)", "lightcl-sparse", 38.31, 86.88, 2.3, 25.0),
+        ],
+    },
+    "paper-tinyimg": {
+        "dataset": "Split TinyImageNet", "flops_unit": 1e16,
+        "rows": [
+            ("JOINT", "joint", 61.38, 83.14, 120.0, 357.9),
+            ("SGD", "sgd", 10.63, 34.24, 12.0, 357.9),
+            ("EWC", "ewc", 11.17, 34.70, 12.0, 400.5),
+            ("PNN", "pnn", None, 73.94, 26.4, 528.4),
+            ("FDR", "fdr", 10.80, 34.42, 17.7, 485.7),
+            ("ER", "er", 11.82, 36.76, 17.7, 485.7),
+            ("DER++", "derpp", 7.98, 35.88, 23.3, 613.5),
+            ("SparCL-ER (sparsity 0.9)", "sparcl-er", 10.01, 33.01, 1.8, 407.0),
+            ("SparCL-DER++ (sparsity 0.9)", "sparcl-derpp", 9.12, 31.86, 2.3, 536.8),
+            ("LightCL", "lightcl", 12.79, 37.39, 8.6, 128.0),
+            ("LightCL (sparsity 0.9)", "lightcl-sparse", 8.95, 33.94, 3.7, 87.1),
+        ],
+    },
+}
 
-CSV_FIELDS = ["method", "seed", "status", "final_cil", "final_til", "forgetting_cil", "forgetting_til", "bwt_cil",
+
+def _paper_suite(results: dict) -> str:
+    s = results.get("suite")
+    return s if s in PAPER_TABLE1 else "paper-cifar10"
+
+
+def paper_rows(suite: str) -> dict[str, tuple]:
+    """method -> (paper's name, CIL, TIL, FLOPs in FLOPs, Mem MB) for a paper suite ({} otherwise)."""
+    t = PAPER_TABLE1.get(suite)
+    if not t:
+        return {}
+    out = {m: (name, cil, til, fl * t["flops_unit"], mem) for name, m, cil, til, fl, mem in t["rows"] if m}
+    out["lightcl-reference"] = out["lightcl"]
+    return out
+
+
+# kept for callers of the old name: the CIFAR-10 rows
+PAPER_BY_METHOD = paper_rows("paper-cifar10")
+
+CSV_FIELDS = ["method", "seed", "status", "cil_applicable", "final_cil", "final_til", "forgetting_cil", "forgetting_til", "bwt_cil",
               "bwt_til", "theoretical_mib", "peak_rss_delta_mib", "peak_rss_total_delta_mib", "idle_rss_mib",
               "cuda_max_allocated_mib", "train_flops", "step_ms", "step_ms_p90", "steps", "train_s", "wall_s",
               "epochs", "batch_size", "buffer_size", "threads"]
@@ -67,18 +110,20 @@ def aggregate(results: dict) -> dict[str, dict[str, Any]]:
         agg: dict[str, Any] = {"n": len(recs), "trains": recs[0].get("describe", {}).get("trains", "")}
         for k in METRICS:
             agg[k] = mean_std([r.get(k) for r in recs])
+        agg["cil_applicable"] = all(r.get("cil") is not None for r in recs)
         for key in ("til", "cil"):
-            mats = [r[key] for r in recs]
-            agg[key] = [[statistics.fmean(mat[t][i] for mat in mats) for i in range(len(mats[0][t]))]
-                        for t in range(len(mats[0]))]
+            mats = [r[key] for r in recs if r.get(key) is not None]
+            agg[key] = None if not mats or len(mats) < len(recs) else \
+                [[statistics.fmean(mat[t][i] for mat in mats) for i in range(len(mats[0][t]))]
+                 for t in range(len(mats[0]))]
         out[m] = agg
     return out
 
 
-def _pm(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
+def _pm(ms: tuple[float, float], scale: float = 1.0, digits: int = 1, na: str = "-") -> str:
     m, s = ms
     if m is None or math.isnan(m):
-        return "-"
+        return na
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
@@ -89,21 +134,27 @@ def _flops(ms: tuple[float, float]) -> str:
     return f"{m / 1e12:.3g} ± {s / 1e12:.2g}"
 
 
+def _cil(a: dict, key: str, digits: int = 2) -> str:
+    """CIL cell: "n/a" for a task-incremental-only method (PNN), never a number."""
+    return "n/a" if not a.get("cil_applicable", True) else _pm(a[key], 100, digits)
+
+
 def main_table(results: dict) -> str:
     agg = aggregate(results)
-    paper = results.get("paper_suite", False)
+    paper = paper_rows(_paper_suite(results)) if results.get("paper_suite") else {}
     head = ["method", "trains", "seeds", "CIL %", "TIL %", "theoretical MiB", "measured peak ΔRSS MiB",
             "train TFLOPs", "update step ms", "wall s"]
     if paper:
-        head += ["paper CIL", "paper TIL", "paper Mem (MB)"]
+        head += ["paper CIL", "paper TIL", "paper TFLOPs", "paper Mem (MB)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, a in agg.items():
-        row = [f"`{m}`", a["trains"], str(a["n"]), _pm(a["final_cil"], 100, 2), _pm(a["final_til"], 100, 2),
+        row = [f"`{m}`", a["trains"], str(a["n"]), _cil(a, "final_cil"), _pm(a["final_til"], 100, 2),
                _pm(a["theoretical_mib"]), _pm(a["peak_rss_delta_mib"]), _flops(a["train_flops"]),
                _pm(a["step_ms"]), _pm(a["wall_s"], 1, 0)]
         if paper:
-            p = PAPER_BY_METHOD.get(m)
-            row += [f"{p[1]:.2f}", f"{p[2]:.2f}", f"{p[3]:.1f}"] if p else ["-", "-", "-"]
+            p = paper.get(m)
+            row += ([("n/a" if p[1] is None else f"{p[1]:.2f}"), f"{p[2]:.2f}", f"{p[3] / 1e12:,.0f}", f"{p[4]:.1f}"]
+                    if p else ["-", "-", "-", "-"])
         rows.append("| " + " | ".join(row) + " |")
     return "\n".join(rows)
 
@@ -113,15 +164,17 @@ def forgetting_table(results: dict) -> str:
     rows = ["| method | forgetting CIL (pts) | forgetting TIL (pts) | BWT CIL (pts) | BWT TIL (pts) | peak ΔRSS incl. evaluation MiB |",
             "|---|---|---|---|---|---|"]
     for m, a in agg.items():
-        rows.append(f"| `{m}` | {_pm(a['forgetting_cil'], 100)} | {_pm(a['forgetting_til'], 100)} | "
-                    f"{_pm(a['bwt_cil'], 100)} | {_pm(a['bwt_til'], 100)} | {_pm(a['peak_rss_total_delta_mib'])} |")
+        rows.append(f"| `{m}` | {_cil(a, 'forgetting_cil', 1)} | {_pm(a['forgetting_til'], 100)} | "
+                    f"{_cil(a, 'bwt_cil', 1)} | {_pm(a['bwt_til'], 100)} | {_pm(a['peak_rss_total_delta_mib'])} |")
     return "\n".join(rows)
 
 
-def paper_table() -> str:
-    rows = ["| method (paper) | CIL | TIL | Mem (MB, theoretical) |", "|---|---|---|---|"]
-    for name, _m, cil, til, mem in PAPER_TABLE1:
-        rows.append(f"| {name} | {cil:.2f} | {til:.2f} | {mem:.1f} |")
+def paper_table(suite: str = "paper-cifar10") -> str:
+    t = PAPER_TABLE1[suite]
+    rows = [f"| method (paper, {t['dataset']}) | CIL | TIL | FLOPs (x{t['flops_unit']:.0e}) | Mem (MB, theoretical) |",
+            "|---|---|---|---|---|"]
+    for name, _m, cil, til, fl, mem in t["rows"]:
+        rows.append(f"| {name} | {'n/a' if cil is None else f'{cil:.2f}'} | {til:.2f} | {fl:g} | {mem:.1f} |")
     return "\n".join(rows)
 
 
@@ -167,15 +220,17 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         "",
     ]
     if results.get("paper_suite"):
-        lines += ["The paper's columns are its Table 1 (Split CIFAR-10, width-64 ResNet-18 pretrained on ImageNet32, "
-                  "buffer 15; MB = MiB of its theoretical accounting). `lightcl-reference` is set beside the paper's "
-                  "LightCL row.", ""]
+        lines += ["The paper's columns are its Table 1 (" + PAPER_TABLE1[_paper_suite(results)]["dataset"] + ", width-64 "
+                  "ResNet-18 pretrained on ImageNet32, buffer 15, mean of 5 runs; FLOPs and MB = MiB of its theoretical "
+                  "accounting). `lightcl-reference` is set beside the paper's LightCL row. PNN's CIL is n/a in the paper "
+                  "too (\"PNN cannot run under CIL settings\").", ""]
     lines += ["## Forgetting and backward transfer (accuracy points; mean ± std)", "", forgetting_table(results), ""]
     agg = aggregate(results)
     if agg:
         lines += ["## Accuracy matrices (mean over seeds; row = after learning task t, column = task i)", ""]
         for m, a in agg.items():
-            lines += [f"`{m}`", "", "```", matrix_block(a["cil"], "CIL %"), matrix_block(a["til"], "TIL %"), "```", ""]
+            cil = matrix_block(a["cil"], "CIL %") if a["cil"] is not None else "     CIL %  n/a (task-incremental only)"
+            lines += [f"`{m}`", "", "```", cil, matrix_block(a["til"], "TIL %"), "```", ""]
     ok = _ok(results)
     if ok:
         first = {}
@@ -218,6 +273,14 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         "optimiser state + extra state (EWC: Fisher + anchor; LwF: the teacher) + activations of one step "
         "(outputs of every leaf module for batch 32 plus the replayed samples, through the trained part only) + "
         "the buffer.",
+        "- **Task-incremental-only methods** (`pnn`): a column per task, picked by the task id; CIL has no meaning "
+        "and is reported as n/a, never as a number. PNN's theoretical memory is taken after the last task (every "
+        "column held, gradients of the newest column and its laterals): it grows with the tasks.",
+        "- **Sparse methods** (`sparcl-*`): weights held and gradients count the mask's kept entries (+ the dense "
+        "stem, shortcuts, BN and classifier), as the paper counts SparCL (its 140.6 MB for SparCL-DER++ against "
+        "217.3 for DER++ is weights and gradients at 10%); activations are dense; FLOPs count each pruned conv at "
+        "its mask density, and samples removed by dynamic data removal cost nothing. Measured memory is dense "
+        "PyTorch tensors (the masks zero weights, they do not shrink storage).",
         "- **Training FLOPs**: conv + linear only (2 per multiply-add), per sample: 1x forward FLOPs for a part that "
         "is only run forward (the frozen extractor, LwF's teacher, buffer targets), 3x for a part that is trained "
         "(forward + backward); summed over every step and end-of-task pass (EWC's Fisher, LightCL's vital channels). "
@@ -230,7 +293,7 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if not results.get("paper_suite"):
         lines += ["## The paper's Table 1, for orientation (Split CIFAR-10, width 64, not this setting)", "",
-                  paper_table(), ""]
+                  paper_table("paper-cifar10"), ""]
     return "\n".join(lines)
 
 

@@ -43,9 +43,9 @@ class ScenarioData:
         self.pre_train = Preprocess(mean, std, crop_padding=4 if scenario.augment else 0)
         self.pre_eval = Preprocess(mean, std)
 
-    def train_batches(self, task, generator: torch.Generator):
+    def train_batches(self, task, generator: torch.Generator, with_index: bool = False):
         return self.train.batches(task.train_idx, self.scenario.batch_size, self.pre_train, train=True,
-                                  shuffle=True, generator=generator)
+                                  shuffle=True, generator=generator, with_index=with_index)
 
     def fresh_batch(self, task, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A freshly shuffled full batch of the task's training data: the authors' ``next(iter(train_loader[task]))``,

@@ -163,9 +163,9 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
         t0 = time.perf_counter()
         method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
         for _epoch in range(scenario.epochs):
-            for x, y in data.train_batches(task, data_gen):
+            for batch in data.train_batches(task, data_gen, with_index=getattr(method, "wants_ids", False)):
                 ts = time.perf_counter()
-                method.observe(x, y)
+                method.observe(*batch)  # (x, y), or (x, y, dataset indices) for methods that want them
                 step_ms.append((time.perf_counter() - ts) * 1000.0)
                 if progress:
                     progress(1)
@@ -181,6 +181,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
         malloc_trim()  # what evaluation freed must not sit in the next task's training peak
         reset_peak()
     wall = time.perf_counter() - t_start
+    til_only = bool(getattr(method, "til_only", False))
     acc = method.accounting()
     from lightcl.bench.accounting import theoretical_mib
 
@@ -191,8 +192,8 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     steps = np.array(step_ms) if step_ms else np.zeros(1)
     rec = {
         "method": spec["method"], "seed": int(spec["seed"]), "status": "ok",
-        **summarize(R_til, R_cil),
-        "til": R_til, "cil": R_cil,
+        **summarize(R_til, None if til_only else R_cil),  # task-incremental-only methods: CIL "n/a" (None)
+        "til": R_til, "cil": None if til_only else R_cil, "cil_applicable": not til_only,
         "theoretical_mib": theo, "theoretical": acc,
         "peak_rss_delta_mib": train_peak - idle, "peak_rss_mib": train_peak, "idle_rss_mib": idle,
         "peak_rss_total_delta_mib": total_peak - idle, "peak_reset_supported": can_reset,
@@ -379,7 +380,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         bar.update(min(w * max(0, steps - done[0]), max(0.0, bar.total - bar.n)))
         results["records"].append(rec)
         if rec["status"] == "ok":
-            msg = (f"{m} seed {seed}: CIL {100 * rec['final_cil']:.1f}%  TIL {100 * rec['final_til']:.1f}%  "
+            cil = "n/a" if rec["final_cil"] is None else f"{100 * rec['final_cil']:.1f}%"
+            msg = (f"{m} seed {seed}: CIL {cil}  TIL {100 * rec['final_til']:.1f}%  "
                    f"peak {rec['peak_rss_delta_mib']:.0f} MiB  theory {rec['theoretical_mib']:.1f} MiB  "
                    f"step {rec['step_ms']:.1f} ms  {rec['wall_s']:.0f} s")
         else:

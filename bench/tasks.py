@@ -71,7 +71,7 @@ class TensorData:
 
     def batches(self, idx: np.ndarray, batch_size: int, pre: Preprocess, train: bool = False,
                 shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+                drop_last: bool = False, with_index: bool = False) -> Iterator[tuple[Tensor, ...]]:
         idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         if shuffle:
             idx_t = idx_t[torch.randperm(len(idx_t), generator=generator)]
@@ -79,4 +79,5 @@ class TensorData:
             b = idx_t[i:i + batch_size]
             if drop_last and len(b) < batch_size:
                 break
-            yield pre(self.x[b], train=train, generator=generator), self.y[b]
+            x = pre(self.x[b], train=train, generator=generator)
+            yield (x, self.y[b], b) if with_index else (x, self.y[b])  # b: dataset indices (SparCL's data removal)

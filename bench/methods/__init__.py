@@ -10,8 +10,17 @@
 ``latent-replay``    frozen extractor (the export) + replay of stored frozen features
 ``lightcl-reference`` the authors' LightCL procedure in plain torch (bench/reference.py)
 ``lightcl``          the engine: ``load_extractor`` (onnxruntime) + ``LightCL``
+``pnn``              Progressive Neural Networks: a column per task + laterals (TIL only)
+``fdr``              Function Distance Regularization: buffer of samples + their outputs
+``sparcl-er``        SparCL (weights 90% sparse, TDM + DDR + DGM) on ER
+``sparcl-derpp``     SparCL on DER++
 ``lightcl-sparse``   LightCL with sparsity (the paper's last row): not built yet
 ==================== =========================================================================
+
+A method with ``til_only = True`` (``pnn``) is task-incremental only: its logits are meaningful
+inside each task's outputs, and the suite reports its CIL as "n/a". A method with
+``wants_ids = True`` (SparCL, for dynamic data removal) gets ``observe(x, y, ids)`` with the
+batch's dataset indices.
 """
 from __future__ import annotations
 
@@ -35,6 +44,10 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "lightcl-reference": ("lightcl.bench.methods.lightcl_reference", "LightCLReference",
                           "the authors' LightCL procedure in plain torch"),
     "lightcl": ("lightcl.bench.methods.lightcl", "LightCLMethod", "the engine (onnxruntime extractor + LightCL)"),
+    "pnn": ("lightcl.bench.methods.pnn", "PNN", "Progressive Neural Networks (TIL only; a column per task)"),
+    "fdr": ("lightcl.bench.methods.fdr", "FDR", "Function Distance Regularization (buffer + outputs)"),
+    "sparcl-er": ("lightcl.bench.methods.sparcl", "SparCLER", "SparCL on ER (90% weight sparsity)"),
+    "sparcl-derpp": ("lightcl.bench.methods.sparcl", "SparCLDERpp", "SparCL on DER++ (90% weight sparsity)"),
     "lightcl-sparse": ("lightcl.bench.methods.lightcl_sparse", "LightCLSparse", "LightCL with sparsity 0.9"),
 }
 METHODS = list(REGISTRY)
