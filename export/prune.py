@@ -49,9 +49,9 @@ from .zoo import Backbone
 
 AUTHORS_RATIOS: dict[str, float] = {"stem": 0.2, "layer1": 0.2, "layer2": 0.2, "layer3": 0.7, "layer4": 0.8}
 """Fraction of output channels removed per stage (INV-WZQ/LightCL @ 62fda8b7, LightCL.py get_pruner)."""
-DEFAULT_RECOVER_EPOCHS = 1
+DEFAULT_RECOVER_EPOCHS = 2
 """Recovery fine-tune after pruning, in epochs over the checkpoint's pretraining data (0 = none)."""
-RECOVER_LR = 0.01
+RECOVER_LR = 0.05
 
 
 class PruneError(InputError):
@@ -253,10 +253,11 @@ def prune_backbone(model: Backbone, sparsity: str | float) -> tuple[Backbone, di
 
 def recover(model: Backbone, dataset: str, normalization: dict, epochs: int = DEFAULT_RECOVER_EPOCHS,
             lr: float = RECOVER_LR, batch_size: int = 64, seed: int = 0, data_path: str | None = None,
-            say: Callable[[str], None] | None = None) -> dict[str, Any]:
+            subset: int | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Short fine-tune of the whole pruned backbone on its pretraining data (train split; SGD momentum
     0.9, constant ``lr``, the pretraining augmentation), BN statistics re-estimated along the way.
-    Returns test accuracy before/after and the cost in seconds and steps."""
+    ``subset``: the pretraining's seeded class-balanced subset (the checkpoint records it), so recovery
+    sees the images pretraining saw. Returns test accuracy before/after and the cost in seconds and steps."""
     import numpy as np
     import torch.nn.functional as F
 
@@ -267,11 +268,18 @@ def recover(model: Backbone, dataset: str, normalization: dict, epochs: int = DE
     from .pretrain import FLIP_OK, evaluate
 
     mean, std = list(normalization["mean"]), list(normalization["std"])
-    train = TensorData(load_dataset(dataset, "train", data_path))
+    train_ds = load_dataset(dataset, "train", data_path)
+    if subset is not None and subset < len(train_ds):
+        from lightcl.bench.data import _seeded_split
+
+        train_ds = train_ds.subset(_seeded_split(len(train_ds), train_ds.y, "test",
+                                                 test_fraction=subset / len(train_ds), seed=seed))
+    train = TensorData(train_ds)
     test = TensorData(load_dataset(dataset, "test", data_path))
     plain = Preprocess(mean, std)
     before = evaluate(model, test, plain)
     rep: dict[str, Any] = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "dataset": dataset,
+                           "train_images": len(train),
                            "test_accuracy_pruned": before}
     if epochs <= 0:
         rep.update(test_accuracy_recovered=before, seconds=0.0, steps=0)
@@ -310,7 +318,8 @@ def prune_for_export(model: Backbone, ck: dict, sparsity: str | float, recover_e
     rep["test_accuracy_dense"] = ck.get("test_accuracy")
     if ck.get("dataset") and ck.get("normalization"):
         rep["recovery"] = recover(pruned, ck["dataset"], ck["normalization"], epochs=recover_epochs,
-                                  data_path=data_path, say=say)
+                                  data_path=data_path, subset=ck.get("subset"), seed=int(ck.get("seed") or 0),
+                                  say=say)
         if say:
             r = rep["recovery"]
             say(f"pretraining test accuracy: dense {rep['test_accuracy_dense']}, pruned {r['test_accuracy_pruned']:.4f}, "

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ratios 0.2/0.2/0.2/0.7/0.8, signed-mean importance, ~0.90 weight sparsity) or a global "
                         "target weight sparsity S in (0, 1) (L1 filter importance); see docs/sparse.md")
     p.add_argument("--recover-epochs", type=int, default=None,
-                   help="with --sparsity: recovery fine-tune epochs on the pretraining data (default 1; 0 = none)")
+                   help="with --sparsity: recovery fine-tune epochs on the pretraining data (default 2, lr 0.05; 0 = none)")
     p.add_argument("--data-path", default=None, help="where the checkpoint's dataset is (for parity/calibration)")
     p.add_argument("--json", default=None, help="also write meta.json's content to this file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
