@@ -41,3 +41,58 @@ def count_activations(module: nn.Module, x: torch.Tensor) -> int:
 def theoretical_mib(weights: int, trainable: int, activations: int, optimizer_slots: int = 0) -> float:
     """All counts in elements; fp32 (4 bytes). optimizer_slots = extra state tensors per trainable weight."""
     return 4 * (weights + trainable * (1 + optimizer_slots) + activations) / MIB
+
+
+# --------------------------------------------------------------------------- measured, for the ledger
+class SavedTensorMeter:
+    """Bytes autograd saves for backward during a ``with`` block (``saved_tensors_hooks``): every
+    distinct storage packed, parameters excluded (they are weights, counted as such)."""
+
+    def __init__(self, exclude: "list[torch.Tensor] | tuple" = ()) -> None:
+        self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self._seen: dict[int, int] = {}
+        self._ctx = None
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr not in self._exclude and ptr not in self._seen:
+                self._seen[ptr] = st.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, meta)
+            pass
+        return t
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._seen.values())
+
+
+class GradientMeter:
+    """The most gradient bytes alive at once during backward, from post-accumulate-grad hooks: at each
+    parameter's accumulation, the gradients still held plus this one (an optimizer hook that ran
+    first and dropped it still had it a moment ago). With a plain step the last call sees them all."""
+
+    def __init__(self, params) -> None:
+        self.params = list(params)
+        self.peak = 0
+        self._handles = [p.register_post_accumulate_grad_hook(self._probe) for p in self.params]
+
+    def _probe(self, p: torch.Tensor) -> None:
+        alive = sum(q.grad.numel() * q.grad.element_size() for q in self.params if q.grad is not None)
+        if p.grad is None:
+            alive += p.numel() * p.element_size()
+        self.peak = max(self.peak, alive)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

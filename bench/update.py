@@ -7,6 +7,17 @@ Modes (same data, same head):
                          through the whole model every step
 - ``finetune``           the whole model trained with cross-entropy
 - ``lightcl-int8``       (opt-in) the engine with the int8 extractor (an export made with ``--int8``)
+- ``lightcl-sparse``     (opt-in, ``sparse_export``) the engine on a physically pruned export
+- ``lightcl-sparse-int8`` (opt-in) the same with the pruned export's int8 extractor
+- ``lightcl-plain``      (opt-in) the engine with the plain ``torch.optim.SGD`` step (what the
+                         per-parameter step saves), ``lightcl-noarena`` onnxruntime without its CPU arena
+
+Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
+or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
+weights, the most gradient bytes alive at once (post-accumulate-grad hooks), optimizer state,
+activations saved for backward (saved-tensor hooks), buffer + masks, the step's inputs and features,
+and what remains unexplained (allocator, libraries) = peak RSS delta - the rest. The meters run on
+one extra step after the timed ones, so they cost the timing nothing.
 
 Peak RSS is measured above the worker's RSS right after its imports (the idle process), so the
 interpreter and libraries do not count; theoretical memory follows the paper's accounting.
@@ -23,20 +34,26 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8")
+MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8", "lightcl-sparse",
+         "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena")
 DEFAULT_MODES = MODES[:4]
 
 
 def compose_backbone(export_dir: str | Path):
-    """The whole pretrained model, rebuilt from ``frozen.safetensors`` + ``head.safetensors``."""
+    """The whole pretrained model, rebuilt from ``frozen.safetensors`` + ``head.safetensors`` (their
+    block specs, so a pruned export composes to its pruned backbone)."""
+    from lightcl.engine.blocks import build_block
     from lightcl.engine.export_dir import export_file, load_export_meta, load_head
     from lightcl.engine.frozen import load_frozen
-    from lightcl.export.zoo import create_backbone
+    from lightcl.export.zoo import Backbone
 
     meta = load_export_meta(export_dir)
     frozen, _ = load_frozen(export_file(export_dir, meta, "frozen.safetensors"))
     head = load_head(export_dir)
-    model = create_backbone(meta.get("arch", "resnet18"), num_classes=head.num_classes, width=int(meta["width"]))
+    named = [(s["name"], build_block(s)) for s in frozen.specs] + [(b["name"], build_block(b))
+                                                                    for b in head.config["blocks"]]
+    model = Backbone(meta.get("arch", "resnet18"), named, feat_dim=head.fc.in_features, num_classes=head.num_classes,
+                     width=int(meta["width"]), input_size=tuple(meta["input_shape"]))
     k = len(frozen.blocks) - 1
     for i, b in enumerate(frozen.blocks):
         model.blocks[i].load_state_dict(b.state_dict())
@@ -46,13 +63,45 @@ def compose_backbone(export_dir: str | Path):
     return model, k, meta
 
 
-def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, threads: int | None) -> dict:
-    """Runs inside the subprocess: build ``mode``, take ``warmup + steps`` update steps, measure."""
+# mode -> (extractor backend, which export, learner options, extractor options)
+ENGINE_MODES: dict[str, tuple[str, str, dict, dict]] = {
+    "lightcl": ("ort", "dense", {}, {}),
+    "lightcl-plain": ("ort", "dense", {"optimizer_step": "plain"}, {}),
+    "lightcl-noarena": ("ort", "dense", {}, {"arena": False}),
+    "lightcl-torch": ("torch", "dense", {}, {}),
+    "lightcl-int8": ("ort-int8", "dense", {}, {}),
+    "lightcl-sparse": ("ort", "sparse", {}, {}),
+    "lightcl-sparse-int8": ("ort-int8", "sparse", {}, {}),
+}
+LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
+               "activations", "buffer_masks", "step_inputs")
+
+
+def _bytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def _onnx_initializer_bytes(path: Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for t in m.graph.initializer:
+        total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
+    return total
+
+
+def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, threads: int | None,
+           sparse_export: str | None = None) -> dict:
+    """Runs inside the subprocess: build ``mode``, take ``warmup + steps`` update steps, measure; then one
+    more step with the ledger's meters on (so the timed steps run without them)."""
+    import gc
+
     import torch
     from safetensors.torch import load_file
 
-    from lightcl.bench.accounting import count_activations, theoretical_mib
-    from lightcl.engine.export_dir import load_head
+    from lightcl.bench.accounting import GradientMeter, SavedTensorMeter, count_activations, theoretical_mib
+    from lightcl.engine.export_dir import load_export_meta, load_head
     from lightcl.engine.extractors import load_extractor
     from lightcl.engine.learner import LightCL
 
@@ -63,18 +112,40 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     warm_up((3, 32, 32))  # the same idle baseline as the suite: libraries initialised, freed heap returned
     malloc_trim()
     idle = rss_mib()
+    MiB = float(1 << 20)
+    stages: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        gc.collect()
+        stages[name] = rss_mib() - idle
+
     d = load_file(data_file)
     xa, ya, xb, yb = d["xa"], d["ya"], d["xb"], d["yb"]
+    stage("data")
     ca, cb = sorted(set(ya.tolist())), sorted(set(yb.tolist()))
     n_classes = max(ca + cb) + 1
     times = []
-    if mode in ("lightcl", "lightcl-torch", "lightcl-int8"):
-        backend = {"lightcl": "ort", "lightcl-int8": "ort-int8", "lightcl-torch": "torch"}[mode]
+    ledger: dict[str, float] = {}
+    if mode in ENGINE_MODES:
+        backend, which, lopts, xopts = ENGINE_MODES[mode]
+        edir = export_dir if which == "dense" else sparse_export
+        if not edir:
+            from lightcl.engine.errors import InputError
+
+            raise InputError(f"mode {mode} needs a pruned export (--sparse-export DIR)")
         opts = {"threads": threads} if threads else {}
         if backend != "torch":
             opts["spin"] = False
-        ext = load_extractor(export_dir, backend=backend, **opts)
-        learner = LightCL(ext, load_head(export_dir), num_classes=n_classes)
+        opts.update(xopts)
+        ext = load_extractor(edir, backend=backend, **opts)
+        stage("extractor")
+        with torch.no_grad():
+            f0 = ext(torch.cat([xb, xb[:15]]))
+        feat_bytes = f0.numel() * f0.element_size()
+        del f0
+        stage("extractor_run")
+        learner = LightCL(ext, load_head(edir), num_classes=n_classes, **lopts)
+        stage("head")
         learner.begin_task(0, ca)
         learner.observe(xa, ya)
         learner.end_task()
@@ -85,18 +156,37 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
         peak = peak_mib()  # before the accounting below allocates anything
+        stage("after_steps")
         head = learner.head
+        gm = GradientMeter(head.parameters())
+        with SavedTensorMeter(list(head.parameters())) as sm:
+            learner.observe(xb, yb)
+        gm.remove()
+        meta = load_export_meta(edir, verify=False)
+        frozen_params = _frozen_params(edir)
+        if backend == "torch":
+            fw = _bytes(frozen_params)
+        else:
+            fw = _onnx_initializer_bytes(Path(edir) / ("frozen.int8.onnx" if backend == "ort-int8" else "frozen.onnx"))
+        ledger = {"frozen_weights": fw / MiB, "frozen_session": stages["extractor"] - fw / MiB,
+                  "run_buffers": stages["extractor_run"] - stages["extractor"],
+                  "head_weights": _bytes(head.parameters()) / MiB, "gradients": gm.peak / MiB,
+                  "optimizer_state": sum(v.numel() * v.element_size() for st in learner.optimizer.state.values()
+                                         for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
+                  "activations": sm.nbytes / MiB, "buffer_masks": learner.memory.nbytes() / MiB,
+                  "step_inputs": (xb.numel() * xb.element_size() + feat_bytes) / MiB}
         feats = learner.extract(torch.cat([xb, xb[:learner.config.buffer_size]]))
-        weights = sum(p.numel() for p in head.parameters()) + sum(
-            p.numel() for p in _frozen_params(export_dir))
+        weights = sum(p.numel() for p in head.parameters()) + sum(p.numel() for p in frozen_params)
         trainable = sum(p.numel() for p in head.parameters())
         acts = count_activations(head, feats)
-        info = ext.info()
+        info = {**ext.info(), "optimizer_step": learner.config.optimizer_step, "export": str(edir),
+                "sparsity": (meta.get("sparsity") or {}).get("weight_sparsity")}
     else:
         from lightcl.bench.reference import ReferenceLightCL
         from lightcl.bench.update import compose_backbone
 
         model, k, _ = compose_backbone(export_dir)
+        stage("head")
         if mode == "lightcl-reference":
             ref = ReferenceLightCL(model, k, n_classes)
             ref.begin_task(ca)
@@ -104,13 +194,16 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             ref.end_task()
             ref.begin_task(cb, xb, yb)
             step = lambda: ref.observe(xb, yb)  # noqa: E731
-            trainable = sum(p.numel() for p in ref.trainable)
+            trainable_params = list(ref.trainable)
+            opt = ref.optimizer
+            buffer_bytes = ref.memory.nbytes()
             head_mods = torch.nn.Sequential(*model.blocks[k + 1:])
             with torch.no_grad():
                 f = torch.cat([xb, xb[:15]])
                 for b in model.blocks[:k + 1]:
                     f = b(f)
             acts = count_activations(head_mods, f) + (len(xb) + 15) * n_classes
+            del f
         else:
             import torch.nn.functional as F
 
@@ -125,24 +218,44 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                 loss.backward()
                 opt.step()
 
-            trainable = sum(p.numel() for p in model.parameters())
+            trainable_params = list(model.parameters())
+            buffer_bytes = 0
             acts = count_activations(model, xb)
+        trainable = sum(p.numel() for p in trainable_params)
         for i in range(warmup + steps):
             t = time.perf_counter()
             step()
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
         peak = peak_mib()
+        stage("after_steps")
+        gm = GradientMeter(trainable_params)
+        with SavedTensorMeter(list(model.parameters())) as sm:
+            step()
+        gm.remove()
         weights = sum(p.numel() for p in model.parameters())
+        tb = _bytes(trainable_params)
+        ledger = {"frozen_weights": (_bytes(model.parameters()) - tb) / MiB, "frozen_session": 0.0,
+                  "run_buffers": 0.0, "head_weights": tb / MiB, "gradients": gm.peak / MiB,
+                  "optimizer_state": sum(v.numel() * v.element_size() for st in opt.state.values()
+                                         for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
+                  "activations": sm.nbytes / MiB, "buffer_masks": buffer_bytes / MiB,
+                  "step_inputs": xb.numel() * xb.element_size() / MiB}
         info = {"backend": "torch", "threads": torch.get_num_threads()}
     times.sort()
+    delta = peak - idle
+    explained = sum(ledger.values())
+    ledger["unexplained"] = delta - explained
+    ledger["peak_rss_delta"] = delta
+    ledger["unexplained_share"] = ledger["unexplained"] / delta if delta > 0 else 0.0
     return {
         "mode": mode, "steps": steps, "batch": int(len(xb)),
         "step_ms": statistics.median(times), "step_ms_p90": times[int(0.9 * (len(times) - 1))],
         "step_ms_mean": statistics.fmean(times),
-        "idle_rss_mib": idle, "peak_rss_mib": peak, "peak_rss_delta_mib": peak - idle,
+        "idle_rss_mib": idle, "peak_rss_mib": peak, "peak_rss_delta_mib": delta,
         "theoretical_mib": theoretical_mib(weights, trainable, acts),
         "weights": weights, "trainable_params": trainable, "activations": acts, "extractor": info,
+        "ledger_mib": ledger, "stages_mib": stages,
     }
 
 
@@ -182,7 +295,7 @@ def prepare_data(export_dir: str | Path, batch: int, out: Path, data_path: str |
 
 def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmup: int = 5,
                  modes: list[str] | None = None, threads: int | None = None, data_path: str | None = None,
-                 echo=print) -> dict:
+                 echo=print, sparse_export: str | Path | None = None) -> dict:
     from lightcl.engine.errors import InputError
     from lightcl.engine.runtime_info import collect
 
@@ -194,6 +307,22 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
         raise InputError(f"batch >= 1, steps >= 1 and warmup >= 0 are required (got {batch}, {steps}, {warmup})")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be >= 1, got {threads}")
+    needs_sparse = [m for m in modes if m in ENGINE_MODES and ENGINE_MODES[m][1] == "sparse"]
+    if needs_sparse and not sparse_export:
+        raise InputError(f"mode(s) {', '.join(needs_sparse)} need a pruned export: --sparse-export DIR "
+                         "(make one with `lightcl export CKPT --sparsity authors`)")
+    if sparse_export:
+        from lightcl.engine.export_dir import load_export_meta
+
+        sm = load_export_meta(sparse_export)  # one clear line here, not in a worker
+        if not sm.get("sparsity"):
+            raise InputError(f"--sparse-export {sparse_export} is not a pruned export (no 'sparsity' in its meta.json)")
+        sparse_export = str(Path(sparse_export).absolute())
+    int8_dirs = [export_dir if ENGINE_MODES[m][1] == "dense" else sparse_export for m in modes
+                 if m in ENGINE_MODES and ENGINE_MODES[m][0] == "ort-int8"]
+    for d in int8_dirs:
+        if not (Path(d) / "frozen.int8.onnx").is_file():
+            raise InputError(f"{d} has no frozen.int8.onnx: export with --int8 to bench an int8 mode")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(export_dir, batch, Path(tmp) / "batch.safetensors", data_path)
@@ -204,6 +333,8 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
                    "--data", str(data), "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
             if threads:
                 cmd += ["--threads", str(threads)]
+            if sparse_export:
+                cmd += ["--sparse-export", str(sparse_export)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"bench update worker {m} failed:\n{r.stderr[-2000:]}")
@@ -214,10 +345,37 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
         ratios["rss_lightcl_over_finetune"] = by["lightcl"]["peak_rss_delta_mib"] / max(1e-9, by["finetune"]["peak_rss_delta_mib"])
     if "lightcl" in by and "lightcl-reference" in by:
         ratios["step_lightcl_over_reference"] = by["lightcl"]["step_ms"] / by["lightcl-reference"]["step_ms"]
+    ft = by.get("finetune", {}).get("peak_rss_delta_mib")
+    for m in ("lightcl-sparse", "lightcl-sparse-int8", "lightcl-int8", "lightcl-plain", "lightcl-noarena"):
+        if m in by and ft:
+            ratios[f"rss_{m}_over_finetune"] = by[m]["peak_rss_delta_mib"] / max(1e-9, ft)
+    if "lightcl-sparse" in by and "lightcl-reference" in by:
+        ratios["step_lightcl-sparse_over_reference"] = by["lightcl-sparse"]["step_ms"] / by["lightcl-reference"]["step_ms"]
     env = collect()
     env["threads"] = threads
-    return {"results": results, "ratios": ratios, "env": env,
+    return {"results": results, "ratios": ratios, "env": env, "sparse_export": sparse_export,
             "export": str(export_dir), "batch": batch, "steps": steps, "warmup": warmup}
+
+
+LEDGER_LABELS = {"frozen_weights": "frozen weights", "frozen_session": "runtime session",
+                 "run_buffers": "run buffers", "head_weights": "trainable weights", "gradients": "gradients (max alive)",
+                 "optimizer_state": "optimizer state", "activations": "activations saved for backward",
+                 "buffer_masks": "buffer + masks", "step_inputs": "step inputs + features",
+                 "unexplained": "unexplained (allocator, libraries)", "peak_rss_delta": "peak RSS delta (measured)"}
+
+
+def format_ledger(res: dict) -> str:
+    """Where each mode's peak goes, MiB; one column per mode, theoretical figure beside it."""
+    rs = res["results"]
+    w = max(12, *(len(r["mode"]) + 1 for r in rs))
+    lines = ["memory ledger (MiB above the idle process; measured: RSS deltas, tensor bytes, saved-tensor and "
+             "gradient hooks)", f"{'':36s}" + "".join(f"{r['mode']:>{w}s}" for r in rs)]
+    for key in (*LEDGER_ROWS, "unexplained", "peak_rss_delta"):
+        lines.append(f"{LEDGER_LABELS[key]:36s}" + "".join(f"{r['ledger_mib'][key]:{w}.1f}" for r in rs))
+    lines.append(f"{'unexplained share of the peak':36s}" + "".join(
+        f"{100 * r['ledger_mib']['unexplained_share']:{w - 1}.1f}%" for r in rs))
+    lines.append(f"{'theoretical (paper accounting)':36s}" + "".join(f"{r['theoretical_mib']:{w}.1f}" for r in rs))
+    return "\n".join(lines)
 
 
 def format_table(res: dict) -> str:
@@ -239,8 +397,9 @@ def _main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--sparse-export", default=None)
     a = ap.parse_args()
-    res = worker(a.worker, a.export, a.data, a.steps, a.warmup, a.threads)
+    res = worker(a.worker, a.export, a.data, a.steps, a.warmup, a.threads, a.sparse_export)
     Path(a.out).write_text(json.dumps(res))
 
 

@@ -27,6 +27,7 @@ from .memory import FeaturePatternMemory
 from .validate import check_images, check_labels, check_learner_args
 
 BUFFER_POLICIES = ("new-task-first-batch", "reservoir")
+OPTIMIZER_STEPS = ("per-parameter", "plain")
 LOSS_SLICES = ("task", "all")
 
 
@@ -51,6 +52,9 @@ class LightCLConfig:
     reset_classifier: bool = True
     seed: int = 0
     device: str = "cpu"
+    # per-parameter: the SGD update applied to each parameter as its gradient is ready, during backward
+    # (engine/optim.py; no full set of gradients is ever held; same numbers as plain); plain: torch.optim.SGD.
+    optimizer_step: str = "per-parameter"
 
     def validate(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "beta", "ratio"):
@@ -71,6 +75,8 @@ class LightCLConfig:
             raise InputError(f"bad device {self.device!r} ({e})") from None
         if self.buffer_policy not in BUFFER_POLICIES:
             raise InputError(f"buffer_policy must be one of {BUFFER_POLICIES}, got {self.buffer_policy!r}")
+        if self.optimizer_step not in OPTIMIZER_STEPS:
+            raise InputError(f"optimizer_step must be one of {OPTIMIZER_STEPS}, got {self.optimizer_step!r}")
         if self.loss_slice not in LOSS_SLICES:
             raise InputError(f"loss_slice must be one of {LOSS_SLICES}, got {self.loss_slice!r}")
         if not (0.0 < self.ratio <= 1.0):
@@ -159,8 +165,16 @@ class LightCL:
         return self.memory.features
 
     def _make_optimizer(self, old: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
-        opt = torch.optim.SGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
-                              weight_decay=self.config.weight_decay)
+        if self.config.optimizer_step == "per-parameter":
+            from .optim import PerParameterSGD
+
+            if old is not None and hasattr(old, "remove"):
+                old.remove()  # its hooks sit on the parameters that survive: never update them twice
+            opt = PerParameterSGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
+                                  weight_decay=self.config.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
+                                  weight_decay=self.config.weight_decay)
         if old is not None:  # keep momentum of the parameters that survived (classifier growth)
             for p in self.head.parameters():
                 if p in old.state:

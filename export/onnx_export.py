@@ -282,7 +282,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
                       force: bool = False, data_path: str | None = None, progress: bool = True,
                       tensorrt: bool = False, trt_precision: str | None = None, max_batch: int = 32,
                       workspace_mib: int = 1024, trt_cache_dir: str | Path | None = None,
-                      int8_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                      int8_options: dict[str, Any] | None = None, sparsity: str | float | None = None,
+                      recover_epochs: int | None = None) -> dict[str, Any]:
     """Split ``ckpt_path`` at ``split`` and write an export directory at ``out_dir``; return its meta.
 
     Raises :class:`ParityError` when ONNX and torch differ by more than ``atol`` and
@@ -291,6 +292,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
     ``tensorrt=True`` builds a TensorRT plan (``trt_precision`` "fp32"|"fp16"|"int8", default int8
     when ``int8`` else fp32) and needs ``tensorrt`` + CUDA: without them it raises
     :class:`MissingDependencyError` (exit code 3) before doing any work.
+    ``sparsity`` ("authors" or a float in (0, 1)) prunes output channels physically before the split
+    (:mod:`lightcl.export.prune`), then fine-tunes ``recover_epochs`` epochs (default
+    ``prune.DEFAULT_RECOVER_EPOCHS``) on the pretraining data; ``meta["sparsity"]`` reports both.
     """
     say = _progress(progress)
     if profile not in PROFILES:
@@ -301,6 +305,15 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
         raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
     if int8 and calib_size < 1:
         raise InputError(f"--calib-size must be >= 1, got {calib_size}")
+    if sparsity is not None:
+        from .prune import DEFAULT_RECOVER_EPOCHS, PruneError, parse_sparsity
+
+        sparsity = parse_sparsity(sparsity)
+        recover_epochs = DEFAULT_RECOVER_EPOCHS if recover_epochs is None else int(recover_epochs)
+        if recover_epochs < 0:
+            raise PruneError(f"--recover-epochs must be >= 0, got {recover_epochs}")
+    elif recover_epochs is not None:
+        raise InputError("--recover-epochs needs --sparsity")
     trt_mod = None
     if tensorrt:
         from .tensorrt_build import require_tensorrt
@@ -316,6 +329,12 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
     t_start = time.perf_counter()
     model, ck = load_checkpoint(ckpt_path)
     _check_finite_weights(model, ckpt_path)
+    prune_rep = None
+    if sparsity is not None:
+        from .prune import prune_for_export
+
+        model, prune_rep = prune_for_export(model, ck, sparsity, recover_epochs=recover_epochs,
+                                            data_path=data_path, say=say)
     try:
         frozen, head = split_backbone(model, split)
     except ValueError as e:
@@ -349,6 +368,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if prune_rep is not None:
+        meta["sparsity"] = prune_rep
 
     with atomic_directory(out, owned=owned_names) as tmp:
         onnx_path = tmp / "frozen.onnx"
@@ -429,6 +450,13 @@ def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
         f"  parity on {par['batch']} real images: max abs diff {par['max_abs_diff']:.3g}, mean abs diff "
         f"{par['mean_abs_diff']:.3g} (atol {par['atol']:g}), top-1 agreement {par['top1_agreement']:.4f}",
     ]
+    if meta.get("sparsity"):
+        sp = meta["sparsity"]
+        rec = sp.get("recovery") or {}
+        lines.append(f"  pruned ({sp['mode']}): weight sparsity {sp['weight_sparsity']:.4f}, {sp['params_kept']:,} of "
+                     f"{sp['params_dense']:,} parameters kept; pretraining test accuracy "
+                     f"{rec.get('test_accuracy_pruned', float('nan')):.4f} pruned -> "
+                     f"{rec.get('test_accuracy_recovered', float('nan')):.4f} after {rec.get('epochs', 0)} recovery epoch(s)")
     if "int8" in meta:
         r = meta["int8"]
         lines.append(f"  frozen.int8.onnx: feature cosine {r['feature_cosine_mean']:.4f} (min {r['feature_cosine_min']:.4f}), "

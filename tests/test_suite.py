@@ -43,9 +43,9 @@ def smoke_results(digits_ckpt, digits_export, tmp_path):
 def test_smoke_suite_writes_everything(smoke_results):
     out, res = smoke_results
     recs = res["records"]
-    assert [(r["method"], r["seed"]) for r in recs] == [("sgd", 0), ("lightcl", 0)]
+    assert [(r["method"], r["seed"]) for r in recs] == [("sgd", 0), ("lightcl", 0), ("lightcl-sparse", 0)]
     assert all(r["status"] == "ok" for r in recs)
-    assert res["skipped"] == [{"method": "lightcl-sparse", "reason": "not built yet"}]
+    assert res["skipped"] == []
     for r in recs:
         assert len(r["til"]) == len(r["cil"]) == 5 and [len(row) for row in r["cil"]] == [1, 2, 3, 4, 5]
         for k in ("final_til", "final_cil", "forgetting_til", "forgetting_cil", "bwt_til", "bwt_cil",
@@ -58,14 +58,18 @@ def test_smoke_suite_writes_everything(smoke_results):
     # the engine trains less and holds no gradients for the frozen part
     assert by[("lightcl", 0)]["theoretical_mib"] < by[("sgd", 0)]["theoretical_mib"]
     assert by[("lightcl", 0)]["train_flops"] < by[("sgd", 0)]["train_flops"]
+    # the physically pruned export: smaller in theory and in FLOPs than the dense engine
+    assert by[("lightcl-sparse", 0)]["theoretical_mib"] < 0.5 * by[("lightcl", 0)]["theoretical_mib"]
+    assert by[("lightcl-sparse", 0)]["train_flops"] < 0.5 * by[("lightcl", 0)]["train_flops"]
+    assert by[("lightcl-sparse", 0)]["final_til"] > 0.6
 
     data = json.loads((out / "results.json").read_text())
     assert data["records"] and data["env"]["torch"] and data["command"] == "CMD"
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 2 and {"method", "seed", "final_cil", "peak_rss_delta_mib", "train_flops"} <= set(rows[0])
+    assert len(rows) == 3 and {"method", "seed", "final_cil", "peak_rss_delta_mib", "train_flops"} <= set(rows[0])
     md = (out / "report.md").read_text()
     assert "| `sgd` |" in md and "| `lightcl` |" in md and "±" in md and "CMD" in md
-    assert "`lightcl-sparse`: not built yet" in md
+    assert "| `lightcl-sparse` |" in md
     assert "The paper's Table 1" in md
     for png in ("heatmaps.png", "accuracy_vs_memory.png", "curves.png", "task_curves.png"):
         p = out / png

@@ -14,7 +14,7 @@
 ``fdr``              Function Distance Regularization: buffer of samples + their outputs
 ``sparcl-er``        SparCL (weights 90% sparse, TDM + DDR + DGM) on ER
 ``sparcl-derpp``     SparCL on DER++
-``lightcl-sparse``   LightCL with sparsity (the paper's last row): not built yet
+``lightcl-sparse``   LightCL on a physically pruned export (the paper's sparsity-0.9 row)
 ==================== =========================================================================
 
 A method with ``til_only = True`` (``pnn``) is task-incremental only: its logits are meaningful

@@ -5,7 +5,8 @@ import argparse
 
 DESCRIPTION = ("Time one update step and meter peak memory for: lightcl (engine + onnxruntime), lightcl-torch, "
                "lightcl-reference (the authors' procedure) and finetune (whole model). Each mode runs in a fresh "
-               "subprocess on the same real batch; peak RSS is reported above the idle process after imports.")
+               "subprocess on the same real batch; peak RSS is reported above the idle process after imports. --ledger "
+               "breaks each peak down into measured parts.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,8 +14,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--modes", default="lightcl,lightcl-torch,lightcl-reference,finetune",
-                   help="comma-separated; also lightcl-int8 (needs an export made with --int8)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated (default lightcl,lightcl-torch,lightcl-reference,finetune, + lightcl-sparse "
+                        "with --sparse-export); also lightcl-int8 / lightcl-sparse-int8 (exports made with --int8), "
+                        "lightcl-plain (plain torch.optim.SGD step), lightcl-noarena (onnxruntime without its arena)")
+    p.add_argument("--sparse-export", default=None, metavar="DIR",
+                   help="a pruned export of the same checkpoint (lightcl export --sparsity ...) for lightcl-sparse*")
+    p.add_argument("--ledger", action="store_true",
+                   help="also print where each mode's peak goes: frozen weights, runtime session, run buffers, "
+                        "trainable weights, gradients, optimizer state, saved activations, buffer+masks, unexplained")
     p.add_argument("--threads", type=int, default=None, help="torch/ort threads in every mode (default: all cores)")
     p.add_argument("--data-path", default=None)
     p.add_argument("--json", default=None)
@@ -25,14 +33,22 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.engine.fileio import write_json_atomic
 
     from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+    from lightcl.bench.update import format_ledger
 
     check_threads(args.threads)
-    check_output(args.json, dirs=[args.export_dir])
+    check_output(args.json, dirs=[args.export_dir] + ([args.sparse_export] if args.sparse_export else []))
     check_batch(args.batch, "--batch", export_bytes_per_sample(args.export_dir))
-    res = bench_update(args.export_dir, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                       modes=[m.strip() for m in args.modes.split(",") if m.strip()], threads=args.threads,
-                       data_path=args.data_path)
+    if args.modes is None:
+        modes = ["lightcl", "lightcl-torch", "lightcl-reference", "finetune"]
+        if args.sparse_export:
+            modes.append("lightcl-sparse")
+    else:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    res = bench_update(args.export_dir, batch=args.batch, steps=args.steps, warmup=args.warmup, modes=modes,
+                       threads=args.threads, data_path=args.data_path, sparse_export=args.sparse_export)
     print(format_table(res))
+    if args.ledger:
+        print(format_ledger(res))
     if args.json:
         write_json_atomic(args.json, res)
         print(f"wrote {args.json}")

@@ -10,7 +10,8 @@ DESCRIPTION = (
     "sha256 of every file. Parity is checked on real images of the checkpoint's dataset; the export fails "
     "(exit 1, nothing written) when ONNX and PyTorch differ by more than --atol. --int8 adds a static QDQ int8 "
     "model and refuses it below --min-agreement unless --force. --tensorrt builds a TensorRT plan for this GPU "
-    "(exit 3 where TensorRT or CUDA is missing).")
+    "(exit 3 where TensorRT or CUDA is missing). --sparsity removes output channels physically (structured "
+    "pruning, residual groups kept consistent) so every exported tensor is smaller.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp16", action="store_true", help="with --tensorrt: fp16 plan")
     p.add_argument("--max-batch", type=int, default=32, help="with --tensorrt: optimisation profile 1..N (32)")
     p.add_argument("--workspace-mib", type=int, default=1024, help="with --tensorrt: builder workspace limit (1024)")
+    p.add_argument("--sparsity", default=None, metavar="authors|S",
+                   help="prune output channels physically before the split: 'authors' (the paper's per-stage "
+                        "ratios 0.2/0.2/0.2/0.7/0.8, signed-mean importance, ~0.90 weight sparsity) or a global "
+                        "target weight sparsity S in (0, 1) (L1 filter importance); see docs/sparse.md")
+    p.add_argument("--recover-epochs", type=int, default=None,
+                   help="with --sparsity: recovery fine-tune epochs on the pretraining data (default 2, lr 0.05; 0 = none)")
     p.add_argument("--data-path", default=None, help="where the checkpoint's dataset is (for parity/calibration)")
     p.add_argument("--json", default=None, help="also write meta.json's content to this file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -55,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, split=args.split, profile=args.profile, atol=args.atol, int8=args.int8,
         calib_size=args.calib_size, min_agreement=args.min_agreement, force=args.force, data_path=args.data_path,
         progress=not args.quiet, tensorrt=args.tensorrt, trt_precision=precision, max_batch=args.max_batch,
-        workspace_mib=args.workspace_mib, int8_options={"method": args.calib_method})
+        workspace_mib=args.workspace_mib, int8_options={"method": args.calib_method},
+        sparsity=args.sparsity, recover_epochs=args.recover_epochs)
     for line in summary_lines(meta, args.out):
         print(line)
     if args.json:

@@ -1,0 +1,89 @@
+"""``lightcl-sparse``: the paper's "LightCL (sparsity 0.9)" row, with the pruning made physical.
+
+The authors (github INV-WZQ/LightCL @ 62fda8b7, ``LightCL.py --Sparse``, ``prune.py ChannelPruner``)
+mask channels of a dense model and re-apply the masks after every step. Here the checkpoint is
+pruned once at export time (:mod:`lightcl.export.prune`, ``sparsity="authors"`` by default: their
+per-stage ratios and signed-mean importance), fine-tuned ``recover_epochs`` on its pretraining
+data, exported, and the engine learns on that smaller export exactly as ``lightcl`` does on the
+dense one (same learner, same defaults): no masks, no special case.
+
+The pruned export is made on first use and cached next to the suite's dense export
+(``$LIGHTCL_CACHE/exports/<ckpt>-<split>-sparse-<sparsity>-r<epochs>``), keyed by the checkpoint's
+sha256; building it is part of the method's build, not of its training peak.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from lightcl.engine.errors import LightCLError
+from lightcl.engine.learner import LightCLConfig
+
+from .base import forward_flops
+from .lightcl import LightCLMethod
+
+SPARSE_HP = ("sparsity", "recover_epochs")
+
+
+def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs: int, progress: bool = False) -> Path:
+    """The pruned export of ``ckpt`` (cached; rebuilt when the checkpoint or the pruning changed)."""
+    from lightcl.bench.data import cache_dir
+    from lightcl.engine.export_dir import load_export_meta
+    from lightcl.engine.fileio import read_json
+    from lightcl.export.checkpoint import checkpoint_paths
+    from lightcl.export.onnx_export import export_checkpoint
+    from lightcl.export.prune import parse_sparsity
+
+    sparsity = parse_sparsity(sparsity)
+    ckpt = Path(ckpt)
+    want_sha = read_json(checkpoint_paths(ckpt)[1], "checkpoint metadata").get("sha256")
+    out = cache_dir() / "exports" / f"{ckpt.name}-{split}-sparse-{sparsity}-r{int(recover_epochs)}"
+    try:
+        meta = load_export_meta(out)
+        sp = meta.get("sparsity") or {}
+        if (meta["checkpoint"]["weights_sha256"] == want_sha and meta["split"] == split
+                and (sp.get("mode") == "authors") == (sparsity == "authors")
+                and (sparsity == "authors" or sp.get("target") == sparsity)
+                and (sp.get("recovery") or {}).get("epochs") == int(recover_epochs)):
+            return out
+    except (LightCLError, KeyError, TypeError):
+        pass
+    export_checkpoint(ckpt, out, split=split, progress=progress, sparsity=sparsity, recover_epochs=recover_epochs)
+    return out
+
+
+class LightCLSparse(LightCLMethod):
+    """:class:`LightCLMethod` on the pruned export; ``HP``: the learner's options + the pruning's."""
+
+    name = "lightcl-sparse"
+    trains = "pruned head (deep layers + classifier)"
+    cost = 0.15
+
+    HP = [f.name for f in dataclasses.fields(LightCLConfig)] + list(SPARSE_HP)
+
+    def __init__(self, ctx, **hp) -> None:
+        from lightcl.engine.frozen import load_frozen
+        from lightcl.engine.export_dir import export_file, load_export_meta
+
+        sparsity = hp.pop("sparsity", "authors")
+        recover_epochs = int(hp.pop("recover_epochs", 2))
+        out = ensure_sparse_export(ctx.ckpt, ctx.scenario.split, sparsity, recover_epochs)
+        meta = load_export_meta(out)
+        net, _ = load_frozen(export_file(out, meta, "frozen.safetensors"))
+        shape = tuple(int(v) for v in meta["input_shape"][-3:])
+        figures = {**ctx.extra, "frozen_params": int(sum(p.numel() for p in net.parameters())),
+                   "frozen_flops": forward_flops(net, torch.zeros(2, *shape))}
+        del net
+        self.sparse_meta = meta["sparsity"]
+        self.sparse_options = {"sparsity": sparsity, "recover_epochs": recover_epochs}
+        super().__init__(dataclasses.replace(ctx, export_dir=str(out), extra=figures), **hp)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["hyperparameters"] = {**d["hyperparameters"], **self.sparse_options}
+        sp = self.sparse_meta
+        d["sparsity"] = {k: sp.get(k) for k in ("mode", "target", "weight_sparsity", "params_kept", "params_dense",
+                                                "params_kept_fraction", "recovery", "test_accuracy_dense")}
+        return d

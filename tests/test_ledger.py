@@ -1,0 +1,70 @@
+"""`lightcl bench update --ledger`: each mode's peak broken down into measured parts (width 16, digits)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightcl.engine.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def pruned16(digits_ckpt, tmp_path_factory):
+    from lightcl.export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("ledger") / "pruned"
+    export_checkpoint(digits_ckpt, out, split="layer3", progress=False, sparsity=0.8, recover_epochs=0)
+    return out
+
+
+def test_ledger_parts_add_up_and_per_parameter_step_holds_fewer_gradients(digits_export, pruned16):
+    from lightcl.bench.update import LEDGER_ROWS, bench_update, format_ledger
+
+    res = bench_update(digits_export, batch=8, steps=1, warmup=0, threads=1, echo=lambda s: None,
+                       modes=["lightcl", "lightcl-plain", "lightcl-sparse", "finetune"], sparse_export=pruned16)
+    by = {r["mode"]: r for r in res["results"]}
+    for r in by.values():
+        led = r["ledger_mib"]
+        assert all(led[k] >= 0 for k in LEDGER_ROWS), led
+        total = sum(led[k] for k in LEDGER_ROWS) + led["unexplained"]
+        assert total == pytest.approx(r["peak_rss_delta_mib"], abs=1e-6)
+        assert led["activations"] > 0 and led["head_weights"] > 0 and led["gradients"] > 0
+    # plain step: every gradient alive at once = the trainable weights; per-parameter: at most the largest
+    assert by["lightcl-plain"]["ledger_mib"]["gradients"] == pytest.approx(by["lightcl-plain"]["ledger_mib"]["head_weights"])
+    assert by["lightcl"]["ledger_mib"]["gradients"] < 0.5 * by["lightcl"]["ledger_mib"]["head_weights"]
+    assert by["lightcl"]["extractor"]["optimizer_step"] == "per-parameter"
+    # the pruned export is smaller where it should be
+    assert by["lightcl-sparse"]["ledger_mib"]["head_weights"] < 0.5 * by["lightcl"]["ledger_mib"]["head_weights"]
+    assert by["lightcl-sparse"]["ledger_mib"]["frozen_weights"] < 0.5 * by["lightcl"]["ledger_mib"]["frozen_weights"]
+    assert by["lightcl-sparse"]["extractor"]["sparsity"] >= 0.8
+    # finetune holds the whole model's gradients and activations, no runtime session
+    assert by["finetune"]["ledger_mib"]["frozen_session"] == 0 and by["finetune"]["ledger_mib"]["activations"] > \
+        by["lightcl"]["ledger_mib"]["activations"]
+    table = format_ledger(res)
+    assert "unexplained" in table and "lightcl-sparse" in table and "theoretical" in table
+
+
+def test_compose_backbone_of_a_pruned_export(pruned16):
+    from lightcl.bench.update import compose_backbone
+    from lightcl.engine.export_dir import load_head
+    from lightcl.engine.extractors import load_extractor
+
+    model, k, _ = compose_backbone(pruned16)
+    ext, head = load_extractor(pruned16, backend="torch"), load_head(pruned16).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), head(ext(x)), atol=1e-5)
+
+
+def test_sparse_modes_need_a_pruned_export(digits_export):
+    from lightcl.bench.update import bench_update
+
+    with pytest.raises(InputError, match="--sparse-export"):
+        bench_update(digits_export, modes=["lightcl-sparse"], echo=lambda s: None)
+    with pytest.raises(InputError, match="not a pruned export"):
+        bench_update(digits_export, modes=["lightcl-sparse"], sparse_export=digits_export, echo=lambda s: None)
+    r = subprocess.run([sys.executable, "-m", "lightcl", "bench", "update", str(digits_export), "--modes",
+                        "lightcl-sparse", "--ledger"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--sparse-export" in r.stderr, r.stderr
