@@ -117,6 +117,12 @@ class OrtExtractor(BaseExtractor):
             if self.on_gpu:
                 raise MissingDependencyError(f"onnxruntime could not create a GPU session for {path.name}: "
                                              f"{str(e).splitlines()[0][:200]}") from None
+            msg = str(e).strip()
+            if "Unsupported model IR version" in msg or "opset" in msg.lower():  # an old device onnxruntime
+                detail = msg[msg.find("Unsupported"):] if "Unsupported" in msg else msg.splitlines()[-1][-120:]
+                raise MissingDependencyError(
+                    f"onnxruntime {ort.__version__} cannot read {path.name} ({detail.strip()}): "
+                    "export with `--profile jetson-nano` (opset 13) for an older onnxruntime, or upgrade it") from None
             raise
         self.session_create_ms = (time.perf_counter() - t0) * 1e3
         self.providers: list[str] = list(self.session.get_providers())
