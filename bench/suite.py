@@ -270,6 +270,32 @@ def run_worker(spec: dict, log_path: Path, on_progress: Callable[[int], None] | 
                 "error": "\n".join(tail), "wall_s": time.perf_counter() - t0, "log": str(log_path)}
 
 
+# --------------------------------------------------------------------------- records on disk (resume)
+RECORDS_DIR = "records"
+
+
+def run_key(spec: dict) -> str:
+    """sha256 of a run's whole spec: a record is reused only for exactly the run that made it."""
+    blob = json.dumps(spec, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def record_path(out: str | Path, method: str, seed: int) -> Path:
+    return Path(out) / RECORDS_DIR / f"{method}-seed{seed}.json"
+
+
+def load_finished(out: str | Path, spec: dict) -> dict | None:
+    """The finished record of this exact run in ``out/records``, or None (absent, failed, other spec, unreadable)."""
+    path = record_path(out, spec["method"], spec["seed"])
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("status") != "ok" or rec.get("run_key") != run_key(spec):
+        return None
+    return rec
+
+
 # --------------------------------------------------------------------------- orchestration
 def _steps_per_run(scenario, data_sizes: list[int]) -> int:
     return sum(scenario.epochs * math.ceil(n / scenario.batch_size) for n in data_sizes)
@@ -279,8 +305,14 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
               epochs: int | None = None, buffer: int | None = None, threads: int | None = 1, backend: str = "ort",
               device: str = "cpu", data_path: str | None = None, config_dir: str | Path | None = None,
               progress: bool = True, plots: bool = True, command: str | None = None,
-              echo: Callable[[str], None] = print) -> dict:
-    """Run the suite; write ``out/results.json``, ``results.csv``, ``report.md`` and plots. Returns the results."""
+              echo: Callable[[str], None] = print, executor: str = "local", address: str | None = None,
+              resume: bool = True) -> dict:
+    """Run the suite; write ``out/results.json``, ``results.csv``, ``report.md`` and plots. Returns the results.
+
+    ``executor``: ``local`` (one run after another here) or ``ray`` (Ray tasks; ``address`` of an existing
+    cluster, or a local instance). Every finished run's record is written to ``out/records/`` as it
+    completes; with ``resume`` a restarted suite reuses the records whose run spec is unchanged.
+    """
     from tqdm import tqdm
 
     from lightcl.bench.methods import is_built, parse_methods
@@ -290,6 +322,13 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     from lightcl.engine.errors import InputError
     from lightcl.engine.runtime_info import collect
 
+    from lightcl.bench.executors import EXECUTORS
+    from lightcl.engine.fileio import write_json_atomic
+
+    if executor not in EXECUTORS:
+        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if address and executor != "ray":
+        raise InputError("--address needs --executor ray")
     defaults = SUITE_DEFAULTS.get(suite, {})
     seeds = int(seeds if seeds is not None else defaults.get("seeds", 1))
     if seeds < 1:
@@ -353,12 +392,10 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     }
     runs = [(seed, m) for seed in range(seeds) for m in runnable]
     weights = {m: getattr(_cls(m), "cost", 1.0) for m in runnable}
-    total = sum(steps * weights[m] for _, m in runs)
-    bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0,
-               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {desc}")
-    echo(f"suite {suite}: {len(runnable)} method(s) x {seeds} seed(s), {scenario.epochs} epoch(s)/task, "
-         f"{steps} steps per run; each run in its own process; log files in {out / 'logs'}")
+    jobs: list = []
+    finished: dict[tuple[int, str], dict] = {}
+    from lightcl.bench.executors import Job
+
     for seed, m in runs:
         cfg = load_config(m, suite, config_dir)
         hp = dict(cfg["hyperparameters"])
@@ -368,30 +405,66 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
                 "export_dir": str(export_dir), "hyperparameters": hp, "threads": threads, "frozen": frozen,
                 "backend": backend, "device": device, "data_path": data_path,
                 "config": {k: cfg[k] for k in ("file", "version", "sha256", "source")}}
-        bar.set_description_str(f"{m} seed {seed}")
-        w = weights[m]
-        done = [0]
+        old = load_finished(out, spec) if resume else None
+        if old is not None:
+            finished[(seed, m)] = old
+        else:
+            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m]))
+    total = sum(steps * j.weight for j in jobs)
+    bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0,
+               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {desc}")
+    echo(f"suite {suite}: {len(runnable)} method(s) x {seeds} seed(s), {scenario.epochs} epoch(s)/task, "
+         f"{steps} steps per run; each run in its own process ({executor} executor); log files in {out / 'logs'}")
+    if finished:
+        echo(f"suite {suite}: resuming: {len(finished)} of {len(runs)} run(s) already finished in {out / RECORDS_DIR} "
+             f"({', '.join(f'{m} seed {s}' for s, m in finished)}); running the other {len(jobs)}")
+    results["executor"] = {"name": executor, "address": address, "resumed": len(finished)}
 
-        def tick(n: int, w=w, done=done) -> None:
-            done[0] += n
-            bar.update(w * n)
+    def collect_records() -> list[dict]:
+        return [finished[r] for r in runs if r in finished]
 
-        rec = run_worker(spec, out / "logs" / f"{m}-seed{seed}.log", tick)
-        bar.update(min(w * max(0, steps - done[0]), max(0.0, bar.total - bar.n)))
-        results["records"].append(rec)
-        if rec["status"] == "ok":
+    results["records"] = collect_records()
+    done_steps: dict[tuple[int, str], int] = {}
+
+    def on_tick(job, n: int) -> None:
+        if (job.seed, job.method) not in done_steps:
+            bar.set_description_str(f"{job.method} seed {job.seed}")
+        done_steps[(job.seed, job.method)] = done_steps.get((job.seed, job.method), 0) + n
+        bar.update(job.weight * n)
+
+    def on_done(job, rec: dict) -> None:
+        rec["run_key"] = run_key(job.spec)
+        if rec.get("status") == "ok":
             cil = "n/a" if rec["final_cil"] is None else f"{100 * rec['final_cil']:.1f}%"
-            msg = (f"{m} seed {seed}: CIL {cil}  TIL {100 * rec['final_til']:.1f}%  "
+            msg = (f"{job.method} seed {job.seed}: CIL {cil}  TIL {100 * rec['final_til']:.1f}%  "
                    f"peak {rec['peak_rss_delta_mib']:.0f} MiB  theory {rec['theoretical_mib']:.1f} MiB  "
                    f"step {rec['step_ms']:.1f} ms  {rec['wall_s']:.0f} s")
         else:
-            msg = f"{m} seed {seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
+            msg = f"{job.method} seed {job.seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
+        # the record on disk first: a kill after this line never repeats the run
+        write_json_atomic(record_path(out, job.method, job.seed), rec)
+        finished[(job.seed, job.method)] = rec
+        left = job.weight * max(0, steps - done_steps.get((job.seed, job.method), 0))
+        bar.update(min(left, max(0.0, bar.total - bar.n)))
+        bar.set_description_str(f"{job.method} seed {job.seed} done")
         if progress:
             bar.write(msg)
         else:
             echo(msg)
+        results["records"] = collect_records()
         results["wall_s"] = time.perf_counter() - t_suite
         write_all(results, out, plots=False)  # partial results survive an interruption
+
+    if executor == "ray":
+        from lightcl.bench.executors import run_ray
+
+        if jobs:
+            run_ray(jobs, on_done, address=address, echo=bar.write if progress else echo)
+    else:
+        from lightcl.bench.executors import run_local
+
+        run_local(jobs, on_done, on_tick)
     bar.close()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["wall_s"] = time.perf_counter() - t_suite

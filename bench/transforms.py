@@ -7,49 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# the device side's preprocessing, shared (not copied): predict, the robot example and every benchmark
+# normalise alike
+from lightcl.engine.preprocess import grey_to_rgb, normalize, resize_uint8, to_tensor_uint8, to_unit_float
 
-def to_tensor_uint8(x: np.ndarray) -> Tensor:
-    """uint8 ``[N, H, W, C]`` numpy -> uint8 ``[N, C, H, W]`` tensor."""
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"expected uint8 [N,H,W,C], got {x.dtype} {x.shape}")
-    a = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if not a.flags.writeable:  # torch.from_numpy warns on (and must not share) read-only memory
-        a = a.copy()
-    return torch.from_numpy(a)
-
-
-def resize_uint8(x: Tensor, size: int, chunk: int = 4096) -> Tensor:
-    """Bilinear (antialiased when shrinking) resize of a uint8 ``[N, C, H, W]`` tensor to ``size``."""
-    if x.dtype != torch.uint8 or x.ndim != 4:
-        raise ValueError(f"expected uint8 [N,C,H,W], got {x.dtype} {tuple(x.shape)}")
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
-    shrink = x.shape[-1] > size or x.shape[-2] > size
-    for i in range(0, x.shape[0], chunk):
-        xf = x[i: i + chunk].float()
-        y = F.interpolate(xf, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-        out[i: i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
-def grey_to_rgb(x: Tensor) -> Tensor:
-    """``[N, 1, H, W]`` -> ``[N, 3, H, W]`` (a broadcast view: copy before writing into it)."""
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
-def normalize(x: Tensor, mean: list[float], std: list[float]) -> Tensor:
-    """``(x - mean) / std`` per channel of a float ``[N, C, H, W]`` tensor."""
-    if not x.is_floating_point():
-        raise ValueError(f"normalize needs a float tensor, got {x.dtype}")
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
+__all__ = ["to_tensor_uint8", "resize_uint8", "grey_to_rgb", "normalize", "random_crop", "random_hflip",
+           "channel_stats", "Preprocess"]
 
 
 def random_crop(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
@@ -112,7 +79,7 @@ class Preprocess:
     def __call__(self, x: Tensor, train: bool = False, generator: torch.Generator | None = None) -> Tensor:
         if x.dtype != torch.uint8:
             raise ValueError(f"Preprocess expects uint8 images, got {x.dtype}")
-        x = grey_to_rgb(x).to(torch.float32).div(255.0)
+        x = to_unit_float(x)
         if train and self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
         if train and self.hflip:

@@ -5,6 +5,7 @@ code) is enough to train and predict.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,10 @@ class Head(nn.Module):
             raise IntegrityError(f"{where} is not a lightcl head (metadata format {meta.get('format')!r})")
         try:
             config = json.loads(meta["config"])
-            with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned
+            if _ASSIGN:
+                with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned
+                    head = cls(config)
+            else:  # torch < 2.1 (Jetson floor, docs/device-floor.md): build, then copy the weights in
                 head = cls(config)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as e:
             raise IntegrityError(f"{where}: malformed head config in its metadata ({type(e).__name__}: {e})") from None
@@ -159,12 +163,15 @@ class Head(nn.Module):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise IntegrityError(f"{where}: tensor {k} holds NaN or Inf values")
         try:
-            head.load_state_dict(tensors, strict=True, assign=True)
+            head.load_state_dict(tensors, strict=True, **({"assign": True} if _ASSIGN else {}))
         except RuntimeError as e:
             first = " ".join(str(e).split())[:300]
             raise IntegrityError(f"{where}: tensors do not match the head config ({first})") from None
         return head.to(map_location)
 
+
+# torch >= 2.1: load_state_dict(assign=True) and torch.device as a context manager (meta-device build)
+_ASSIGN = "assign" in inspect.signature(torch.nn.Module.load_state_dict).parameters and hasattr(torch.device, "__enter__")
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,

@@ -21,8 +21,17 @@ def _version(module: str) -> str | None:
 
 
 def providing_distributions(module: str) -> list[str]:
-    """Which installed distributions ship top-level ``module`` (onnxruntime vs onnxruntime-gpu)."""
-    return sorted(set(md.packages_distributions().get(module, [])))
+    """Which installed distributions ship top-level ``module`` (onnxruntime vs onnxruntime-gpu).
+
+    What Python 3.10's ``importlib.metadata.packages_distributions`` does, written out for 3.8."""
+    names = set()
+    for dist in md.distributions():
+        top = (dist.read_text("top_level.txt") or "").split()
+        if not top:  # no top_level.txt: infer from the installed files
+            top = [f.parts[0].split(".")[0] for f in (dist.files or []) if f.suffix in (".py", ".so", "")]
+        if module in top:
+            names.add(dist.metadata["Name"])
+    return sorted(names)
 
 
 def _tiny_onnx_model() -> bytes:

@@ -416,6 +416,11 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
                     f"{min_agreement:g} (feature cosine {rep['feature_cosine_mean']:.4f}); nothing written. "
                     "Use --force to keep it anyway, or more --calib-size")
 
+        if profile == "jetson-nano":  # TensorRT 8.2's published operator list (export/trt_ops.py)
+            from .trt_ops import check_export
+
+            check_export(tmp, meta, say)
+
         if tensorrt:
             from .tensorrt_build import build_plan
 
@@ -465,6 +470,10 @@ def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
     for e in meta.get("tensorrt", []) or []:
         lines.append(f"  {e['file']}: TensorRT {e['trt_version']}, sm_{e['compute_capability']}, {e['precision']}, "
                      f"batch 1..{e['max_batch']}")
+    if meta.get("trt82_check"):
+        from .trt_ops import summary
+
+        lines.extend(f"  {summary(rep)}" for rep in meta["trt82_check"].values())
     return lines
 
 

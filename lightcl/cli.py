@@ -39,7 +39,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """``only``: import just that verb's module (the one being run): a device running `lightcl predict`
+    never imports the host-side verbs (docs/device-floor.md)."""
     from lightcl import __version__
 
     parser = _Parser(
@@ -50,6 +52,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     modules = {}
     for verb, (_, help_) in VERBS.items():
+        if only is not None and verb != only:
+            sub.add_parser(verb, help=help_)
+            continue
         mod = _load(verb)
         modules[verb] = mod
         p = sub.add_parser(verb, help=help_ + ("" if mod else " [not built yet]"),
@@ -82,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lightcl.engine.errors import LightCLError
 
-    parser, modules = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser, modules = build_parser(argv[0] if argv and argv[0] in VERBS else None)
     if argv and argv[0] in modules and hasattr(modules[argv[0]], "rewrite_argv"):
         argv = [argv[0], *modules[argv[0]].rewrite_argv(argv[1:])]
     args = parser.parse_args(argv)

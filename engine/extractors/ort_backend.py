@@ -130,6 +130,12 @@ class OrtExtractor(BaseExtractor):
             first = " ".join(str(e).split())[:200]
             if self.on_gpu:
                 raise MissingDependencyError(f"onnxruntime could not create a GPU session for {path.name}: {first}") from None
+            msg = str(e).strip()
+            if "Unsupported model IR version" in msg or "opset" in msg.lower():  # an old device onnxruntime
+                detail = msg[msg.find("Unsupported"):] if "Unsupported" in msg else msg.splitlines()[-1][-120:]
+                raise MissingDependencyError(
+                    f"onnxruntime {ort.__version__} cannot read {path.name} ({' '.join(detail.split())[:160]}): "
+                    "export with `--profile jetson-nano` (opset 13) for an older onnxruntime, or upgrade it") from None
             if "external" in first.lower():
                 raise IntegrityError(f"export {export_dir}: {self.file} refers to external data files, which lightcl "
                                      "does not load (frozen_id covers the model file only): re-export it") from None

@@ -25,6 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="ort", help="extractor backend for lightcl / latent-replay (default ort)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--data-path", default=None, help="explicit path of the continual-learning dataset")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default): runs one after another here; ray: each method-seed a Ray task "
+                        "(needs lightcl[ray]) declaring --threads CPUs (+1 GPU for cuda)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: an existing Ray cluster (auto, HOST:6379, ray://HOST:10001); "
+                        "default: start a local Ray instance")
+    p.add_argument("--no-resume", action="store_true",
+                   help="re-run every method-seed even if OUT/records holds its finished record (default: a "
+                        "restarted suite skips the runs that finished)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -40,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
                       ("--epochs", args.epochs), ("--buffer", args.buffer),
                       ("--threads", None if args.threads == 1 else args.threads),
                       ("--backend", None if args.backend == "ort" else args.backend),
-                      ("--device", None if args.device == "cpu" else args.device)):
+                      ("--device", None if args.device == "cpu" else args.device),
+                      ("--executor", None if args.executor == "local" else args.executor),
+                      ("--address", args.address)):
         if val is not None:
             command += f" {flag} {shlex.quote(str(val))}"
     command += f" --out {shlex.quote(args.out)}"
     res = run_suite(args.suite, args.out, methods=args.methods, seeds=args.seeds, epochs=args.epochs,
                     buffer=args.buffer, threads=args.threads or None, backend=args.backend, device=args.device,
-                    data_path=args.data_path, progress=not args.quiet, plots=not args.no_plots, command=command)
+                    data_path=args.data_path, progress=not args.quiet, plots=not args.no_plots, command=command,
+                    executor=args.executor, address=args.address, resume=not args.no_resume)
     from lightcl.bench.report import main_table
 
     print()

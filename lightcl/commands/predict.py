@@ -1,4 +1,9 @@
-"""``lightcl predict STATE``: labels for a dataset split or image files, with accuracy when labels are known."""
+"""``lightcl predict STATE``: labels for a dataset split or image files, with accuracy when labels are known.
+
+The device path: with ``--images`` it imports only ``lightcl.engine`` (and Pillow), and runs on Python 3.8
+with torch >= 1.13 (docs/device-floor.md). ``--dataset`` loads a named dataset through the host-side
+``lightcl.bench`` (the ``bench`` extra).
+"""
 from __future__ import annotations
 
 import argparse
@@ -36,9 +41,13 @@ def printable(name: str) -> str:
 
 def _read_images(path: Path, size: int):
     import numpy as np
-    from PIL import Image
 
-    from lightcl.engine.errors import InputError
+    from lightcl.engine.errors import InputError, MissingDependencyError
+
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MissingDependencyError("--images needs Pillow: pip install pillow (or lightcl[device])") from None
 
     exts = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp"}
     if not path.exists() and not path.is_symlink():
@@ -64,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from lightcl.bench.transforms import Preprocess, resize_uint8, to_tensor_uint8
     from lightcl.engine.errors import InputError
     from lightcl.engine.export_dir import load_export_meta
     from lightcl.engine.extractors import load_extractor
     from lightcl.engine.fileio import write_json_atomic
     from lightcl.engine.learner import LightCL
+    from lightcl.engine.preprocess import ImagePreprocess, to_tensor_uint8
     from lightcl.engine.state import read_state_doc
 
     from lightcl.commands._safety import check_batch, check_output, export_bytes_per_sample
@@ -90,9 +99,8 @@ def run(args: argparse.Namespace) -> int:
                              f"only the torch backend can use them (--backend torch or auto, not {args.backend})")
         ext_opts["frozen_bn"] = "train"
     learner = LightCL.load(args.state, load_extractor(export_dir, backend=args.backend, **ext_opts))
-    norm = meta["normalization"]
-    pre = Preprocess(norm["mean"], norm["std"])
-    size = int(meta["input_shape"][-1])
+    pre = ImagePreprocess.from_meta(meta)
+    size = pre.size
     labels = None
     if args.images:
         files, arr = _read_images(Path(args.images), size)
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if not known.any():
             raise InputError(f"none of {args.dataset}'s labels are classes this state has learned")
         ds = ds.subset(np.flatnonzero(known))
-        x = resize_uint8(to_tensor_uint8(ds.x), size)
+        x = to_tensor_uint8(ds.x)
         labels = torch.from_numpy(ds.y)
         names = [f"{args.dataset}/{args.split}/{i}" for i in range(len(ds))]
     class_task = {c: t for t, cs in learner.tasks.items() for c in cs}
