@@ -1,7 +1,9 @@
 """Run a scenario's continual-learning stream through the engine: the body of ``lightcl learn``.
 
-Per task: ``begin_task`` (buffer from a freshly drawn batch of the task, as the authors) -> epochs of ``observe`` on shuffled (optionally augmented) batches ->
-``end_task`` (vital channels on a freshly drawn full batch of the task, as the authors) -> evaluate every task seen so far (TIL and CIL from one pass) -> save the state.
+Per task: ``begin_task`` (buffer from a freshly drawn batch of the task, as the authors) -> epochs of
+``observe`` on shuffled (optionally augmented) batches -> ``end_task`` (vital channels on a freshly
+drawn full batch of the task, as the authors) -> evaluate every task seen so far (TIL and CIL from
+one pass) -> save the state.
 ``resume`` continues after the last finished task; the shuffling RNG lives in the state, so a
 resumed run reproduces an uninterrupted one.
 """

@@ -3,9 +3,9 @@
 The buffer holds frozen-extractor features of a few samples and the head's taps on them at the
 start of a task. Images are kept only when the extractor's features depend on the batch they are
 computed with (``frozen_bn="train"``, the authors' drifting BN): the buffer must then go through the
-frozen part on its own at every step, as in the authors' code. Vital channels of each tap are the ``ratio`` of channels with the largest summed
-|activation| on the task's data, OR-ed across tasks. The penalty pins the vital channels of the
-head's current taps on the buffer to their targets.
+frozen part on its own at every step, as in the authors' code. Vital channels of each tap are the
+``ratio`` of channels with the largest summed |activation| on the task's data, OR-ed across tasks.
+The penalty pins the vital channels of the head's current taps on the buffer to their targets.
 """
 from __future__ import annotations
 

@@ -87,7 +87,8 @@ def save_state(learner, directory: str | Path) -> Path:
                 tensors[f"optim.{i}.momentum_buffer"] = mb.detach().cpu().contiguous()
         tensors["rng.generator"] = learner.generator.get_state()
         # train-mode frozen BN: the drifted statistics of the frozen part are learned state too
-        tensors.update({f"frozen_bn.{k}": v.detach().cpu().contiguous() for k, v in learner.frozen_statistics().items()})
+        tensors.update({f"frozen_bn.{k}": v.detach().cpu().contiguous()
+                        for k, v in learner.frozen_statistics().items()})
         if learner._last_features is not None:
             tensors["task.last_features"] = learner._last_features.detach().cpu().contiguous()
         (tmp / "learner.safetensors").write_bytes(safetensors_bytes(tensors))

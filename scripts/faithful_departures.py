@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     rows = learn_runs(export, seeds, args.epochs)
     fvi = features_vs_images(export)
     steps = interleaved_steps(export)
-    print("\n| mode | final TIL % | final CIL % | median step ms (learn runs) | interleaved step ms | step / authors' |")
+    print("\n| mode | final TIL % | final CIL % | median step ms (learn runs) | interleaved step ms "
+          "| step / authors' |")
     print("|---|---|---|---|---|---|")
     base = steps[MODES[0][0]]
     summary = {}

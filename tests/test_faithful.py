@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,7 +117,7 @@ def authors_loop(model: WholeModel, stream: list[dict], test: list[tuple[torch.T
 
 
 @pytest.fixture(scope="module")
-def side_by_side(digits_export, tmp_path_factory):
+def side_by_side(digits_export):
     from lightcl.bench.runner import ScenarioData
     from lightcl.bench.scenarios import get_scenario
 
@@ -157,7 +158,7 @@ def side_by_side(digits_export, tmp_path_factory):
         cil.append(res["cil"])
     learner.extra["export_dir"] = str(digits_export)
     return {"ref": ref, "model": model, "learner": learner, "losses": losses, "masks": masks, "til": til,
-            "cil": cil, "test": test, "export": digits_export, "data": data, "engine_stream": engine_stream}
+            "cil": cil, "test": test, "export": digits_export}
 
 
 def test_engine_reproduces_the_authors_loop(side_by_side):
@@ -194,15 +195,13 @@ def test_state_reopens_faithfully_and_predict_cli_agrees(side_by_side, tmp_path)
     with pytest.raises(InputError, match="frozen_bn='train'"):
         LightCL.load(state, load_extractor(export, "ort"))  # the export's fixed statistics are not what was learned
     loaded = LightCL.load(state, load_extractor(export, "torch", frozen_bn="train"))
-    x, y = s["test"][N_TASKS - 1]
+    x, _ = s["test"][N_TASKS - 1]
     assert torch.equal(loaded.logits(x), learner.logits(x))
     assert torch.equal(loaded.logits(x), learner.logits(x))  # prediction moves nothing
 
     # lightcl predict reopens it the same way (the torch backend, the saved statistics)
     meta = load_export_meta(export)
     ds = load_dataset("digits", "test")
-    import numpy as np
-
     known = np.isin(ds.y, list(learner.class_index))
     ds = ds.subset(np.flatnonzero(known))
     xs = resize_uint8(to_tensor_uint8(ds.x), int(meta["input_shape"][-1]))

@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         from lightcl.engine.state import read_state_doc
 
         if (Path(args.state) / "state.json").exists() and read_state_doc(args.state).get("frozen_bn") == "train":
+            if args.backend not in ("auto", "torch"):
+                raise InputError(f"{args.state} was learned with --frozen-bn train: it resumes on the torch backend "
+                                 f"only (--backend torch or auto, not {args.backend})")
             ext_opts["frozen_bn"] = "train"
     res = learn_scenario(args.export_dir, scenario, args.state, backend=args.backend, resume=args.resume,
                          learner_options=learner_options(args), extractor_options=ext_opts,
