@@ -11,6 +11,8 @@ Modes (same data, same head):
 - ``lightcl-sparse-int8`` (opt-in) the same with the pruned export's int8 extractor
 - ``lightcl-plain``      (opt-in) the engine with the plain ``torch.optim.SGD`` step (what the
                          per-parameter step saves), ``lightcl-noarena`` onnxruntime without its CPU arena
+- ``lightcl-lean``, ``lightcl-sparse-lean``, ``finetune-lean`` (opt-in) no onnxruntime arena, and the
+                         process's glibc malloc with a fixed mmap threshold and two arenas (``LEAN_ENV``)
 
 Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
 or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
@@ -35,7 +37,8 @@ import time
 from pathlib import Path
 
 MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8", "lightcl-sparse",
-         "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena")
+         "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena", "lightcl-lean", "lightcl-sparse-lean",
+         "finetune-lean")
 DEFAULT_MODES = MODES[:4]
 
 
@@ -68,11 +71,18 @@ ENGINE_MODES: dict[str, tuple[str, str, dict, dict]] = {
     "lightcl": ("ort", "dense", {}, {}),
     "lightcl-plain": ("ort", "dense", {"optimizer_step": "plain"}, {}),
     "lightcl-noarena": ("ort", "dense", {}, {"arena": False}),
+    "lightcl-lean": ("ort", "dense", {}, {"arena": False}),
     "lightcl-torch": ("torch", "dense", {}, {}),
     "lightcl-int8": ("ort-int8", "dense", {}, {}),
     "lightcl-sparse": ("ort", "sparse", {}, {}),
+    "lightcl-sparse-lean": ("ort", "sparse", {}, {"arena": False}),
     "lightcl-sparse-int8": ("ort-int8", "sparse", {}, {}),
 }
+# glibc malloc for a lean process: a fixed mmap threshold (no dynamic raise: every block >= 64 KiB is its
+# own mapping, returned to the OS when freed) and two arenas instead of one per thread.
+LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
+MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-sparse-lean": LEAN_ENV,
+                                       "finetune-lean": LEAN_ENV}
 LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
                "activations", "buffer_masks", "step_inputs")
 
@@ -181,6 +191,10 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         acts = count_activations(head, feats)
         info = {**ext.info(), "optimizer_step": learner.config.optimizer_step, "export": str(edir),
                 "sparsity": (meta.get("sparsity") or {}).get("weight_sparsity")}
+        if backend == "ort-int8":  # first-class only where the export's agreement check passed
+            i8 = meta.get("int8") or {}
+            info["int8"] = {"top1_agreement": i8.get("top1_agreement"), "min_agreement": i8.get("min_agreement"),
+                            "forced": bool(i8.get("forced"))}
     else:
         from lightcl.bench.reference import ReferenceLightCL
         from lightcl.bench.update import compose_backbone
@@ -204,7 +218,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                     f = b(f)
             acts = count_activations(head_mods, f) + (len(xb) + 15) * n_classes
             del f
-        else:
+        else:  # finetune, finetune-lean (the same, in a process with LEAN_ENV's allocator)
             import torch.nn.functional as F
 
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -335,7 +349,8 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
                 cmd += ["--threads", str(threads)]
             if sparse_export:
                 cmd += ["--sparse-export", str(sparse_export)]
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            env = {**os.environ, **MODE_ENV.get(m, {})}
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 raise RuntimeError(f"bench update worker {m} failed:\n{r.stderr[-2000:]}")
             results.append(json.loads(out.read_text()))
@@ -385,6 +400,11 @@ def format_table(res: dict) -> str:
                      f"{r['theoretical_mib']:16.1f}")
     for k, v in res["ratios"].items():
         lines.append(f"{k}: {v:.3f}")
+    for r in res["results"]:
+        i8 = (r.get("extractor") or {}).get("int8")
+        if i8 and i8.get("forced"):
+            lines.append(f"note: {r['mode']} runs an int8 model kept with --force (top-1 agreement "
+                         f"{i8['top1_agreement']:.4f} < {i8['min_agreement']}): not a first-class backend here")
     return "\n".join(lines)
 
 
