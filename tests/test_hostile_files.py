@@ -431,3 +431,24 @@ def test_image_name_with_a_newline_stays_on_its_line(base_state, digits_export, 
     rc, out, err = cli(["predict", base_state, "--images", imgs, "--export", digits_export, "--backend", "torch"])
     assert rc == 1 and "bad\\nfile.png" in err, err
     COUNTS["tracebacks: image names with a newline"] += 2
+
+
+def test_sigterm_to_the_cli_is_an_orderly_exit(digits_export, tmp_path):
+    """`lightcl` turns SIGTERM into exit 143 with one line; whatever it was doing, no swap is left half done."""
+    import threading
+
+    state = tmp_path / "state"
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        rc, out, err = cli(["learn", digits_export, "--scenario", "smoke", "--state", state, "--epochs", "1",
+                            "--batch-size", "128", "--backend", "torch", "--quiet"])
+    finally:
+        timer.cancel()
+    assert rc == 143 and "terminated" in err, (rc, err)
+    assert _litter(state) == []
+    if state.exists():
+        read_state_doc(state)  # a complete earlier save
+    assert signal.getsignal(signal.SIGTERM) == before  # the CLI put the previous handler back
+    count("data loss", "SIGTERM to lightcl: orderly exit")
