@@ -289,6 +289,12 @@ def _check_tensors(where: str, tensors: dict, learner) -> None:
                 raise IntegrityError(f"{where}: {k} must be {dt} [{n}], got {tensors[k].dtype} {list(tensors[k].shape)}")
         if not set(tensors["buffer.labels"].tolist()) <= set(learner.class_index):
             raise IntegrityError(f"{where}: buffer.labels holds classes the state never learned")
+    images = tensors.get("buffer.images")
+    if images is not None:  # kept only for batch-dependent extractors (frozen_bn="train"): the buffer's own pass
+        shape = getattr(learner.extractor, "input_shape", None)
+        if n is None or images.dtype != torch.float32 or images.dim() != 4 or images.shape[0] != n \
+                or (shape is not None and tuple(images.shape[1:]) != tuple(shape)) or not bool(torch.isfinite(images).all()):
+            raise IntegrityError(f"{where}: buffer.images must be finite float32 [{n}, C, H, W] images of the buffer")
     for k, v in tensors.items():
         kind, _, rest = k.partition(".")
         if kind == "buffer":
@@ -315,6 +321,9 @@ def _check_tensors(where: str, tensors: dict, learner) -> None:
             idx, _, what = rest.partition(".")
             if what != "momentum_buffer" or not idx.isdigit() or int(idx) >= n_params or v.dtype != torch.float32:
                 raise IntegrityError(f"{where}: unexpected tensor {k}")
+        elif kind == "frozen_bn":  # the frozen part's drifted BN statistics (frozen_bn="train"); shapes checked on use
+            if v.dtype not in (torch.float32, torch.int64) or not bool(torch.isfinite(v.float()).all()):
+                raise IntegrityError(f"{where}: {k} must be a finite float32/int64 BN statistic")
         elif k == "task.last_features":
             if v.dtype != torch.float32 or v.dim() != 4 or tuple(v.shape[1:]) != tuple(head.in_features):
                 raise IntegrityError(f"{where}: task.last_features must be float32 [N, {list(head.in_features)}]")

@@ -70,8 +70,9 @@ class TorchExtractor(BaseExtractor):
         # no_grad, not inference_mode: the features feed the trainable head, and inference tensors
         # cannot be saved for its backward pass.
         # eval mode never switches: no lock, concurrent calls stay concurrent
-        with (self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext()), torch.no_grad():
-            return self.net(x)
+        with self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext():
+            with torch.no_grad():
+                return self.net(x)
 
     @property
     def batch_statistics(self) -> bool:

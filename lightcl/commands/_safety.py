@@ -56,7 +56,7 @@ def check_threads(v, flag: str = "--threads") -> None:
 
 
 def _activation_bytes(module, x) -> int:
-    from lightcl.bench.accounting import count_activations
+    from lightcl.engine.footprint import count_activations
 
     return 4 * count_activations(module, x)
 
