@@ -199,7 +199,7 @@ def add_plan_to_export(export_dir: str | Path, precision: str = "fp32", max_batc
     """Build a plan for an existing export on this machine and record it in its meta.json (atomically)."""
     import shutil
 
-    from lightcl.engine.export_dir import META_NAME, load_export_meta
+    from lightcl.engine.export_dir import META_NAME, load_export_meta, owned_names
     from lightcl.engine.fileio import atomic_directory, write_json_atomic
 
     from .onnx_export import real_images
@@ -210,7 +210,8 @@ def add_plan_to_export(export_dir: str | Path, precision: str = "fp32", max_batc
     calib = None
     if precision == "int8":
         calib, _ = real_images(meta["dataset"], "train", calib_size, meta["normalization"], data_path, seed=2)
-    with atomic_directory(export_dir) as tmp:
+    # files lightcl did not write are carried over by the swap (never deleted)
+    with atomic_directory(export_dir, owned=owned_names) as tmp:
         for name in meta["files"]:
             shutil.copy2(export_dir / name, tmp / name)
         entry = build_plan(tmp / "frozen.onnx", tmp, precision=precision, max_batch=max_batch,
