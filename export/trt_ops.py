@@ -9,7 +9,7 @@ typo "initailizer" is theirs.
 
 :func:`check_trt82` reads an ONNX file (the host side: needs ``onnx``) and reports every operator
 the graph uses (subgraphs included) against the table, the opset, and the restrictions that can be
-checked statically on our graphs (Conv weights are initializers and 2D/3D; Q/DQ zero points are 0
+checked statically on our graphs (Conv weights are initializers, or DequantizeLinear of one, and 2D/3D; Q/DQ zero points are 0
 and int8; Squeeze/Unsqueeze/Slice axes are constant). The other published restrictions of the
 operators used are listed for a human to read. This is a check against the published list, not a
 TensorRT build: only ``trtexec --onnx`` on the board proves the plan builds (scripts/jetson/).
@@ -226,14 +226,18 @@ def _constants(graph) -> dict[str, Any]:
     return known
 
 
-def _static_restrictions(node, known: dict[str, Any]) -> str | None:
+def _static_restrictions(node, known: dict[str, Any], producers: dict[str, Any]) -> str | None:
     """The published restriction this node breaks, for the ones checkable statically; else None."""
     op, ins = node.op_type, list(node.input)
     if op == "Conv":
-        if len(ins) < 2 or ins[1] not in known:
+        w = ins[1] if len(ins) > 1 else None
+        src = producers.get(w)
+        if w not in known and src is not None and src.op_type == "DequantizeLinear" and src.input[0] in known:
+            w = src.input[0]  # explicit quantization: DequantizeLinear(initializer) -> Conv, which TensorRT fuses
+        if w not in known:
             return "Conv weights `W` must be an initializer"
-        if known[ins[1]].ndim not in (4, 5):
-            return f"only 2D or 3D convolutions (weights of rank {known[ins[1]].ndim})"
+        if known[w].ndim not in (4, 5):
+            return f"only 2D or 3D convolutions (weights of rank {known[w].ndim})"
     elif op in ("QuantizeLinear", "DequantizeLinear"):
         zp = ins[2] if len(ins) > 2 and ins[2] else None
         if zp is not None:
@@ -262,9 +266,11 @@ def check_trt82(onnx_path: str | Path) -> dict[str, Any]:
     model = onnx.load(str(onnx_path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     known = _constants(model.graph)
+    nodes = _walk_nodes(model.graph)
+    producers = {out: node for node in nodes for out in node.output}
     counts: dict[str, int] = {}
     problems: dict[tuple[str, str], int] = {}
-    for node in _walk_nodes(model.graph):
+    for node in nodes:
         name = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
         counts[name] = counts.get(name, 0) + 1
         entry = TRT82_OPERATORS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
@@ -274,7 +280,7 @@ def check_trt82(onnx_path: str | Path) -> dict[str, Any]:
         elif not entry[0]:
             why = "listed as unsupported by TensorRT 8.2's ONNX parser"
         else:
-            why = _static_restrictions(node, known)
+            why = _static_restrictions(node, known, producers)
         if why:
             problems[(name, why)] = problems.get((name, why), 0) + 1
     unsupported = [{"op": op, "count": n, "why": why} for (op, why), n in sorted(problems.items())]

@@ -71,6 +71,17 @@ def test_unsupported_ops_opset_and_restrictions_are_reported(tmp_path):
     assert not rep["passed"] and not rep["opset_ok"] and "> 13" in summary(rep)
 
 
+def test_quantized_conv_weights_through_dequantizelinear_are_accepted(tmp_path):
+    """TensorRT's explicit quantization: DequantizeLinear(int8 initializer, zero point 0) -> Conv weights."""
+    from lightcl.export.trt_ops import check_trt82
+
+    inits = [("wq", np.ones((4, 3, 3, 3), np.int8)), ("s", np.array(0.1, np.float32)), ("z", np.array(0, np.int8))]
+    m = _model([helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"]),
+                helper.make_node("Conv", ["x", "w"], ["y"])], inits)
+    rep = check_trt82(_save(m, tmp_path / "qdq.onnx"))
+    assert rep["passed"], rep["unsupported"]
+
+
 def test_check_export_refuses_an_unparseable_frozen_graph(tmp_path):
     from lightcl.engine.errors import LightCLError
     from lightcl.export.trt_ops import UnsupportedOperatorError, check_export
