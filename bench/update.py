@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8", "lightcl-sparse",
-         "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena", "lightcl-lean", "lightcl-sparse-lean",
-         "finetune-lean")
+         "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena", "lightcl-lean", "lightcl-lean-plain",
+         "lightcl-sparse-lean", "finetune-lean")
 DEFAULT_MODES = MODES[:4]
 
 
@@ -72,6 +72,7 @@ ENGINE_MODES: dict[str, tuple[str, str, dict, dict]] = {
     "lightcl-plain": ("ort", "dense", {"optimizer_step": "plain"}, {}),
     "lightcl-noarena": ("ort", "dense", {}, {"arena": False}),
     "lightcl-lean": ("ort", "dense", {}, {"arena": False}),
+    "lightcl-lean-plain": ("ort", "dense", {"optimizer_step": "plain"}, {"arena": False}),
     "lightcl-torch": ("torch", "dense", {}, {}),
     "lightcl-int8": ("ort-int8", "dense", {}, {}),
     "lightcl-sparse": ("ort", "sparse", {}, {}),
@@ -81,8 +82,8 @@ ENGINE_MODES: dict[str, tuple[str, str, dict, dict]] = {
 # glibc malloc for a lean process: a fixed mmap threshold (no dynamic raise: every block >= 64 KiB is its
 # own mapping, returned to the OS when freed) and two arenas instead of one per thread.
 LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
-MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-sparse-lean": LEAN_ENV,
-                                       "finetune-lean": LEAN_ENV}
+MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-lean-plain": LEAN_ENV,
+                                       "lightcl-sparse-lean": LEAN_ENV, "finetune-lean": LEAN_ENV}
 LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
                "activations", "buffer_masks", "step_inputs")
 
@@ -361,7 +362,8 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
     if "lightcl" in by and "lightcl-reference" in by:
         ratios["step_lightcl_over_reference"] = by["lightcl"]["step_ms"] / by["lightcl-reference"]["step_ms"]
     ft = by.get("finetune", {}).get("peak_rss_delta_mib")
-    for m in ("lightcl-sparse", "lightcl-sparse-int8", "lightcl-int8", "lightcl-plain", "lightcl-noarena"):
+    for m in ("lightcl-sparse", "lightcl-sparse-int8", "lightcl-int8", "lightcl-plain", "lightcl-noarena",
+              "lightcl-lean", "lightcl-lean-plain", "lightcl-sparse-lean"):
         if m in by and ft:
             ratios[f"rss_{m}_over_finetune"] = by[m]["peak_rss_delta_mib"] / max(1e-9, ft)
     if "lightcl-sparse" in by and "lightcl-reference" in by:

@@ -1,7 +1,8 @@
 """The frozen lower/middle layers as a plain torch module, rebuilt on the device from block specs.
 
 ``frozen.safetensors`` holds the weights of the frozen part plus, in its safetensors metadata, the
-JSON list of block specs (``{"name", "type", "cin", "cout", "stride"}``) so the device can rebuild
+JSON list of block specs (``{"name", "type", "cin", "cout", "stride"}``, plus ``"mid"``/``"shortcut"`` for
+a block of a pruned export) so the device can rebuild
 the network with :func:`lightcl.engine.blocks.build_block` alone: no exporter code, no pickle.
 This is what the torch extractor backend runs (the reference, and the paper-faithful
 ``frozen_bn="train"`` mode); the ONNX file is the optimised copy of the same weights.

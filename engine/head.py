@@ -23,7 +23,9 @@ class Head(nn.Module):
     """Deep layers + global average pool + linear classifier.
 
     ``config``: ``{"blocks": [{"name": "layer4.0", "type": "basic", "cin":..,"cout":..,"stride":..}, ...],
-    "in_features": [C, H, W], "num_classes": K, "feat_dim": D}``.
+    "in_features": [C, H, W], "num_classes": K, "feat_dim": D}``. A block of a pruned export also carries
+    ``"mid"`` (its first conv's width) and ``"shortcut"`` where they differ from the dense defaults, and
+    ``feat_dim`` is the last block's pruned width: the head is rebuilt from these counts, no special case.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
