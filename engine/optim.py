@@ -44,7 +44,10 @@ class PerParameterSGD:
                                                     "weight_decay": float(weight_decay), "nesterov": bool(nesterov)}]
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         self.applied_in_backward = 0  # parameters updated by the hooks since the last zero_grad/step
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self.params]
+        # torch < 2.1 (the device floor: torch 1.13 on Jetson images) has no post-accumulate-grad hook: then
+        # every update happens in step(), exactly as the plain optimizer (no saving, same numbers).
+        self.in_backward = hasattr(torch.Tensor, "register_post_accumulate_grad_hook")
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self.params] if self.in_backward else []
 
     # -- the update, exactly torch.optim.SGD's single-tensor path
     @torch.no_grad()
