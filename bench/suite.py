@@ -367,6 +367,14 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         from lightcl.bench.methods import MethodNotBuilt
 
         raise MethodNotBuilt(f"nothing to run: {', '.join(names)} not built yet")
+    # Shared, cached artefacts a method needs (lightcl-sparse: its pruned export) are built here, once,
+    # before any worker starts: a worker must not meter their build (pruning + recovery fine-tune) as
+    # its own memory. A worker on a cache miss (another machine of a Ray cluster) still builds them.
+    for m in runnable:
+        prepare = getattr(_cls(m), "prepare", None)
+        if prepare is not None:
+            prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"], echo=echo,
+                    progress=progress)
     # task sizes for the ETA (steps per run)
     from lightcl.bench.data import load_dataset
     from lightcl.bench.tasks import class_order, split_tasks

@@ -9,7 +9,7 @@ dense one (same learner, same defaults): no masks, no special case.
 
 The pruned export is made on first use and cached next to the suite's dense export
 (``$LIGHTCL_CACHE/exports/<ckpt>-<split>-sparse-<sparsity>-r<epochs>``), keyed by the checkpoint's
-sha256; building it is part of the method's build, not of its training peak.
+sha256; the suite builds it before its workers start (``prepare``), so no worker meters the build.
 """
 from __future__ import annotations
 
@@ -62,6 +62,14 @@ class LightCLSparse(LightCLMethod):
     cost = 0.15
 
     HP = [f.name for f in dataclasses.fields(LightCLConfig)] + list(SPARSE_HP)
+
+    @classmethod
+    def prepare(cls, ckpt: str, split: str, hyperparameters: dict, echo=print, progress: bool = False) -> Path:
+        """Build (or find cached) the pruned export before the suite's workers start."""
+        sparsity = hyperparameters.get("sparsity", "authors")
+        recover_epochs = int(hyperparameters.get("recover_epochs", 2))
+        echo(f"lightcl-sparse: pruned export (sparsity {sparsity}, {recover_epochs} recovery epochs; cached) ...")
+        return ensure_sparse_export(ckpt, split, sparsity, recover_epochs, progress=progress)
 
     def __init__(self, ctx, **hp) -> None:
         from lightcl.engine.frozen import load_frozen
