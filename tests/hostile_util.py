@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 COUNTS: collections.Counter = collections.Counter()
@@ -129,3 +130,12 @@ def resign_export(d: Path, edit_meta=None, keep_frozen_id: bool = False) -> dict
         edit_meta(meta)
     (d / "meta.json").write_text(json.dumps(meta))
     return meta
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_hostile_counts():
+    """Both hostile modules share COUNTS; each writes the sum so far when it ends (conftest.write_counts)."""
+    from conftest import write_counts
+
+    yield
+    write_counts("hostile", COUNTS)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_counts
+from hostile_util import report_hostile_counts  # noqa: F401  (autouse: writes the case counts)
 from hostile_util import (COUNTS, cli, count, images, make_state, resign_export, resign_state, sha, tree_bytes,
                           watchdog)
 
@@ -31,11 +31,6 @@ from lightcl.engine.state import check_state_path, read_state_doc
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_counts():
-    yield
-    write_counts("hostile", COUNTS)  # one Counter shared by both hostile modules (hostile_util)
 
 
 @pytest.fixture(scope="module")

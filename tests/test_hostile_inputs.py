@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_counts
+from hostile_util import report_hostile_counts  # noqa: F401  (autouse: writes the case counts)
 from hostile_util import COUNTS, cli, count, images, make_state, resign_export, resign_state, sha, tree_bytes
 
 from lightcl.engine.errors import InputError, IntegrityError, LightCLError, ShapeError
@@ -22,12 +22,6 @@ from lightcl.engine.export_dir import load_export_meta, load_head
 from lightcl.engine.extractors import load_extractor
 from lightcl.engine.learner import LightCL
 from lightcl.engine.validate import machine_cpus
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_counts():
-    yield
-    write_counts("hostile", COUNTS)  # one Counter shared by both hostile modules (hostile_util)
 
 
 @pytest.fixture(scope="module")
