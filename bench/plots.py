@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import aggregate
+from .aggregate import aggregate
 
 DPI = 90
 

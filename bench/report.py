@@ -9,9 +9,12 @@ import csv
 import io
 import json
 import math
-import statistics
 from pathlib import Path
-from typing import Any
+
+from lightcl.engine.fileio import write_bytes_atomic, write_json_atomic
+
+from .aggregate import aggregate, ok_records
+from .plots import make_plots
 
 # The paper's Table 1 (arXiv 2407.10545; also the authors' README image, github INV-WZQ/LightCL
 # image/Experiment.png): pretrained ResNet-18, buffer 15, mean over 5 runs; FLOPs and Mem theoretical.
@@ -74,52 +77,6 @@ CSV_FIELDS = ["method", "seed", "status", "cil_applicable", "final_cil", "final_
               "bwt_til", "theoretical_mib", "peak_rss_delta_mib", "peak_rss_total_delta_mib", "idle_rss_mib",
               "cuda_max_allocated_mib", "train_flops", "step_ms", "step_ms_p90", "steps", "train_s", "wall_s",
               "epochs", "batch_size", "buffer_size", "threads"]
-METRICS = ["final_cil", "final_til", "forgetting_cil", "forgetting_til", "bwt_cil", "bwt_til", "theoretical_mib",
-           "peak_rss_delta_mib", "peak_rss_total_delta_mib", "train_flops", "step_ms", "wall_s", "train_s"]
-
-
-def _ok(results: dict) -> list[dict]:
-    return [r for r in results.get("records", []) if r.get("status") == "ok"]
-
-
-def method_order(results: dict) -> list[str]:
-    seen = []
-    for m in results.get("methods", []):
-        if m not in seen:
-            seen.append(m)
-    for r in results.get("records", []):
-        if r["method"] not in seen:
-            seen.append(r["method"])
-    return seen
-
-
-def mean_std(vals: list[float]) -> tuple[float, float]:
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return float("nan"), float("nan")
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def aggregate(results: dict) -> dict[str, dict[str, Any]]:
-    """method -> {metric: (mean, std)} + ``n`` seeds + mean accuracy matrices."""
-    out: dict[str, dict[str, Any]] = {}
-    for m in method_order(results):
-        recs = [r for r in _ok(results) if r["method"] == m]
-        if not recs:
-            continue
-        agg: dict[str, Any] = {"n": len(recs), "trains": recs[0].get("describe", {}).get("trains", "")}
-        for k in METRICS:
-            agg[k] = mean_std([r.get(k) for r in recs])
-        agg["cil_applicable"] = all(r.get("cil") is not None for r in recs)
-        for key in ("til", "cil"):
-            mats = [r[key] for r in recs if r.get(key) is not None]
-            agg[key] = None if not mats or len(mats) < len(recs) else \
-                [[statistics.fmean(mat[t][i] for mat in mats) for i in range(len(mats[0][t]))]
-                 for t in range(len(mats[0]))]
-        out[m] = agg
-    return out
-
-
 def _pm(ms: tuple[float, float], scale: float = 1.0, digits: int = 1, na: str = "-") -> str:
     m, s = ms
     if m is None or math.isnan(m):
@@ -195,7 +152,7 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
     s = results["scenario"]
     b = results.get("backbone", {})
     env = results.get("env", {})
-    n_ok = len(_ok(results))
+    n_ok = len(ok_records(results))
     lines = [f"# Benchmark suite `{results['suite']}`", ""]
     if results.get("command"):
         lines += ["Regenerate with:", "", "```", results["command"], "```", ""]
@@ -231,7 +188,7 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         for m, a in agg.items():
             cil = matrix_block(a["cil"], "CIL %") if a["cil"] is not None else "     CIL %  n/a (task-incremental only)"
             lines += [f"`{m}`", "", "```", cil, matrix_block(a["til"], "TIL %"), "```", ""]
-    ok = _ok(results)
+    ok = ok_records(results)
     if ok:
         first = {}
         for r in ok:
@@ -308,17 +265,13 @@ def to_csv(results: dict) -> str:
 
 def write_all(results: dict, out: str | Path, plots: bool = True) -> dict[str, Path]:
     """Write results.json, results.csv, report.md (+ PNG plots). Returns the paths written."""
-    from lightcl.engine.fileio import write_bytes_atomic, write_json_atomic
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
     write_json_atomic(paths["json"], json.loads(json.dumps(results, default=str)))
     write_bytes_atomic(paths["csv"], to_csv(results).encode())
     names: list[str] = []
-    if plots and _ok(results):
-        from .plots import make_plots
-
+    if plots and ok_records(results):
         for p in make_plots(results, out):
             paths[p.stem] = p
             names.append(p.name)
