@@ -148,9 +148,9 @@ def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = 
 
     from lightcl.export.checkpoint import load_checkpoint
 
-    from .data import load_dataset
-    from .tasks import TensorData
-    from .transforms import Preprocess
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
 
     if epochs < 1 or seeds < 1 or batch_size < 1 or max_eval < 2:
         raise InputError("epochs, seeds and batch size must be >= 1 and max_eval >= 2")

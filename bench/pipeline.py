@@ -10,9 +10,11 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from lightcl.engine.errors import DatasetNotFoundError, LightCLError
+from lightcl.data.datasets import load_dataset
+from lightcl.data.errors import DatasetNotFoundError
+from lightcl.engine.errors import LightCLError
+from lightcl.engine.paths import cache_dir
 
-from .data import cache_dir, load_dataset
 from .scenarios import Scenario
 
 

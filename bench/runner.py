@@ -18,15 +18,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from lightcl.data.datasets import load_dataset
+from lightcl.data.tasks import TensorData, class_order, split_tasks
+from lightcl.data.transforms import Preprocess
 from lightcl.engine.errors import InputError, StateError
 from lightcl.engine.learner import LightCL
 
-from .data import load_dataset
 from .meters import peak_mib
 from .metrics import summarize
 from .scenarios import Scenario
-from .tasks import TensorData, class_order, split_tasks
-from .transforms import Preprocess
 
 log = logging.getLogger("lightcl")
 
@@ -59,7 +59,6 @@ class ScenarioData:
 
 
 def format_matrix(R: list[list[float]], title: str) -> str:
-    T = len(R)
     head = f"{title:>8s} " + " ".join(f"  T{i:<3d}" for i in range(max((len(r) for r in R), default=0)))
     rows = [head]
     for t, r in enumerate(R):

@@ -376,8 +376,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
             prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"], echo=echo,
                     progress=progress)
     # task sizes for the ETA (steps per run)
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import class_order, split_tasks
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import class_order, split_tasks
 
     train = load_dataset(scenario.cl_dataset, "train", data_path)
     test_y = load_dataset(scenario.cl_dataset, "test", data_path).y

@@ -288,9 +288,9 @@ def prepare_data(export_dir: str | Path, batch: int, out: Path, data_path: str |
     import torch
     from safetensors.torch import save_file
 
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
     from lightcl.engine.export_dir import load_export_meta
 
     meta = load_export_meta(export_dir, verify=False)

@@ -13,7 +13,6 @@ from .errors import (
     StateError,
     IntegrityError,
     MissingDependencyError,
-    DatasetNotFoundError,
 )
 
 __all__ = [
@@ -26,5 +25,4 @@ __all__ = [
     "StateError",
     "IntegrityError",
     "MissingDependencyError",
-    "DatasetNotFoundError",
 ]

@@ -40,9 +40,3 @@ class MissingDependencyError(LightCLError):
     """An optional runtime (onnxruntime, TensorRT, CUDA) is not installed here."""
 
     exit_code = 3
-
-
-class DatasetNotFoundError(LightCLError):
-    """A dataset could not be found; the message says where we looked and how to get it."""
-
-    exit_code = 2

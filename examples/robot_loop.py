@@ -55,7 +55,7 @@ def load_frames(args: argparse.Namespace, size: int):
             raise InputError(f"--frames-file {args.frames_file}: not an .npz with train_x/train_y/test_x/test_y "
                              f"({e})") from None
         return Frames(parts[0], parts[1], size), Frames(parts[2], parts[3], size)
-    from lightcl.bench.data import load_dataset  # host side: the bench extra
+    from lightcl.data.datasets import load_dataset  # host side: the data layer (+ the bench extra)
 
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     return Frames(train.x, train.y, size), Frames(test.x, test.y, size)

@@ -39,12 +39,17 @@ from typing import Any, Callable
 
 import torch
 
+from lightcl.data.tasks import real_images
 from lightcl.engine.errors import InputError, LightCLError, MissingDependencyError, StateError
 from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME, OLD_FORMATS, frozen_id_of, owned_names
+from lightcl.engine.extractors.ort_backend import import_onnxruntime
 from lightcl.engine.fileio import atomic_directory, read_json, recover_directory, sha256_file, write_json_atomic
 from lightcl.engine.frozen import load_frozen, save_frozen
 
+from . import quantize  # called as quantize.X: tests patch the module's functions
 from .checkpoint import checkpoint_paths, load_checkpoint
+from .ort_run import ort_session, run_session
+from .tensorrt_build import build_plan, require_tensorrt
 from .zoo import split_backbone, split_points
 
 INPUT_NAME, OUTPUT_NAME = "input", "features"
@@ -79,23 +84,6 @@ def _progress(enabled: bool) -> Callable[[str], None]:
             print(f"[export] {msg}", file=sys.stderr, flush=True)
 
     return say
-
-
-# ---------------------------------------------------------------------------------------------- data
-def real_images(dataset: str, split: str, n: int, normalization: dict, data_path: str | None = None,
-                seed: int = 0, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` real images of ``dataset`` (seeded selection), normalised like training: ``(x, y)``."""
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
-
-    data = TensorData(load_dataset(dataset, split, data_path))
-    if len(data) == 0:
-        raise StateError(f"dataset {dataset!r} split {split!r} is empty")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    idx = order[offset: offset + n] if offset < len(data) else order[:n]
-    pre = Preprocess(list(normalization["mean"]), list(normalization["std"]))
-    return pre(data.x[idx]), data.y[idx]
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -159,25 +147,6 @@ def export_onnx(frozen: torch.nn.Module, path: str | Path, profile: str = "defau
             "export_seconds": round(seconds, 3), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
             "batch_axis": dim0.dim_param or "dynamic", "example_batch": EXAMPLE_BATCH, "ops": ops,
             "nodes": len(model.graph.node), "ir_version": model.ir_version}
-
-
-def ort_session(path: str | Path, threads: int | None = None):
-    from lightcl.engine.extractors.ort_backend import import_onnxruntime
-
-    ort = import_onnxruntime()
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def run_session(sess, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    outs = []
-    name = sess.get_inputs()[0].name
-    for i in range(0, x.shape[0], batch):
-        outs.append(torch.from_numpy(sess.run(None, {name: x[i:i + batch].contiguous().numpy()})[0]))
-    return torch.cat(outs)
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -316,12 +285,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
         raise InputError("--recover-epochs needs --sparsity")
     trt_mod = None
     if tensorrt:
-        from .tensorrt_build import require_tensorrt
-
         trt_mod = require_tensorrt()  # fails fast, exit 3, before any work
         trt_precision = trt_precision or ("int8" if int8 else "fp32")
-    from lightcl.engine.extractors.ort_backend import import_onnxruntime
-
     import_onnxruntime()  # parity needs it: fail fast with exit 3
     out = Path(out_dir).absolute()
     _check_out_dir(out)
@@ -397,13 +362,11 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
                 f"> atol {atol:g}; nothing written")
 
         if int8:
-            from .quantize import int8_report, quantize_frozen
-
             x_cal, _ = real_images(dataset, "train", calib_size, norm, data_path, seed=2)
             say(f"int8: static QDQ quantization calibrated on {x_cal.shape[0]} real {dataset} train images")
-            qinfo = quantize_frozen(onnx_path, tmp / "frozen.int8.onnx", x_cal, progress=progress,
+            qinfo = quantize.quantize_frozen(onnx_path, tmp / "frozen.int8.onnx", x_cal, progress=progress,
                                     **(int8_options or {}))
-            rep = int8_report(onnx_path, tmp / "frozen.int8.onnx", head, x_test, y_test)
+            rep = quantize.int8_report(onnx_path, tmp / "frozen.int8.onnx", head, x_test, y_test)
             rep.update(quantization=qinfo, calib_images=f"{dataset} train, {x_cal.shape[0]} images (seed 2)",
                        heldout_images=f"{dataset} test, {x_test.shape[0]} images (seed 1)",
                        min_agreement=min_agreement, forced=bool(force and rep["top1_agreement"] < min_agreement))
@@ -422,8 +385,6 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
             check_export(tmp, meta, say)
 
         if tensorrt:
-            from .tensorrt_build import build_plan
-
             x_cal_trt = None
             with torch.no_grad():
                 ref_par = frozen(x_par)
@@ -481,5 +442,6 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True)
 
 
-__all__ = ["export_checkpoint", "export_onnx", "check_parity", "real_images", "PROFILES", "ParityError",
+# real_images (lightcl.data.tasks) and ort_session/run_session (.ort_run) stay importable from here
+__all__ = ["export_checkpoint", "export_onnx", "check_parity", "real_images", "ort_session", "run_session", "PROFILES", "ParityError",
            "AgreementError", "summary_lines"]

@@ -9,15 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightcl.bench.data import load_dataset
-from lightcl.bench.tasks import TensorData
-from lightcl.bench.transforms import Preprocess
+from lightcl.data.datasets import FLIP_OK, hflip_ok, load_dataset, seeded_split  # noqa: F401  (FLIP_OK: old name)
+from lightcl.data.tasks import TensorData
+from lightcl.data.transforms import Preprocess
 
 from .checkpoint import save_checkpoint
 from .zoo import create_backbone
-
-# Natural images get flips; digits and characters do not (a flipped 2 is not a 2).
-FLIP_OK = {"cifar10", "cifar100", "tinyimagenet", "imagenet32", "fashion-mnist", "folder"}
 
 
 def set_seed(seed: int) -> torch.Generator:
@@ -47,14 +44,12 @@ def pretrain(dataset: str, out: str | Path, arch: str = "resnet18", width: int =
     train_ds = load_dataset(dataset, "train", data_path)
     if subset is not None and subset < len(train_ds):
         # a seeded, class-balanced subset: the demo's time budget on a 2-core CPU
-        from lightcl.bench.data import _seeded_split
-
-        keep = _seeded_split(len(train_ds), train_ds.y, "test", test_fraction=subset / len(train_ds), seed=seed)
+        keep = seeded_split(len(train_ds), train_ds.y, "test", test_fraction=subset / len(train_ds), seed=seed)
         train_ds = train_ds.subset(keep)
     train = TensorData(train_ds)
     test = TensorData(load_dataset(dataset, "test", data_path))
     mean, std = train.stats()
-    pre = Preprocess(mean, std, size=32, crop_padding=4, hflip=dataset in FLIP_OK)
+    pre = Preprocess(mean, std, size=32, crop_padding=4, hflip=hflip_ok(dataset))
     model = create_backbone(arch, num_classes=len(train.classes), width=width)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps_per_epoch = math.ceil(len(train) / batch_size)

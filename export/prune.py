@@ -261,16 +261,16 @@ def recover(model: Backbone, dataset: str, normalization: dict, epochs: int = DE
     import numpy as np
     import torch.nn.functional as F
 
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
+    from lightcl.data.datasets import FLIP_OK, load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
 
-    from .pretrain import FLIP_OK, evaluate
+    from .pretrain import evaluate
 
     mean, std = list(normalization["mean"]), list(normalization["std"])
     train_ds = load_dataset(dataset, "train", data_path)
     if subset is not None and subset < len(train_ds):
-        from lightcl.bench.data import _seeded_split
+        from lightcl.data.datasets import seeded_split as _seeded_split
 
         train_ds = train_ds.subset(_seeded_split(len(train_ds), train_ds.y, "test",
                                                  test_fraction=subset / len(train_ds), seed=seed))

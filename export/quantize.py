@@ -26,18 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightcl.engine.errors import InputError, MissingDependencyError
+from lightcl.engine.errors import InputError
+from lightcl.engine.optional import require
+
+from .ort_run import ort_session, run_session
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+_ORT_INSTALL = "pip install 'lightcl[ort]'"
 
 
 def _quantization():
-    try:
-        from onnxruntime import quantization as q
-    except ImportError as e:
-        raise MissingDependencyError(f"--int8 needs onnxruntime's quantization tools ({e}); "
-                                     "pip install 'lightcl[ort]'") from None
-    return q
+    """onnxruntime's quantization tools, or MissingDependencyError (exit 3) naming the extra."""
+    return require("onnxruntime.quantization", needed_for="--int8 (onnxruntime's quantization tools)",
+                   install=_ORT_INSTALL)
 
 
 def make_calibration_reader(input_name: str, x: torch.Tensor, batch_size: int = 32, progress: bool = False):
@@ -96,10 +97,10 @@ def quantize_frozen(fp32_path: str | Path, out_path: str | Path, calib_x: torch.
         src = fp32_path
         if preprocess:
             # shape inference + graph optimisation first, as onnxruntime recommends before quantizing
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
+            shape_inference = require("onnxruntime.quantization.shape_inference",
+                                      needed_for="--int8's graph preprocessing", install=_ORT_INSTALL)
             pre = Path(td) / "pre.onnx"
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            shape_inference.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             src = pre
         reader = make_calibration_reader(input_name, calib_x, batch_size, progress)
         cal = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
@@ -125,8 +126,6 @@ def quantize_frozen(fp32_path: str | Path, out_path: str | Path, calib_x: torch.
 def int8_report(fp32_path: str | Path, int8_path: str | Path, head: torch.nn.Module, x: torch.Tensor,
                 y: torch.Tensor | None = None) -> dict[str, Any]:
     """Compare int8 and fp32 extractors on held-out images: feature cosine and whole-model top-1 agreement."""
-    from .onnx_export import ort_session, run_session
-
     f32 = run_session(ort_session(fp32_path), x)
     i8 = run_session(ort_session(int8_path), x)
     a, b = f32.flatten(1), i8.flatten(1)

@@ -21,6 +21,7 @@ missing -> exit 3, one line" path is tested in CI.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,20 +29,20 @@ from typing import Any
 
 import torch
 
+from lightcl.data.tasks import real_images
+from lightcl.engine import paths
 from lightcl.engine.errors import InputError, LightCLError, MissingDependencyError
-from lightcl.engine.fileio import sha256_file, write_bytes_atomic
+from lightcl.engine.export_dir import META_NAME, load_export_meta, owned_names
+from lightcl.engine.fileio import atomic_directory, sha256_file, write_bytes_atomic, write_json_atomic
+from lightcl.engine.optional import require
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def require_tensorrt():
     """Import ``tensorrt`` and check for a CUDA device, or raise MissingDependencyError (exit 3, one line)."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"--tensorrt needs NVIDIA TensorRT's Python package, which is not importable here ({e}); "
-            "it comes with JetPack on Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU") from None
+    trt = require("tensorrt", needed_for="--tensorrt (NVIDIA TensorRT's Python package)",
+                  install="it comes with JetPack on Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU")
     if not torch.cuda.is_available():
         raise MissingDependencyError("--tensorrt needs a CUDA device, and torch sees none "
                                      f"(torch {torch.__version__}, cuda build {torch.version.cuda})")
@@ -57,9 +58,9 @@ def plan_filename(trt_version: str, capability: str, precision: str, onnx_sha256
 
 
 def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("LIGHTCL_CACHE", Path.home() / ".cache" / "lightcl")) / "tensorrt"
+    """Timing and calibration caches: ``cache_dir("tensorrt")`` (``$LIGHTCL_CACHE`` or ~/.cache/lightcl;
+    an empty variable counts as unset, so no cache lands in the current directory)."""
+    return paths.cache_dir("tensorrt")
 
 
 def _make_calibrator(trt, x: torch.Tensor, batch_size: int, cache_path: Path, device: torch.device):
@@ -111,7 +112,7 @@ def build_plan(onnx_path: str | Path, out_dir: str | Path, *, precision: str = "
     cc = f"{props.major}{props.minor}"
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     onnx_sha = sha256_file(onnx_path)
-    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_root = Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
     cache_root.mkdir(parents=True, exist_ok=True)
     timing_cache_path = cache_root / f"timing.trt{trt.__version__}.sm{cc}.cache"
     major = trt_major(trt)
@@ -197,13 +198,6 @@ def plan_parity(out_dir: Path, entry: dict, x: torch.Tensor, ref: torch.Tensor, 
 def add_plan_to_export(export_dir: str | Path, precision: str = "fp32", max_batch: int = 32, workspace_mib: int = 1024,
                        calib_size: int = 256, data_path: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Build a plan for an existing export on this machine and record it in its meta.json (atomically)."""
-    import shutil
-
-    from lightcl.engine.export_dir import META_NAME, load_export_meta, owned_names
-    from lightcl.engine.fileio import atomic_directory, write_json_atomic
-
-    from .onnx_export import real_images
-
     trt = require_tensorrt()
     export_dir = Path(export_dir).absolute()
     meta = load_export_meta(export_dir, verify=True)

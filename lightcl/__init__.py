@@ -7,8 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from lightcl.data.errors import DatasetNotFoundError  # noqa: E402  (the data layer's; cheap, device-safe)
 from lightcl.engine.errors import (  # noqa: E402
-    DatasetNotFoundError,
     InputError,
     IntegrityError,
     LightCLError,

@@ -43,9 +43,9 @@ def slope(xs, ys) -> float:
 
 def run_soak(export_dir: str | Path, tasks: int = 300, steps: int = 3, batch: int = 16, warmup: int = 10,
              state_dir: str | Path | None = None, backend: str = "ort", save_every: int = 1, progress=None) -> dict:
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
     from lightcl.engine.export_dir import load_export_meta, load_head
     from lightcl.engine.extractors import load_extractor
     from lightcl.engine.learner import LightCL

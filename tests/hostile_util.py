@@ -67,9 +67,9 @@ def watchdog(seconds: int = 20):
 
 def images(export: Path, classes, n: int = 8):
     """Real digits test images of ``classes``, normalised like the export wants."""
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
     from lightcl.engine.export_dir import load_export_meta
 
     meta = load_export_meta(export, verify=False)

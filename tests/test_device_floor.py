@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_FILES = sorted(
     [p for p in (ROOT / "engine").rglob("*.py")]
     + [ROOT / f for f in ("lightcl/__init__.py", "lightcl/__main__.py", "lightcl/cli.py", "lightcl/commands/__init__.py",
-                          "lightcl/commands/predict.py", "examples/robot_loop.py")])
+                          "lightcl/commands/predict.py", "examples/robot_loop.py", "data/__init__.py", "data/errors.py")])
 MIN_PYTHON = "3.8"
 HOST_MODULES = ("lightcl.bench", "lightcl.export", "onnx", "onnxscript", "sklearn", "mlxtend")
 
@@ -121,7 +121,7 @@ def build_assets(out: Path, export_dir: Path | None = None, profile: str = "jets
     import numpy as np
     from PIL import Image
 
-    from lightcl.bench.data import load_dataset
+    from lightcl.data.datasets import load_dataset
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

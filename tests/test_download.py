@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightcl.bench import data
-from lightcl.bench.download import DownloadError, download, file_digest, parse_checksum
-from lightcl.engine.errors import DatasetNotFoundError, IntegrityError
+from lightcl.data import datasets as data
+from lightcl.data.download import DownloadError, download, file_digest, parse_checksum
+from lightcl.data.errors import DatasetNotFoundError
+from lightcl.engine.errors import IntegrityError
 
 N_TRAIN, N_TEST = 30, 10
 

@@ -183,8 +183,8 @@ def test_engine_reproduces_the_authors_loop(side_by_side):
 
 
 def test_state_reopens_faithfully_and_predict_cli_agrees(side_by_side, tmp_path):
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.transforms import Preprocess, resize_uint8, to_tensor_uint8
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.transforms import Preprocess, resize_uint8, to_tensor_uint8
     from lightcl.engine.state import read_state_doc
 
     s = side_by_side

@@ -403,7 +403,7 @@ def test_fifo_image_and_dataset_file(base_state, digits_export, tmp_path):
     cif.mkdir()
     for n in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "batches.meta"):
         os.mkfifo(cif / n)
-    from lightcl.bench.data import load_dataset
+    from lightcl.data.datasets import load_dataset
 
     with watchdog(20), pytest.raises(LightCLError, match="FIFO"):
         load_dataset("cifar10", "train", str(cif))

@@ -294,7 +294,7 @@ def test_crafted_frozen_onnx_is_refused_and_auto_falls_back(env, tmp_path):
 
 # ---------------------------------------------------------------- tracebacks: datasets
 def test_cifar_batches_with_malformed_labels(tmp_path):
-    from lightcl.bench.data import load_dataset
+    from lightcl.data.datasets import load_dataset
 
     data = np.zeros((4, 3072), np.uint8)
     for label, labels in {"byte strings": [b"1", b"2", b"3", b"4"], "2-D": [[0], [1], [2], [3]],

@@ -12,8 +12,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lightcl.bench.tasks import TensorData, class_order, split_tasks
-from lightcl.bench.transforms import (Preprocess, channel_stats, grey_to_rgb, normalize, random_hflip, resize_uint8,
+from lightcl.data.tasks import TensorData, class_order, split_tasks
+from lightcl.data.transforms import (Preprocess, channel_stats, grey_to_rgb, normalize, random_hflip, resize_uint8,
                                       to_tensor_uint8)
 from lightcl.engine.errors import InputError
 from lightcl.engine.memory import FeaturePatternMemory, vital_channels
@@ -133,7 +133,7 @@ def test_split_tasks_partition_and_batches_cover_each_sample_once(k, n, data):
     with pytest.raises(InputError):
         split_tasks(y_train, y_test, k // cpt + 1, cpt, order)
     # batches of a task: every sample exactly once, shuffled or not, with its own label
-    from lightcl.bench.data import ImageDataset
+    from lightcl.data.datasets import ImageDataset
 
     ds = ImageDataset("toy", "train", rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8), y_train.astype(np.int64),
                       [str(i) for i in range(k)], "memory")
@@ -214,7 +214,7 @@ def test_masks_or_accumulate_and_never_shrink(seeds, c, ratio):
 # ---------------------------------------------------------------- state round trips
 @pytest.fixture(scope="module")
 def rt_env(digits_export):
-    from lightcl.bench.data import load_dataset
+    from lightcl.data.datasets import load_dataset
     from lightcl.engine.export_dir import load_export_meta
     from lightcl.engine.extractors import load_extractor
 

@@ -58,9 +58,9 @@ def count(kind: str, surface: str) -> None:
 # ---------------------------------------------------------------- fixtures: real export, real images
 @pytest.fixture(scope="module")
 def env(digits_export, tmp_path_factory):
-    from lightcl.bench.data import load_dataset
-    from lightcl.bench.tasks import TensorData
-    from lightcl.bench.transforms import Preprocess
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.tasks import TensorData
+    from lightcl.data.transforms import Preprocess
 
     meta = load_export_meta(digits_export)
     pre = Preprocess(meta["normalization"]["mean"], meta["normalization"]["std"])
@@ -411,8 +411,8 @@ def test_load_extractor_bad_input(env, tmp_path):
 
 # ---------------------------------------------------------------- datasets and export
 def test_load_dataset_bad_input(tmp_path):
-    from lightcl.bench.data import load_dataset
-    from lightcl.engine.errors import DatasetNotFoundError
+    from lightcl.data.datasets import load_dataset
+    from lightcl.data.errors import DatasetNotFoundError
 
     junk = tmp_path / "junk.csv.gz"
     junk.write_bytes(b"not gzip")

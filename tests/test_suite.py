@@ -19,7 +19,7 @@ def _seed_cache(digits_ckpt: Path, digits_export: Path) -> None:
     (resnet18 width 16, digits, 3 epochs, seed 0)."""
     from lightcl.bench.pipeline import backbone_path
     from lightcl.bench.scenarios import get_scenario
-    from lightcl.bench.data import cache_dir
+    from lightcl.engine.paths import cache_dir
 
     dest = backbone_path(get_scenario("smoke"))
     dest.parent.mkdir(parents=True, exist_ok=True)

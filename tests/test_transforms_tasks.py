@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightcl.bench.data import ImageDataset, load_dataset
-from lightcl.bench.tasks import TensorData, class_order, split_tasks
-from lightcl.bench.transforms import (Preprocess, channel_stats, grey_to_rgb, normalize, random_crop,
+from lightcl.data.datasets import ImageDataset, load_dataset
+from lightcl.data.tasks import TensorData, class_order, split_tasks
+from lightcl.data.transforms import (Preprocess, channel_stats, grey_to_rgb, normalize, random_crop,
                                       random_hflip, resize_uint8, to_tensor_uint8)
 from lightcl.engine.errors import InputError
 
@@ -236,3 +236,26 @@ def test_tensor_data_rgb_already_32():
     td = TensorData(ImageDataset("t", "train", x, np.arange(5), list("abcde")))
     assert torch.equal(td.x.permute(0, 2, 3, 1), torch.from_numpy(x))
     assert len(td.stats()[0]) == 3
+
+
+# ---------------------------------------------------------------- real_images (parity and calibration batches)
+def test_real_images_seeded_and_normalised_like_training():
+    from lightcl.data.tasks import real_images
+
+    norm = {"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.6, 0.7]}
+    x, y = real_images("digits", "test", 24, norm, seed=3)
+    x2, y2 = real_images("digits", "test", 24, norm, seed=3)
+    assert x.shape == (24, 3, 32, 32) and x.dtype == torch.float32 and torch.equal(x, x2) and torch.equal(y, y2)
+    # the same images through TensorData + Preprocess: the seeded order is torch.randperm(n, seed)
+    td = TensorData(load_dataset("digits", "test"))
+    idx = torch.randperm(len(td), generator=torch.Generator().manual_seed(3))[:24]
+    assert torch.equal(y, td.y[idx]) and torch.allclose(x, Preprocess(norm["mean"], norm["std"])(td.x[idx]))
+    # another seed, another selection; an offset continues the same order; an offset past the end restarts it
+    assert not torch.equal(real_images("digits", "test", 24, norm, seed=4)[1], y)
+    xo, yo = real_images("digits", "test", 8, norm, seed=3, offset=16)
+    assert torch.equal(yo, y[16:24]) and torch.allclose(xo, x[16:24])
+    assert torch.equal(real_images("digits", "test", 5, norm, seed=3, offset=10 ** 6)[1], y[:5])
+    # the export's old import path still gives the same function
+    from lightcl.export.onnx_export import real_images as old
+
+    assert old is real_images

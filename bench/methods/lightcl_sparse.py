@@ -29,7 +29,7 @@ SPARSE_HP = ("sparsity", "recover_epochs")
 
 def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs: int, progress: bool = False) -> Path:
     """The pruned export of ``ckpt`` (cached; rebuilt when the checkpoint or the pruning changed)."""
-    from lightcl.bench.data import cache_dir
+    from lightcl.engine.paths import cache_dir
     from lightcl.engine.export_dir import load_export_meta
     from lightcl.engine.fileio import read_json
     from lightcl.export.checkpoint import checkpoint_paths

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         x = to_tensor_uint8(arr)
         names = [printable(str(f)) for f in files]
     else:
-        from lightcl.bench.data import load_dataset
+        from lightcl.data.datasets import load_dataset
 
         ds = load_dataset(args.dataset, args.split, args.data_path)
         known = np.isin(ds.y, list(learner.class_index))

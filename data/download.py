@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from lightcl.engine.errors import IntegrityError, LightCLError
+from lightcl.engine.fileio import open_regular
 
 
 class DownloadError(LightCLError):
@@ -25,8 +26,6 @@ _HEX_LEN = {"md5": 32, "sha256": 64}
 
 def file_digest(path: str | os.PathLike, algo: str) -> str:
     h = hashlib.new(algo)
-    from lightcl.engine.fileio import open_regular
-
     with open_regular(path, "downloaded file", error=IntegrityError) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
