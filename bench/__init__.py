@@ -1,1 +1,2 @@
-"""lightcl.bench: datasets and task streams, baselines, metrics, memory meters, reports and plots."""
+"""lightcl.bench: baselines, metrics, memory meters, suites, reports and plots (datasets and task streams
+are the data layer, ``lightcl.data``)."""

@@ -443,5 +443,5 @@ def dump_json(obj: Any) -> str:
 
 
 # real_images (lightcl.data.tasks) and ort_session/run_session (.ort_run) stay importable from here
-__all__ = ["export_checkpoint", "export_onnx", "check_parity", "real_images", "ort_session", "run_session", "PROFILES", "ParityError",
-           "AgreementError", "summary_lines"]
+__all__ = ["export_checkpoint", "export_onnx", "check_parity", "real_images", "ort_session", "run_session", "PROFILES",
+           "ParityError", "AgreementError", "summary_lines"]
