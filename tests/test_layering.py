@@ -146,7 +146,10 @@ def imports_of(module: str, source: str, file: str, known, is_pkg: bool) -> tupl
     for node, local in nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
-                add(a.name, node)
+                if _within(a.name, "lightcl") and a.name not in known:  # import lightcl.x.missing
+                    problems.append(f"{file}:{node.lineno}: imports {a.name}, which is no module of this repository")
+                else:
+                    add(a.name, node)
         elif isinstance(node, ast.ImportFrom):
             base = _resolve_relative(module, is_pkg, node.level, node.module) if node.level else node.module or ""
             for a in node.names:
@@ -407,6 +410,7 @@ def test_scanner_sees_every_kind_of_import(tmp_path):
         "lightcl/__init__.py": "", "lightcl/cli.py": "import importlib\nimportlib.import_module('lightcl.data.datasets')\n",
         "lightcl/commands/__init__.py": "",
         "lightcl/commands/predict.py": "def run():\n    from lightcl.bench.data import load\n",
+        "lightcl/commands/learn.py": "import lightcl.bench.tasks\n",
     })
     mods, edges, problems = build_graph(root)
     got = {(e.src, e.dst, e.local, e.how) for e in edges}
@@ -418,6 +422,7 @@ def test_scanner_sees_every_kind_of_import(tmp_path):
     assert ("lightcl.bench.report", "lightcl.export", True, "string") in got
     assert ("lightcl.cli", "lightcl.data.datasets", False, "string") in got
     assert any("lightcl.bench.data" in p and "predict.py:2" in p for p in problems), problems
+    assert any("lightcl.bench.tasks" in p and "learn.py:1" in p for p in problems) and len(problems) == 2, problems
     cycles = find_cycles(mods, edges)
     assert len(cycles) == 2, [describe_cycle(c) for c in cycles]
     text = "\n".join(describe_cycle(c) for c in cycles)
