@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from lightcl.commands import _args
 import json
 
 DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package provides it), tensorrt; "
@@ -9,7 +11,7 @@ DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _args.add_json(p, to_stdout=True)
 
 
 def run(args: argparse.Namespace) -> int:
