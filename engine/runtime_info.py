@@ -10,7 +10,6 @@ import importlib.metadata as md
 import os
 import platform
 import sys
-import tempfile
 
 
 def _version(module: str) -> str | None:
@@ -35,7 +34,6 @@ def providing_distributions(module: str) -> list[str]:
 
 
 def _tiny_onnx_model() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
