@@ -363,3 +363,9 @@ def test_registry_and_cli_choices_import_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_none_means_the_default(export_dir):
+    ext = load_extractor(export_dir, "ort", threads=None, inter_threads=None, spin=None)
+    assert ext.options == load_extractor(export_dir, "ort").options
+    assert ext.session.get_session_options().inter_op_num_threads == 1

@@ -55,12 +55,12 @@ class BackendOptions:
     @classmethod
     def build(cls, backend: str, options: Mapping[str, Any]) -> "BackendOptions":
         """``cls(**options)``, except that an option this backend does not take is one clear line naming
-        the ones it does (a TypeError from the dataclass said neither)."""
+        the ones it does (a TypeError from the dataclass said neither), and ``None`` means the default."""
         unknown = sorted(set(options) - set(cls.names()))
         if unknown:
             raise InputError(f"unknown option(s) for backend {backend!r}: {', '.join(unknown)} "
                              f"(valid: {', '.join(sorted(cls.names())) or 'none'})")
-        return cls(**options)
+        return cls(**{k: v for k, v in options.items() if v is not None})
 
     @classmethod
     def pick(cls, options: Mapping[str, Any]) -> dict[str, Any]:
