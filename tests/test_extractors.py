@@ -369,3 +369,15 @@ def test_none_means_the_default(export_dir):
     ext = load_extractor(export_dir, "ort", threads=None, inter_threads=None, spin=None)
     assert ext.options == load_extractor(export_dir, "ort").options
     assert ext.session.get_session_options().inter_op_num_threads == 1
+
+
+def test_info_lists_every_backend_and_what_it_still_needs(float64_backend):
+    import importlib.util
+
+    from lightcl.engine.runtime_info import extractor_backends
+
+    got = extractor_backends()
+    assert list(got) == list(backend_names()) and "test-float64" in got
+    assert got["torch"].startswith("ok") and got["ort"].startswith("ok")  # onnxruntime: importorskip above
+    trt_here = importlib.util.find_spec("tensorrt") is not None
+    assert got["tensorrt"].startswith("ok" if trt_here else "needs tensorrt")
