@@ -47,16 +47,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from lightcl.engine.extractors import load_extractor
+    from lightcl.engine.extractors import load_extractor, options_for
 
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
     backend, batch, device = spec["backend"], int(spec["batch"]), spec.get("device", "cpu")
-    opts: dict[str, Any] = {"threads": threads}
-    if backend.startswith("ort"):
-        opts["spin"] = bool(spec.get("spin", False))
-        if spec.get("graph_optimization"):
-            opts["graph_optimization"] = spec["graph_optimization"]
+    # each backend takes what its own options declare (tensorrt has no thread count, torch no spinning)
+    opts = options_for(backend, threads=threads, spin=bool(spec.get("spin", False)),
+                       graph_optimization=spec.get("graph_optimization") or None)
     rss_base = rss_mib()
     t0 = time.perf_counter()
     ext = load_extractor(spec["export_dir"], backend=backend, device=device, **opts)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.util
 import os
 import platform
 import sys
-import tempfile
 
 
 def _version(module: str) -> str | None:
@@ -35,7 +35,6 @@ def providing_distributions(module: str) -> list[str]:
 
 
 def _tiny_onnx_model() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -64,6 +63,18 @@ def working_providers() -> dict[str, str]:
             out[prov] = "ok" if got and got[0] == prov else f"falls back to {got[0] if got else 'nothing'}"
         except Exception as e:
             out[prov] = f"fails: {str(e).splitlines()[0][:120]}"
+    return out
+
+
+def extractor_backends() -> dict[str, str]:
+    """Each registered extractor backend: what it runs, or which module it still needs and how to get it.
+    (Whether a CUDA session really works is ``working_providers``'s question.)"""
+    from .extractors.registry import backend_classes
+
+    out = {}
+    for name, cls in backend_classes().items():
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        out[name] = f"needs {', '.join(missing)}: {cls.install}" if missing else f"ok: {cls.summary}"
     return out
 
 

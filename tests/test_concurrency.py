@@ -10,8 +10,6 @@ thread checks the same for states written while training runs.
 from __future__ import annotations
 
 import collections
-import json
-import os
 import threading
 import time
 from pathlib import Path

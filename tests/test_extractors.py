@@ -13,7 +13,7 @@ from lightcl.engine.errors import (  # noqa: E402
     IntegrityError, MissingDependencyError, ShapeError, StateError)
 from lightcl.engine.export_dir import frozen_id_of, load_export_meta, load_head  # noqa: E402
 from lightcl.engine.extractors import Extractor, load_extractor  # noqa: E402
-from lightcl.engine.fileio import sha256_file, write_json_atomic  # noqa: E402
+from lightcl.engine.fileio import write_json_atomic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,197 @@ def test_torch_backend_imports_nothing_from_export_or_bench(export_dir):
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- the template, the options, the registry
+import dataclasses  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Optional  # noqa: E402
+
+from lightcl.engine.errors import InputError, NonFiniteError  # noqa: E402
+from lightcl.engine.extractors import options_for, register_backend  # noqa: E402
+from lightcl.engine.extractors.base import BackendOptions, BaseExtractor, check_int  # noqa: E402
+from lightcl.engine.extractors.registry import backend_classes, backend_names, unregister_backend  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class _Float64Options(BackendOptions):
+    max_batch: Optional[int] = None
+
+    def validate(self) -> None:
+        check_int("max_batch", self.max_batch, 1, optional=True)
+
+
+class _Float64Extractor(BaseExtractor):
+    """A real (if slow) fifth backend: frozen.safetensors in float64. Not thread-safe by declaration, and it
+    records whether two runs ever overlapped."""
+
+    name = "test-float64"
+    Options = _Float64Options
+    concurrent = False
+
+    def _open(self, options):
+        from lightcl.engine.export_dir import export_file
+        from lightcl.engine.frozen import load_frozen
+
+        self.net, _ = load_frozen(export_file(self.export_dir, self.meta, "frozen.safetensors"))
+        self.net.set_bn_mode("eval")
+        self.net.double()
+        self.max_batch = options.max_batch
+        self.file = "frozen.safetensors"
+        self.runs = self.active = self.most_at_once = 0
+        self._count = threading.Lock()
+
+    def _run(self, x):
+        with self._count:
+            self.runs += 1
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+        time.sleep(0.01)  # long enough for a second thread to get in, were the template not serialising
+        with torch.no_grad():
+            out = self.net(x.double()).float()
+        with self._count:
+            self.active -= 1
+        return out
+
+
+class _WrongShapeExtractor(_Float64Extractor):
+    name = "test-wrong-shape"
+
+    def _run(self, x):
+        return super()._run(x)[:, :1]
+
+
+@pytest.fixture
+def float64_backend():
+    register_backend(_Float64Extractor)
+    register_backend(_WrongShapeExtractor)
+    yield _Float64Extractor
+    unregister_backend(_Float64Extractor.name)
+    unregister_backend(_WrongShapeExtractor.name)
+
+
+def test_registered_backend_runs_behind_the_template(export_dir, images, float64_backend):
+    from lightcl.engine.extractors import BACKENDS
+
+    x, _ = images
+    assert "test-float64" in BACKENDS and "test-float64" in backend_names()
+    ext = load_extractor(export_dir, "test-float64")
+    assert isinstance(ext, Extractor) and ext.info()["backend"] == "test-float64"
+    assert (ext(x) - load_extractor(export_dir, "torch")(x)).abs().max() <= 1e-4
+    assert ext.runs == 1 and ext.last_run_ms > 0
+    # the template refuses bad input before the backend runs
+    for bad, err in ((x.double(), ShapeError), (x[:, :, :16], ShapeError), (x[:0], ShapeError),
+                     (torch.full_like(x, float("nan")), NonFiniteError), (x.numpy(), InputError)):
+        with pytest.raises(err):
+            ext(bad)
+    assert ext.runs == 1
+    bounded = load_extractor(export_dir, "test-float64", max_batch=4)
+    with pytest.raises(ShapeError, match="1..4"):
+        bounded(x)
+    assert bounded(x[:4]).shape[0] == 4 and bounded.runs == 1
+    # and checks what comes back
+    with pytest.raises(IntegrityError, match="test-wrong-shape"):
+        load_extractor(export_dir, "test-wrong-shape")(x)
+
+
+def test_template_serialises_a_backend_that_is_not_thread_safe(export_dir, images, float64_backend):
+    x, _ = images
+    ext = load_extractor(export_dir, "test-float64")
+    want = ext(x[:2])
+    got, errors = [], []
+
+    def worker():
+        try:
+            for _ in range(3):
+                got.append(ext(x[:2]))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 12 and all(torch.equal(g, want) for g in got)
+    assert ext.runs == 13 and ext.most_at_once == 1
+
+
+def test_registry_refuses_what_the_template_cannot_run(float64_backend):
+    class NoRun(BaseExtractor):
+        name = "test-no-run"
+
+        def _open(self, options):
+            pass
+
+    class Auto(_Float64Extractor):
+        name = "auto"
+
+    class NotOptions(_Float64Extractor):
+        name = "test-bad-options"
+        Options = dict
+
+    for cls, msg in ((NoRun, "_run"), (Auto, "auto"), (NotOptions, "Options"), (_Float64Extractor, "already"),
+                     (object, "BaseExtractor")):
+        with pytest.raises(InputError, match=msg):
+            register_backend(cls)
+    with pytest.raises(InputError, match="test-no-run"):
+        load_extractor("unused", "test-no-run")
+
+
+def test_options_are_typed_and_checked_the_same_way_for_every_backend(export_dir):
+    for name, cls in backend_classes().items():
+        defaults = cls.Options()  # every field has a default
+        assert set(defaults.as_dict()) == set(cls.Options.names())
+        with pytest.raises(InputError) as e:
+            load_extractor(export_dir, name, no_such_option=1)
+        line = str(e.value)
+        assert "\n" not in line and "no_such_option" in line and name in line
+        for valid in cls.Options.names():
+            assert valid in line, (name, valid, line)
+    for backend, bad in (("ort", {"spin": "yes"}), ("ort", {"inter_threads": 0}), ("ort", {"trt_max_batch": 0}),
+                         ("ort", {"providers": "cuda"}), ("ort", {"log_severity": 9}), ("torch", {"threads": 1.5}),
+                         ("tensorrt", {"precision": "fp8"}), ("auto", {"graph_optimization": "max"})):
+        with pytest.raises(InputError):  # auto no longer falls back to torch on a bad value: it says so
+            load_extractor(export_dir, backend, **bad)
+
+
+def test_options_for_gives_each_backend_its_own_part():
+    assert options_for("torch", threads=2, spin=False) == {"threads": 2}
+    assert options_for("ort", threads=None, spin=False) == {"spin": False}
+    assert options_for("tensorrt", threads=2, spin=False) == {}
+    assert options_for("auto", threads=2, spin=False, nonsense=1) == {"threads": 2, "spin": False}
+    with pytest.raises(InputError, match="unknown extractor backend"):
+        options_for("gpu", threads=1)
+
+
+def test_registry_and_cli_choices_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from lightcl.engine.extractors.registry import choices\n"
+            "from lightcl.commands import _args\n"
+            "assert 'torch' in choices() and 'auto' in choices()\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_none_means_the_default(export_dir):
+    ext = load_extractor(export_dir, "ort", threads=None, inter_threads=None, spin=None)
+    assert ext.options == load_extractor(export_dir, "ort").options
+    assert ext.session.get_session_options().inter_op_num_threads == 1
+
+
+def test_info_lists_every_backend_and_what_it_still_needs(float64_backend):
+    import importlib.util
+
+    from lightcl.engine.runtime_info import extractor_backends
+
+    got = extractor_backends()
+    assert list(got) == list(backend_names()) and "test-float64" in got
+    assert got["torch"].startswith("ok") and got["ort"].startswith("ok")  # onnxruntime: importorskip above
+    trt_here = importlib.util.find_spec("tensorrt") is not None
+    assert got["tensorrt"].startswith("ok" if trt_here else "needs tensorrt")

@@ -19,7 +19,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict

@@ -1,27 +1,20 @@
 """What the methods built on the split export share: the extractor and the frozen part's figures."""
 from __future__ import annotations
 
-from typing import Any
-
 from lightcl.engine.errors import InputError
 
 from .base import MethodContext
 
 
 def open_extractor(ctx: MethodContext, backend: str | None = None):
-    """The export's frozen part as the engine runs it (default: onnxruntime, no spinning)."""
-    from lightcl.engine.extractors import load_extractor
+    """The export's frozen part as the engine runs it (default: onnxruntime). Each backend takes what its own
+    options declare of: the suite's thread count, and no spinning (the head trains in the same process)."""
+    from lightcl.engine.extractors import load_extractor, options_for
 
     if not ctx.export_dir:
         raise InputError("this method needs an export directory (the suite makes one with ensure_export)")
     backend = backend or ctx.backend
-    opts: dict[str, Any] = {}
-    if backend in ("ort", "ort-int8"):
-        opts["spin"] = False
-        if ctx.threads:
-            opts["threads"] = int(ctx.threads)
-    elif backend == "torch" and ctx.threads:
-        opts["threads"] = int(ctx.threads)
+    opts = options_for(backend, threads=int(ctx.threads) if ctx.threads else None, spin=False)
     return load_extractor(ctx.export_dir, backend=backend, device=ctx.device, **opts)
 
 

@@ -1,6 +1,8 @@
 """Feature extractors: the frozen part as an inference engine.
 
-One protocol (:class:`Extractor`), one loader (:func:`load_extractor`), three runtimes:
+One protocol (:class:`Extractor`), one template (:class:`~.base.BaseExtractor`: the public call checks,
+the backend runs; docs/backends.md), one registry (:func:`register_backend`), one loader
+(:func:`load_extractor`), four built-in backends:
 
 =============  ==========================================  ===============================================
 backend        runs                                        needs
@@ -26,27 +28,34 @@ says which and why the ones before it were skipped):
 
 ``device="auto"`` means ``"cuda"`` when ``torch.cuda.is_available()`` else ``"cpu"``. On a CUDA device
 the CPU-only onnxruntime is skipped (torch on the GPU beats it and keeps features on the device).
-``frozen_bn="train"`` forces ``torch`` (no other runtime can update BN statistics).
+``frozen_bn="train"`` forces ``torch`` (no other runtime can update BN statistics): an option set that
+only one backend can honour (``Options.exclusive()``) leaves auto no other choice.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import InputError, LightCLError, MissingDependencyError
-from ..export_dir import load_export_meta
-from ..validate import check_threads
+from .registry import AUTO, FALLBACK, backend_classes, backend_names, check_name, choices, get_backend, register_backend
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 log = logging.getLogger("lightcl")
 
-BACKENDS = ("auto", "torch", "ort", "ort-int8", "tensorrt")
+__all__ = ["Extractor", "load_extractor", "BACKENDS", "resolve_device", "register_backend", "get_backend",
+           "backend_names", "options_for"]
 
-__all__ = ["Extractor", "load_extractor", "BACKENDS", "resolve_device"]
+
+def __getattr__(name: str):
+    # BACKENDS follows the registry: a backend registered later is in it too
+    if name == "BACKENDS":
+        return choices()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @runtime_checkable
@@ -64,6 +73,8 @@ class Extractor(Protocol):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -76,121 +87,88 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _classes():
-    from .ort_backend import OrtExtractor
-    from .tensorrt_backend import TensorRTExtractor
-    from .torch_backend import TorchExtractor
-
-    return {"torch": TorchExtractor, "ort": OrtExtractor, "ort-int8": OrtExtractor, "tensorrt": TensorRTExtractor}
-
-
-def _make(backend: str, export_dir, meta, device, options: dict):
-    cls = _classes()[backend]
-    kwargs = dict(options)
-    if backend in ("ort", "ort-int8"):
-        kwargs["int8"] = backend == "ort-int8"
-    return cls(export_dir, meta, device, **kwargs)
-
-
-def _check_options(backend: str, options: dict) -> None:
-    allowed = _classes()[backend].OPTIONS
-    bad = sorted(set(options) - allowed)
-    if bad:
-        raise InputError(f"unknown option(s) for backend {backend!r}: {', '.join(bad)} "
-                         f"(accepted: {', '.join(sorted(allowed))})")
+def options_for(backend: str, **wanted: Any) -> dict[str, Any]:
+    """The part of ``wanted`` that ``backend`` takes (``None`` values dropped), for callers that hold settings
+    for every backend (threads, spin, ...) and must not switch on backend names to build options. For
+    ``"auto"``: what any backend takes (:func:`load_extractor` gives each candidate its own part)."""
+    check_name(backend)
+    if backend == AUTO:
+        names = set().union(*(c.Options.names() for c in backend_classes().values()))
+        return {k: v for k, v in wanted.items() if k in names and v is not None}
+    return get_backend(backend).Options.pick(wanted)
 
 
 def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | torch.device = "cpu",
                    **options: Any) -> Extractor:
     """Verify the export (sha256 of every file against ``meta.json``) and open its frozen part.
 
-    ``backend``: ``"auto"`` (see the module docstring for the order), ``"torch"``, ``"ort"``,
-    ``"ort-int8"`` or ``"tensorrt"``. ``options`` go to the backend (``frozen_bn``, ``threads``,
-    ``spin``, ``arena``, ``providers``, ...); with ``"auto"`` each candidate gets the options it
-    understands, and an option no backend understands is an error.
+    ``backend``: ``"auto"`` (see the module docstring for the order) or a registered backend
+    (:func:`backend_names`). ``options`` are the fields of that backend's ``Options`` dataclass
+    (``frozen_bn``, ``threads``, ``spin``, ``arena``, ``providers``, ...; docs/backends.md), checked before
+    anything is opened: an option the backend does not take is one line naming the ones it does. With
+    ``"auto"`` each candidate gets the options it takes, and an option no backend takes is an error.
 
     Raises :class:`IntegrityError` naming a tampered or foreign file, :class:`StateError` for a
     missing one, :class:`MissingDependencyError` (exit code 3) when an explicitly requested
     runtime is not installed or does not get the device.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown extractor backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    from ..export_dir import load_export_meta
+
+    check_name(backend)
     if not isinstance(export_dir, (str, os.PathLike)):
         raise InputError(f"export_dir must be a path, got {type(export_dir).__name__}")
-    for key in ("threads", "inter_threads"):
-        check_threads(options.get(key), key)  # bounded by this machine's CPUs
-    meta = load_export_meta(export_dir, verify=True)
-    dev = resolve_device(device)
-    if backend != "auto":
-        _check_options(backend, options)
-        ext = _make(backend, export_dir, meta, dev, options)
+    if backend != AUTO:
+        cls = get_backend(backend)
+        opts = cls.Options.build(backend, options)  # checked before the export is read
+        meta = load_export_meta(export_dir, verify=True)
+        ext = cls(export_dir, meta, resolve_device(device), opts)
         log.info("extractor: %s", _describe(ext, f"backend={backend} requested"))
         return ext
 
-    known = set().union(*(c.OPTIONS for c in _classes().values()))
-    bad = sorted(set(options) - known)
-    if bad:
-        raise InputError(f"unknown extractor option(s): {', '.join(bad)}")
+    classes = backend_classes()
+    known = set().union(*(c.Options.names() for c in classes.values()))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"unknown extractor option(s): {', '.join(unknown)} (valid for some backend: "
+                         f"{', '.join(sorted(known))})")
+    given = {name: cls.Options.build(name, cls.Options.pick(options)) for name, cls in classes.items()}
+    meta = load_export_meta(export_dir, verify=True)
+    dev = resolve_device(device)
     skipped: list[str] = []
-    candidates: list[tuple[str, dict]] = []
-    if options.get("frozen_bn", "eval") == "train":
-        skipped.append("frozen_bn='train' needs torch")
-    elif dev.type == "cuda":
-        candidates += [("tensorrt", {}), ("ort", {"providers": options.get("providers", ("tensorrt", "cuda"))})]
+    pinned = [(name, why) for name, o in given.items() for why in [o.exclusive()] if why]
+    if pinned:
+        chosen, why = pinned[0]
+        skipped.append(why)
+        candidates: list[str] = []
     else:
-        candidates.append(("ort", {}))
-    for name, extra in candidates:
-        opts = {k: v for k, v in {**options, **extra}.items() if k in _classes()[name].OPTIONS}
-        if name == "tensorrt" and not _tensorrt_ready(meta, dev, skipped):
-            continue
-        if name == "ort" and not _ort_ready(dev, skipped):
+        chosen = FALLBACK
+        ranked = [(c.auto_rank[dev.type], n) for n, c in classes.items() if dev.type in c.auto_rank and n != FALLBACK]
+        candidates = [n for _, n in sorted(ranked)]
+    for name in candidates:
+        cls = classes[name]
+        reason = cls.unavailable(meta, dev)
+        if reason:
+            skipped.append(reason)
             continue
         try:
-            ext = _make(name, export_dir, meta, dev, opts)
+            opts = cls.Options.build(name, {**cls.auto_defaults(dev), **cls.Options.pick(options)})
+            ext = cls(export_dir, meta, dev, opts)
         except LightCLError as e:
             skipped.append(f"{name}: {e}")
             continue
         log.info("extractor: %s", _describe(ext, _why(name, dev, skipped)))
         return ext
-    opts = {k: v for k, v in options.items() if k in _classes()["torch"].OPTIONS}
-    ext = _make("torch", export_dir, meta, dev, opts)
-    log.info("extractor: %s", _describe(ext, _why("torch", dev, skipped)))
+    ext = classes[chosen](export_dir, meta, dev, given[chosen])
+    log.info("extractor: %s", _describe(ext, _why(chosen, dev, skipped)))
     return ext
 
 
 def _why(chosen: str, dev: torch.device, skipped: list[str]) -> str:
-    order = "tensorrt > ort-gpu > torch" if dev.type == "cuda" else "ort > torch"
+    classes = backend_classes()
+    ranked = sorted((c.auto_rank[dev.type], n) for n, c in classes.items() if dev.type in c.auto_rank and n != FALLBACK)
+    order = " > ".join([n for _, n in ranked] + [FALLBACK])
     why = f"auto on {dev.type}, order {order}"
     return why + (f"; skipped: {'; '.join(skipped)}" if skipped else f"; {chosen} is the first that works")
-
-
-def _tensorrt_ready(meta: dict, dev: torch.device, skipped: list[str]) -> bool:
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError:
-        skipped.append("tensorrt not importable")
-        return False
-    from .tensorrt_backend import compute_capability, matching_plans
-
-    cc = compute_capability(dev)
-    if not matching_plans(meta, trt.__version__, cc):
-        skipped.append(f"tensorrt: no plan for TensorRT {trt.__version__} on sm_{cc}")
-        return False
-    return True
-
-
-def _ort_ready(dev: torch.device, skipped: list[str]) -> bool:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        skipped.append("onnxruntime not importable")
-        return False
-    if dev.type == "cuda":
-        avail = set(ort.get_available_providers())
-        if not avail & {"TensorrtExecutionProvider", "CUDAExecutionProvider"}:
-            skipped.append("onnxruntime has no CUDA/TensorRT provider (CPU package)")
-            return False
-    return True
 
 
 def _describe(ext, why: str) -> str:

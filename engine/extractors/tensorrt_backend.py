@@ -13,32 +13,33 @@ Two APIs, picked by what the installed TensorRT offers:
 * TensorRT 8.0-8.4 (JetPack 4.6 ships 8.2): bindings — ``engine.get_binding_index``,
   ``context.set_binding_shape``, ``context.execute_async_v2(bindings, stream)``.
 
-NOT exercised here: ``tensorrt`` cannot be installed on this CPU-only machine. This module was
-written against NVIDIA's documented Python API (8.x and the 8.x->10.x migration guide) and is
-covered by tests only where a GPU with TensorRT is present.
+NOT exercised: no test in this repository runs this module (``tensorrt`` cannot be installed on the
+CPU-only machines where the suite runs, and no test is written for a GPU machine). It was written
+against NVIDIA's documented Python API (8.x and the 8.x->10.x migration guide). What the tests do cover
+is the refusal without TensorRT (``MissingDependencyError``, exit 3) and the template's checks, which
+run before ``_run`` whatever the backend.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from ..errors import MissingDependencyError, ShapeError, StateError
+from ..errors import InputError, MissingDependencyError, ShapeError, StateError
 from ..export_dir import export_file
-from .base import BaseExtractor
+from ..optional import require
+from .base import BackendOptions, BaseExtractor, check_choice
+
+INSTALL = "it comes with JetPack on Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU"
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the tensorrt backend needs NVIDIA TensorRT's Python package (import failed: {e}); it comes with "
-            "JetPack on Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU") from None
-    return trt
+    """``tensorrt`` or :class:`MissingDependencyError` (exit 3)."""
+    return require("tensorrt", needed_for="the tensorrt backend", install=INSTALL)
 
 
 def compute_capability(device: torch.device | int | None = None) -> str:
@@ -55,15 +56,45 @@ def matching_plans(meta: dict[str, Any], trt_version: str, capability: str, prec
     return sorted(plans, key=lambda p: order.get(p.get("precision"), 9))
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorRTOptions(BackendOptions):
+    """``plan``: a plan file of the export by name (default: the best one built for this TensorRT and GPU);
+    ``precision``: "fp32" | "fp16" | "int8", pick the plan of that precision."""
+
+    plan: Optional[str] = None
+    precision: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.precision is not None:
+            check_choice("precision", self.precision, PRECISIONS)
+        if self.plan is not None and not isinstance(self.plan, str):
+            raise InputError(f"plan must be the file name of a plan in the export, got {type(self.plan).__name__}")
+
+
 class TensorRTExtractor(BaseExtractor):
-    """Options: ``plan`` (file name in the export), ``precision`` ("fp32"|"fp16"|"int8": pick that plan)."""
+    """A serialized TensorRT plan of the export, run on torch's current CUDA stream."""
 
-    backend = "tensorrt"
-    OPTIONS = frozenset({"plan", "precision"})
+    name = "tensorrt"
+    summary = "a *.plan built for this GPU and TensorRT (lightcl export --tensorrt), torch CUDA buffers"
+    Options = TensorRTOptions
+    requires = ("tensorrt",)
+    install = INSTALL
+    auto_rank = {"cuda": 0}
+    concurrent = False  # one execution context: input shape and addresses are its state
 
-    def __init__(self, export_dir: str | Path, meta: dict[str, Any], device: torch.device, plan: str | None = None,
-                 precision: str | None = None) -> None:  # pragma: no cover - needs TensorRT and a GPU
-        super().__init__(export_dir, meta, device)
+    @classmethod
+    def unavailable(cls, meta: dict[str, Any], device: torch.device) -> str | None:
+        try:
+            trt = import_tensorrt()
+        except MissingDependencyError:
+            return "tensorrt not importable"
+        cc = compute_capability(device)
+        if not matching_plans(meta, trt.__version__, cc):
+            return f"tensorrt: no plan for TensorRT {trt.__version__} on sm_{cc}"
+        return None
+
+    def _open(self, options: TensorRTOptions) -> None:  # pragma: no cover - needs TensorRT and a GPU
+        export_dir, meta, plan, precision = self.export_dir, self.meta, options.plan, options.precision
         trt = import_tensorrt()
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise MissingDependencyError("the tensorrt backend needs a CUDA device (torch.cuda.is_available() is False "
@@ -119,13 +150,9 @@ class TensorRTExtractor(BaseExtractor):
             self.out_idx = self.engine.get_binding_index(self.output_name)
             self.n_bindings = self.engine.num_bindings
 
-    def __call__(self, x: Tensor) -> Tensor:  # pragma: no cover - needs TensorRT and a GPU
-        self.check_input(x)
-        n = int(x.shape[0])
-        if n > self.max_batch:
-            raise ShapeError(f"batch {n} exceeds the plan's optimisation profile (1..{self.max_batch}); rebuild with "
-                             f"a larger --max-batch or split the batch")
-        x = x.detach().to(self.device, non_blocking=True).contiguous()
+    def _run(self, x: Tensor) -> Tensor:  # pragma: no cover - needs TensorRT and a GPU
+        n = int(x.shape[0])  # the template checked 1 <= n <= max_batch and moved x to this device
+        x = x.contiguous()
         out = torch.empty((n, *self.feature_shape), dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device)
         shape = tuple(x.shape)
@@ -150,7 +177,7 @@ class TensorRTExtractor(BaseExtractor):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "provider": f"TensorRT {self.trt.__version__}", "file": self.file,
-                "precision": self.plan_entry.get("precision"), "max_batch": self.max_batch,
+                "precision": self.plan_entry.get("precision"),
                 "api": "named tensors (execute_async_v3)" if self.named_tensors else "bindings (execute_async_v2)",
                 "threads": None, "stream": "torch current stream"}
 

@@ -16,63 +16,75 @@ Exercised on CPU here; on CUDA it is plain torch (``.to(device)``), not separate
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
-import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor
 
-from ..errors import InputError, IntegrityError
+from ..errors import IntegrityError
 from ..export_dir import export_file
 from ..frozen import load_frozen
-from .base import BaseExtractor
+from .base import BackendOptions, BaseExtractor, check_choice, check_thread_option
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchOptions(BackendOptions):
+    """``frozen_bn``: "eval" (fixed statistics, matches the ONNX export) or "train" (the authors' drifting
+    BN; only this backend can do it); ``threads``: torch intra-op threads (process-wide; None = torch's)."""
+
+    frozen_bn: str = "eval"
+    threads: Optional[int] = None
+
+    def validate(self) -> None:
+        check_choice("frozen_bn", self.frozen_bn, ("eval", "train"))
+        check_thread_option("threads", self.threads)
+
+    def exclusive(self) -> str | None:
+        return "frozen_bn='train' needs torch" if self.frozen_bn == "train" else None
 
 
 class TorchExtractor(BaseExtractor):
-    backend = "torch"
-    OPTIONS = frozenset({"frozen_bn", "threads"})
+    name = "torch"
+    summary = "frozen.safetensors rebuilt as eager PyTorch; the reference, and the only one with frozen_bn='train'"
+    Options = TorchOptions
+    auto_rank = {}  # not ranked: load_extractor's fallback when nothing else works
 
-    def __init__(self, export_dir: str | Path, meta: dict[str, Any], device: torch.device,
-                 frozen_bn: str = "eval", threads: int | None = None) -> None:
-        super().__init__(export_dir, meta, device)
-        if frozen_bn not in ("eval", "train"):
-            raise InputError(f"frozen_bn must be 'eval' or 'train', got {frozen_bn!r}")
-        if threads:
+    def _open(self, options: TorchOptions) -> None:
+        if options.threads:
             # torch's intra-op pool is process-wide: this affects every torch op in the process.
-            torch.set_num_threads(int(threads))
-        self.frozen_bn = frozen_bn
-        t0 = time.perf_counter()
-        path = export_file(export_dir, meta, "frozen.safetensors")
+            torch.set_num_threads(int(options.threads))
+        self.frozen_bn = options.frozen_bn
+        self.file = "frozen.safetensors"
+        path = export_file(self.export_dir, self.meta, self.file)
         self.net, fmeta = load_frozen(path, map_location=self.device)
         bound = fmeta.get("onnx_sha256")  # format 2: the frozen.onnx these weights were exported with
-        onnx_sha = meta.get("files", {}).get("frozen.onnx")
+        onnx_sha = self.meta.get("files", {}).get("frozen.onnx")
         if bound is not None and bound != onnx_sha:
             raise IntegrityError(f"{path} belongs to frozen part {str(bound)[:12]}..., this export's frozen.onnx is "
                                  f"{str(onnx_sha)[:12]}...: the directory mixes two exports")
         if list(fmeta.get("feature_shape", self.feature_shape)) != list(self.feature_shape):
             raise IntegrityError(f"{path}: feature shape {fmeta.get('feature_shape')} differs from meta.json "
                                  f"{list(self.feature_shape)}")
-        self.net.set_bn_mode(frozen_bn)
+        self.net.set_bn_mode(self.frozen_bn)
         # one mode at a time: a prediction in eval_statistics() must not switch BN under a learning step
         self._mode_lock = threading.RLock()
-        self.session_create_ms = (time.perf_counter() - t0) * 1e3
+
+    def _guard(self):
+        # eval mode never switches: no lock, concurrent calls stay concurrent
+        return self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext()
+
+    def _run(self, x: Tensor) -> Tensor:
+        # no_grad, not inference_mode: the features feed the trainable head, and inference tensors
+        # cannot be saved for its backward pass.
+        with torch.no_grad():
+            return self.net(x)
 
     @property
     def module(self) -> torch.nn.Module:
         """The underlying ``FrozenNet`` (parameters frozen)."""
         return self.net
-
-    def __call__(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        x = x.to(self.device, non_blocking=True)
-        # no_grad, not inference_mode: the features feed the trainable head, and inference tensors
-        # cannot be saved for its backward pass.
-        # eval mode never switches: no lock, concurrent calls stay concurrent
-        with self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext():
-            with torch.no_grad():
-                return self.net(x)
 
     @property
     def batch_statistics(self) -> bool:
@@ -118,4 +130,4 @@ class TorchExtractor(BaseExtractor):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "provider": f"torch {torch.__version__} eager", "threads": torch.get_num_threads(),
-                "frozen_bn": self.frozen_bn, "file": "frozen.safetensors"}
+                "frozen_bn": self.frozen_bn, "file": self.file}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightcl.commands import _args
+
 DESCRIPTION = ("The paper's layer analysis, with our documented definitions: LP loss of a block = new-task accuracy "
                "lost when it is frozen instead of trained; MS = linear CKA of its old-task features before vs after "
                "full fine-tuning on a new task. Prints a table, writes analysis.json/.md/.png with --out, and "
@@ -31,7 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per fine-tuning (default 3)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 and average (default 1)")
     p.add_argument("--level", choices=("stage", "block"), default="stage", help="stage (default) or residual block")
     p.add_argument("--lp-threshold", type=float, default=LP_THRESHOLD,
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"min linear CKA of every frozen unit (default {MS_THRESHOLD})")
     p.add_argument("--max-train", type=int, default=None, help="cap training samples per task (time budget)")
     p.add_argument("--max-eval", type=int, default=500, help="old-task test samples for CKA (default 500)")
-    p.add_argument("--threads", type=int, default=None)
+    _args.add_batch(p, default=32, help="fine-tuning batch size")
+    _args.add_threads(p, help="torch intra-op threads")
     p.add_argument("--data-path", default=None)
     p.add_argument("--quiet", action="store_true")
 
@@ -63,7 +65,7 @@ def _check(args: argparse.Namespace) -> None:
 
     from lightcl.engine.errors import InputError
 
-    from lightcl.commands._safety import backbone_bytes_per_sample, check_batch, check_threads
+    from lightcl.commands._safety import check_batch, check_threads
 
     check_threads(args.threads)
     for name in ("max_train",):

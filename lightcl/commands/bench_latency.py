@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightcl.commands import _args
+
 DESCRIPTION = (
     "Time the frozen-part extractor of an export directory per backend and batch size. Each (backend, batch) "
     "runs in its own fresh process: load (sha256 check + session creation), first run, warm-up, then timed "
@@ -17,19 +19,19 @@ def _csv(s: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", metavar="DIR", help="export directory (lightcl export ... --out DIR)")
-    p.add_argument("--backend", default="torch,ort", help="comma list of torch, ort, ort-int8, tensorrt (torch,ort)")
-    p.add_argument("--batch", default="1,32", help="comma list of batch sizes (1,32)")
+    _args.add_backend(p, default="torch,ort", multiple=True, help="extractor backends to time")
+    _args.add_batch(p, flag="--batch", default="1,32", type=str, metavar="B1,B2", help="comma list of batch sizes")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iters", type=int, default=None, help="timed iterations per configuration")
     g.add_argument("--seconds", type=float, default=None, help="timed seconds per configuration (default 2)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default: iters/10, 3..20; 10 with --seconds)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every runtime (default: physical cores)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    _args.add_threads(p, help="intra-op threads for every runtime")
+    _args.add_device(p)
     p.add_argument("--spin", action="store_true", help="let onnxruntime threads spin between runs (default off, as "
                                                        "when the head trains in the same process)")
     p.add_argument("--graph-optimization", default=None, choices=["all", "extended", "basic", "disable"],
                    help="onnxruntime graph optimisation level (default all)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the figures to this JSON file")
+    _args.add_json(p, help="write the figures to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 

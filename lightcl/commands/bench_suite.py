@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from lightcl.commands import _args
 import shlex
 import sys
 
@@ -21,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 1 for smoke, 3 otherwise)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's; smoke: 1)")
     p.add_argument("--buffer", type=int, default=None, help="buffer size for every replay method (default: 15)")
-    p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads per run (default 1; 0 = library default)")
-    p.add_argument("--backend", default="ort", help="extractor backend for lightcl / latent-replay (default ort)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    _args.add_threads(p, default=1, help="torch/onnxruntime threads per run (0 = the libraries' default)")
+    _args.add_backend(p, default="ort", help="extractor backend for lightcl / latent-replay")
+    _args.add_device(p)
     p.add_argument("--data-path", default=None, help="explicit path of the continual-learning dataset")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local (default): runs one after another here; ray: each method-seed a Ray task "

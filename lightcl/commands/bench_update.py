@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightcl.commands import _args
+
 DESCRIPTION = ("Time one update step and meter peak memory for: lightcl (engine + onnxruntime), lightcl-torch, "
                "lightcl-reference (the authors' procedure) and finetune (whole model). Each mode runs in a fresh "
                "subprocess on the same real batch; peak RSS is reported above the idle process after imports. --ledger "
@@ -11,7 +13,7 @@ DESCRIPTION = ("Time one update step and meter peak memory for: lightcl (engine 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", metavar="DIR")
-    p.add_argument("--batch", type=int, default=32)
+    _args.add_batch(p, flag="--batch", default=32, help="samples per update step")
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--modes", default=None,
@@ -23,17 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger", action="store_true",
                    help="also print where each mode's peak goes: frozen weights, runtime session, run buffers, "
                         "trainable weights, gradients, optimizer state, saved activations, buffer+masks, unexplained")
-    p.add_argument("--threads", type=int, default=None, help="torch/ort threads in every mode (default: all cores)")
+    _args.add_threads(p, help="torch/ort threads in every mode")
     p.add_argument("--data-path", default=None)
-    p.add_argument("--json", default=None)
+    _args.add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightcl.bench.update import bench_update, format_table
-    from lightcl.engine.fileio import write_json_atomic
-
+    from lightcl.bench.update import bench_update, format_ledger, format_table
     from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
-    from lightcl.bench.update import format_ledger
+    from lightcl.engine.fileio import write_json_atomic
 
     check_threads(args.threads)
     check_output(args.json, dirs=[args.export_dir] + ([args.sparse_export] if args.sparse_export else []))

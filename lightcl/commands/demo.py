@@ -6,6 +6,8 @@ import statistics
 import time
 from pathlib import Path
 
+from lightcl.commands import _args
+
 DESCRIPTION = ("The main job, end to end: pretrain a backbone (cached in ~/.cache/lightcl), export its frozen "
                "part to ONNX, learn the scenario's tasks continually with the onnxruntime extractor, and report "
                "accuracy, forgetting, update-step time, peak memory and extractor latency.")
@@ -13,10 +15,10 @@ DESCRIPTION = ("The main job, end to end: pretrain a backbone (cached in ~/.cach
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default="offline", help="offline (default), offline-hard, smoke, ...")
-    p.add_argument("--backend", default="ort", help="extractor backend for learning (default ort)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's)")
     p.add_argument("--out", default="runs/demo", help="where the state and results go (default runs/demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _args.add_backend(p, default="ort", help="extractor backend for learning")
 
 
 def _latency_ms(extractor, shape, iters: int = 50) -> float:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightcl.commands import _args
+
 DESCRIPTION = (
     "Split a pretrained checkpoint at a named block: the frozen lower/middle layers go to DIR/frozen.onnx "
     "(eval-mode BN folded, dynamic batch) and DIR/frozen.safetensors, the trainable deep part + classifier to "
@@ -41,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-epochs", type=int, default=None,
                    help="with --sparsity: recovery fine-tune epochs on the pretraining data (default 2, lr 0.05; 0 = none)")
     p.add_argument("--data-path", default=None, help="where the checkpoint's dataset is (for parity/calibration)")
-    p.add_argument("--json", default=None, help="also write meta.json's content to this file")
+    _args.add_json(p, help="also write meta.json's content to this file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 

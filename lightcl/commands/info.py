@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from lightcl.commands import _args
 import json
 
 DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package provides it), tensorrt; "
@@ -9,23 +11,27 @@ DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _args.add_json(p, to_stdout=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightcl.engine.runtime_info import collect, working_providers
+    from lightcl.engine.runtime_info import collect, extractor_backends, working_providers
 
     info = collect()
     info["execution_providers"] = working_providers()
+    info["extractor_backends"] = extractor_backends()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    rows = [(k, v) for k, v in info.items() if k not in ("execution_providers", "cuda_devices")]
+    rows = [(k, v) for k, v in info.items() if k not in ("execution_providers", "cuda_devices", "extractor_backends")]
     for k, v in rows:
         print(f"{k:22s} {v if v is not None else 'not installed'}")
     print("execution providers:")
     for prov, status in info["execution_providers"].items():
         print(f"  {prov:28s} {status}")
+    print("extractor backends:")
+    for name, status in info["extractor_backends"].items():
+        print(f"  {name:28s} {status}")
     print("cuda devices:" + ("" if info["cuda_devices"] else " none"))
     for d in info["cuda_devices"]:
         print(f"  [{d['index']}] {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightcl.commands import _args
+
 DESCRIPTION = ("Learn a class-incremental scenario with LightCL on an export directory: progress per task, "
                "TIL and CIL accuracy matrices after each task, state saved after each task (--resume continues).")
 
@@ -32,20 +34,20 @@ def learner_options(args: argparse.Namespace) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", metavar="DIR", help="export directory (from `lightcl export`)")
     p.add_argument("--scenario", default="smoke", help="smoke, offline, offline-hard, paper-cifar10, paper-tinyimg")
-    p.add_argument("--backend", default="auto", help="auto, torch, ort, ort-int8, tensorrt")
-    p.add_argument("--device", default="cpu", help="extractor device (cpu, cuda)")
     p.add_argument("--frozen-bn", choices=["eval", "train"], default=None,
                    help="torch backend only: train = the authors' drifting frozen BN statistics while learning "
                         "(prediction always uses fixed statistics); --resume defaults to the state's mode")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's)")
-    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--state", required=True, help="state directory (written atomically after each task)")
     p.add_argument("--resume", action="store_true", help="continue after the last finished task in --state")
     p.add_argument("--max-tasks", type=int, default=None, help="stop after this many tasks (resume later)")
     p.add_argument("--data-path", default=None, help="explicit location of the scenario's dataset")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the head")
-    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _args.add_backend(p)
+    _args.add_device(p)
+    _args.add_threads(p, help="torch threads for the head")
+    _args.add_batch(p, help="samples per update step (default: the scenario's)")
+    _args.add_json(p)
     add_learner_arguments(p)
 
 
@@ -54,11 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
     from lightcl.bench.runner import learn_scenario
     from lightcl.bench.scenarios import get_scenario
-    from lightcl.engine.fileio import write_json_atomic
-
-    from lightcl.engine.errors import InputError
-
     from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+    from lightcl.engine.errors import InputError
+    from lightcl.engine.extractors import options_for
+    from lightcl.engine.fileio import write_json_atomic
 
     check_threads(args.threads)
     check_output(args.json, dirs=[args.state, args.export_dir])
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from lightcl.engine.state import read_state_doc
 
         if (Path(args.state) / "state.json").exists() and read_state_doc(args.state).get("frozen_bn") == "train":
-            if args.backend not in ("auto", "torch"):
+            if not options_for(args.backend, frozen_bn="train"):  # the backend has no frozen_bn option
                 raise InputError(f"{args.state} was learned with --frozen-bn train: it resumes on the torch backend "
                                  f"only (--backend torch or auto, not {args.backend})")
             ext_opts["frozen_bn"] = "train"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightcl.commands import _args
+
 DESCRIPTION = ("Predict with a learned state. Either --dataset NAME --split test (labels known: accuracy on the "
                "classes the state has learned) or --images FILE_OR_DIR (PNG/JPEG files).")
 
@@ -24,11 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cil: any learned class; til: inside a task (--task-id, or each sample's own task)")
     p.add_argument("--task-id", type=int, default=None)
     p.add_argument("--export", default=None, help="export directory (default: the one the state was learned on)")
-    p.add_argument("--backend", default="auto",
-                   help="extractor backend (auto); a state learned with --frozen-bn train reopens on torch with its "
-                        "drifted frozen BN statistics")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", default=None, help="write labels (and accuracy) here")
+    _args.add_backend(p, help="extractor backend; a state learned with --frozen-bn train reopens on torch with its "
+                              "drifted frozen BN statistics")
+    _args.add_device(p)
+    _args.add_threads(p, help="torch and extractor runtime threads")
+    _args.add_batch(p, default=256, help="images per forward pass")
+    _args.add_json(p, help="write labels (and accuracy) here")
 
 
 MAX_IMAGE_BYTES = 256 << 20
@@ -75,14 +78,15 @@ def run(args: argparse.Namespace) -> int:
 
     from lightcl.engine.errors import InputError
     from lightcl.engine.export_dir import load_export_meta
-    from lightcl.engine.extractors import load_extractor
+    from lightcl.engine.extractors import load_extractor, options_for
     from lightcl.engine.fileio import write_json_atomic
     from lightcl.engine.learner import LightCL
     from lightcl.engine.preprocess import ImagePreprocess, to_tensor_uint8
     from lightcl.engine.state import read_state_doc
 
-    from lightcl.commands._safety import check_batch, check_output, export_bytes_per_sample
+    from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
 
+    check_threads(args.threads)
     check_output(args.json, dirs=[args.state, args.export])
     doc = read_state_doc(args.state)
     extra = doc.get("extra") if isinstance(doc.get("extra"), dict) else {}
@@ -92,13 +96,16 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.json, dirs=[export_dir])
     check_batch(args.batch_size, "--batch-size", export_bytes_per_sample(export_dir, train=False))
     meta = load_export_meta(export_dir)
-    ext_opts = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ext_opts = options_for(args.backend, threads=args.threads)
     if doc.get("frozen_bn") == "train":  # the frozen part's drifted BN statistics are in the state
-        if args.backend not in ("auto", "torch"):
+        if not options_for(args.backend, frozen_bn="train"):  # this backend has no frozen_bn option
             raise InputError(f"{args.state} was learned with --frozen-bn train: its frozen BN statistics drifted and "
                              f"only the torch backend can use them (--backend torch or auto, not {args.backend})")
         ext_opts["frozen_bn"] = "train"
-    learner = LightCL.load(args.state, load_extractor(export_dir, backend=args.backend, **ext_opts))
+    learner = LightCL.load(args.state, load_extractor(export_dir, backend=args.backend, device=args.device,
+                                                      **ext_opts))
     pre = ImagePreprocess.from_meta(meta)
     size = pre.size
     labels = None

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lightcl.commands import _args
 
 DESCRIPTION = ("Train a backbone from scratch on a dataset (seeded, progress bar). Writes PATH.safetensors "
                "(weights) and PATH.json (arch, width, classes, normalisation, test_accuracy, sha256).")
@@ -14,13 +15,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet18", help="backbone name in the zoo (default resnet18)")
     p.add_argument("--width", type=int, default=64, help="base width: 64 = paper, 32 demo, 16 tests")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", type=int, default=None, help="train on a seeded class-balanced subset of N images")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="output path prefix: writes OUT.safetensors and OUT.json")
-    p.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    _args.add_batch(p, default=64, help="training batch size")
+    _args.add_threads(p, help="torch intra-op threads")
+    _args.add_json(p, help="also write the summary to this JSON file")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -46,7 +47,6 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"--{name} must be >= 1, got {v}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise InputError(f"--lr must be a positive number, got {args.lr}")
-    from pathlib import Path
 
     from lightcl.export.checkpoint import checkpoint_paths
 
