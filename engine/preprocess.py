@@ -2,7 +2,7 @@
 
 The normalisation statistics live in the export's ``meta.json`` (``normalization``: mean, std in
 [0, 1] units per channel); :class:`ImagePreprocess` applies them exactly as training did. The host
-side (``lightcl.bench.transforms``) builds its augmenting ``Preprocess`` on these same functions, so
+side (``lightcl.data.transforms``) builds its augmenting ``Preprocess`` on these same functions, so
 the device and the benchmarks cannot drift apart. Python 3.8 / torch 1.13 compatible (see
 docs/device-floor.md).
 """
