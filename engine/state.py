@@ -135,7 +135,7 @@ def save_state(learner, directory: str | Path) -> Path:
         doc = {"format": STATE_FORMAT, **body, "files": {name: sha256_file(tmp / name) for name in FILES}}
         try:
             doc[SELF_KEY] = _doc_digest(doc)
-            text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
+            text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
         except (TypeError, ValueError, RecursionError) as e:
             raise InputError(f"learner state is not JSON-serialisable (learner.extra holds JSON values only, the "
                              f"optimizer's settings plain numbers): {e}") from None

@@ -171,42 +171,40 @@ def test_any_torch_optimizer_round_trips(tmp_path):
         LightCL.load(tmp_path / "s", V1.PoolExtractor())
 
 
-class _ClassifierNorm(LossComponent):
-    """Squared norm of the classifier's weights (an L2 term on the head's last layer)."""
+class OldLogitsL2(LossComponent):
+    """docs/learner.md's example: an L2 pull of the other classes' logits towards zero on the batch."""
 
-    name = "classifier_l2"
+    name = "old_logits_l2"
 
-    def __call__(self, context):
-        return context.logits.new_zeros(()) + sum(p.pow(2).sum() for p in self.head.fc.parameters())
+    def __call__(self, ctx):
+        old = [c for c in range(ctx.logits.shape[1]) if c not in ctx.columns]
+        return ctx.logits[:, old].pow(2).mean() if old else ctx.logits.new_zeros(())
 
 
 def test_custom_loss_component_changes_the_loss_and_is_reported(tmp_path):
-    plain = _train_into_task_1(_learner())
     x, y = V1.batches(11, [2, 3], 1)[0]
-    ref = plain.observe(x, y)
-    extra = _ClassifierNorm(weight=0.5)
-    lr = _learner(loss_components=[extra])
-    extra.head = lr.head
-    lr = _train_into_task_1(lr)
-    lr_state = lr.state_dict()
-    extra.head = lr.head
+    ref = _train_into_task_1(_learner()).observe(x, y)
+    lr = _train_into_task_1(_learner(loss_components=[OldLogitsL2(weight=0.5)]))
     out = lr.observe(x, y)
-    assert set(out) == {"loss", "ce", "feature_pattern", "classifier_l2", "skipped", "step_ms"}
-    assert out["classifier_l2"] > 0
-    assert out["loss"] == pytest.approx(out["ce"] + out["feature_pattern"] + 0.5 * out["classifier_l2"], rel=1e-6)
+    assert set(out) == {"loss", "ce", "feature_pattern", "old_logits_l2", "skipped", "step_ms"}
+    assert out["old_logits_l2"] > 0
+    assert out["loss"] == pytest.approx(out["ce"] + out["feature_pattern"] + 0.5 * out["old_logits_l2"], rel=1e-6)
     assert out["ce"] != ref["ce"]  # the term took part in training before this step
-    assert lr_state["loss_components"] == [["ce", 1.0], ["feature_pattern", 1.0], ["classifier_l2", 0.5]]
+    zero = _train_into_task_1(_learner(loss_components=[OldLogitsL2(weight=0.0)])).observe(x, y)
+    assert zero["loss"] == ref["loss"] and zero["old_logits_l2"] > 0  # weight 0: reported, not trained on
+    assert lr.state_dict()["loss_components"] == [["ce", 1.0], ["feature_pattern", 1.0], ["old_logits_l2", 0.5]]
     lr.save(tmp_path / "s")
     with pytest.raises(InputError, match="loss components"):
         LightCL.load(tmp_path / "s", V1.PoolExtractor())
+    again = LightCL.load(tmp_path / "s", V1.PoolExtractor(), loss_components=[OldLogitsL2(weight=0.5)])
+    assert again.observe(x, y)["loss"] == lr.observe(x, y)["loss"]
     with pytest.raises(InputError, match="distinct"):
-        _learner(loss_components=[_ClassifierNorm(name="ce")])
+        _learner(loss_components=[OldLogitsL2(name="ce")])
 
 
 def test_class_index_accessors():
     lr = _learner(num_classes=None)
     lr.begin_task(0, [7, 3])
-    lr.begin_task  # noqa: B018
     assert lr.task_columns(0) == [0, 1] and lr.seen_columns() == [0, 1]
     assert lr.label_index(torch.tensor([3, 7, 3])).tolist() == [1, 0, 1]
     assert lr.label_index([7]).tolist() == [0]
