@@ -2,9 +2,11 @@
 feature-pattern memory.
 
 Mammoth-style contract: ``begin_task`` / ``observe`` (one batch at a time, so a robot can feed frames
-as they arrive) / ``end_task``; ``predict`` and ``evaluate`` for inference. The loss is built from
-weighted components (Renate-style): cross-entropy on the task's logit slice + ``beta`` x the
-feature-pattern penalty. Defaults reproduce the authors' code; every departure is a named option.
+as they arrive) / ``end_task``; ``predict`` and ``evaluate`` for inference. The loss is a list of
+weighted components (engine/losses.py, after Renate's learner components): cross-entropy on the task's
+logit slice and the feature-pattern penalty by default, plus any the caller adds. Defaults reproduce the
+authors' code; every departure is a named option. ``state_dict()``/``load_state_dict()`` hold the whole
+training state; engine/state.py only writes it to and reads it from a directory.
 """
 from __future__ import annotations
 
@@ -15,20 +17,26 @@ import operator
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .errors import InputError, NonFiniteError, ShapeError, UnknownTaskError
+from .errors import InputError, IntegrityError, LightCLError, NonFiniteError, ShapeError, UnknownClassError, UnknownTaskError
 from .head import Head
+from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
 from .memory import FeaturePatternMemory
+from .metrics import count_correct
 from .validate import check_images, check_labels, check_learner_args
 
 BUFFER_POLICIES = ("new-task-first-batch", "reservoir")
 OPTIMIZER_STEPS = ("per-parameter", "plain")
 LOSS_SLICES = ("task", "all")
+RESERVED_STEP_KEYS = ("loss", "skipped", "step_ms")
+# per-element optimizer states of torch's built-in optimizers: each must have its parameter's shape
+ELEMENTWISE_OPTIMIZER_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg",
+                               "acc_delta", "sum", "prev", "step_size", "ax", "eta_l", "mu_product")
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 @dataclass
@@ -88,9 +96,16 @@ class LightCLConfig:
 
 
 class LightCL:
-    """Continual learner. ``extractor``: callable images -> frozen features (any backend)."""
+    """Continual learner. ``extractor``: callable images -> frozen features (any backend).
 
-    def __init__(self, extractor, head: Head, **options: Any) -> None:
+    ``optimizer``: a factory ``params -> torch.optim.Optimizer`` used instead of the built-in SGD (then
+    ``lr``, ``momentum``, ``weight_decay`` and ``optimizer_step`` are not used); its state is saved in
+    torch's state-dict format. ``loss_components``: extra :class:`~lightcl.engine.losses.LossComponent`
+    terms added after the default cross-entropy and feature-pattern terms.
+    """
+
+    def __init__(self, extractor, head: Head, *, optimizer: OptimizerFactory | None = None,
+                 loss_components: Sequence[LossComponent] = (), **options: Any) -> None:
         known = {f.name for f in fields(LightCLConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -98,6 +113,10 @@ class LightCL:
         self.config = LightCLConfig(**options)
         self.config.validate()
         check_learner_args(extractor, head, self.config)
+        if optimizer is not None and not callable(optimizer):
+            raise InputError("optimizer must be a factory: params -> torch.optim.Optimizer")
+        self._optimizer_factory = optimizer
+        self.loss_components: list[LossComponent] = self._components(loss_components)
         self.extractor = extractor
         self.device = torch.device(self.config.device)
         self.head = head.to(self.device)
@@ -164,21 +183,45 @@ class LightCL:
             return self.extract(self.memory.images)
         return self.memory.features
 
-    def _make_optimizer(self, old: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
-        if self.config.optimizer_step == "per-parameter":
+    def _components(self, extra: Sequence[LossComponent]) -> list[LossComponent]:
+        """The default terms (cross-entropy on the step's columns, the feature-pattern penalty) + ``extra``."""
+        if isinstance(extra, LossComponent) or not isinstance(extra, (list, tuple)):
+            raise InputError("loss_components must be a list of LossComponent")
+        comps: list[LossComponent] = [SlicedCrossEntropy(), FeaturePattern(self.config.beta)]
+        for c in extra:
+            if not isinstance(c, LossComponent):
+                raise InputError(f"loss_components takes LossComponent instances, got {type(c).__name__}")
+            comps.append(c)
+        names = [c.name for c in comps]
+        clash = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_STEP_KEYS})
+        if clash:
+            raise InputError(f"loss component names must be distinct and not {list(RESERVED_STEP_KEYS)}: {clash}")
+        return comps
+
+    def _make_optimizer(self, old: torch.optim.Optimizer | None = None, head: Head | None = None) -> torch.optim.Optimizer:
+        """A new optimizer over ``head``'s parameters (default: the learner's head)."""
+        head = self.head if head is None else head
+        if old is not None and hasattr(old, "remove"):
+            old.remove()  # PerParameterSGD: its hooks sit on the parameters that survive; never update them twice
+        if self._optimizer_factory is not None:
+            opt = self._optimizer_factory(head.parameters())
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise InputError(f"the optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+        elif self.config.optimizer_step == "per-parameter":
             from .optim import PerParameterSGD
 
-            if old is not None and hasattr(old, "remove"):
-                old.remove()  # its hooks sit on the parameters that survive: never update them twice
-            opt = PerParameterSGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
+            opt = PerParameterSGD(head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
                                   weight_decay=self.config.weight_decay)
         else:
-            opt = torch.optim.SGD(self.head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
+            opt = torch.optim.SGD(head.parameters(), lr=self.config.lr, momentum=self.config.momentum,
                                   weight_decay=self.config.weight_decay)
-        if old is not None:  # keep momentum of the parameters that survived (classifier growth)
-            for p in self.head.parameters():
+        if old is not None:  # classifier growth: surviving parameters keep their state and group settings
+            for p in head.parameters():
                 if p in old.state:
                     opt.state[p] = old.state[p]
+            if len(old.param_groups) == len(opt.param_groups):
+                for g_new, g_old in zip(opt.param_groups, old.param_groups):
+                    g_new.update({k: v for k, v in g_old.items() if k != "params"})
         return opt
 
     @torch.no_grad()
@@ -202,17 +245,30 @@ class LightCL:
     def _check_x(self, x) -> Tensor:
         return check_images(x, self.input_shape).to(self.device)
 
-    def seen_indices(self) -> list[int]:
+    # ---- the class-index map: labels (any integers) <-> logit columns (in order of first appearance)
+    def seen_columns(self) -> list[int]:
+        """Logit columns of every class seen so far, ascending."""
         return sorted(self.class_index.values())
 
-    def task_indices(self, task_id: int) -> list[int]:
+    def task_columns(self, task_id: int) -> list[int]:
+        """Logit columns of ``task_id``'s classes, in the order the task announced them."""
         if task_id not in self.tasks:
             raise UnknownTaskError(f"unknown task id {task_id}; known tasks: {sorted(self.tasks)}")
         return [self.class_index[c] for c in self.tasks[task_id]]
 
-    def _labels_to_index(self, y: Tensor) -> Tensor:
+    seen_indices = seen_columns
+    task_indices = task_columns
+
+    def label_index(self, y) -> Tensor:
+        """Logit column of each label in ``y`` (tensor or sequence of ints); UnknownClassError for a label
+        no task announced."""
+        labels = y.tolist() if isinstance(y, Tensor) else list(y)
+        unknown = sorted({c for c in labels if c not in self.class_index})
+        if unknown:
+            raise UnknownClassError(f"labels {unknown[:10]} belong to no announced task")
         # a dict lookup, not a table indexed by class id: ids like 2**40 must not allocate 8 TB
-        return torch.tensor([self.class_index[c] for c in y.tolist()], dtype=torch.long, device=y.device)
+        return torch.tensor([self.class_index[c] for c in labels], dtype=torch.long,
+                            device=y.device if isinstance(y, Tensor) else "cpu")
 
     def _index_to_labels(self, idx: Tensor) -> Tensor:
         inv = torch.empty(max(self.class_index.values()) + 1, dtype=torch.long)
@@ -312,7 +368,9 @@ class LightCL:
         return self.head(features, return_taps=True)
 
     def observe(self, x: Tensor, y) -> dict[str, float]:
-        """One update step on a batch of the current task. Returns the loss terms.
+        """One update step on a batch of the current task. Returns ``loss`` (the weighted sum), each loss
+        component's unweighted value by name (``ce``, ``feature_pattern``, then any extra), ``skipped``
+        and ``step_ms``.
 
         Order as in the authors' ``my_train``: the buffer goes through the model first (on its own), then
         the batch; the head's BN statistics (and, with ``frozen_bn="train"``, the frozen part's) see them
@@ -328,7 +386,7 @@ class LightCL:
             saved_frozen = self.frozen_statistics()
             capture = self._pending_capture
             n_buf = min(self.config.buffer_size, x.shape[0])
-            use_buffer = self.config.beta > 0 and (capture or self.memory.active())
+            use_buffer = any(c.uses_buffer() for c in self.loss_components) and (capture or self.memory.active())
             captured = buffer_feats = None
             if self._batch_statistics:  # the buffer alone: targets' pass (capture), then this step's pass
                 if capture:
@@ -342,8 +400,10 @@ class LightCL:
                 self._restore_frozen(saved_frozen)
                 with self._lock:
                     self.counters["skipped_nonfinite"] += 1
-                return {"loss": float("nan"), "ce": float("nan"), "feature_pattern": 0.0, "skipped": 1,
-                        "step_ms": (time.perf_counter() - t0) * 1000.0}
+                out = {"loss": float("nan"), **{c.name: float("nan") for c in self.loss_components}, "skipped": 1,
+                       "step_ms": (time.perf_counter() - t0) * 1000.0}
+                out["feature_pattern"] = 0.0
+                return out
             with self._lock:
                 out = self._step(x, y, feats, task, capture, captured, buffer_feats, use_buffer, saved_frozen)
         out["step_ms"] = (time.perf_counter() - t0) * 1000.0
@@ -361,19 +421,16 @@ class LightCL:
             self.memory.record_targets(taps)
             self._pending_capture = False
         self.head.train()
-        fp = torch.zeros((), device=self.device)
+        buffer_taps = None
         if use_buffer and self.memory.active():  # buffer first, as the authors
-            _, taps = self.head(self.memory.features if buffer_feats is None else buffer_feats, return_taps=True)
-            fp = self.memory.penalty(taps, self.config.beta)
+            _, buffer_taps = self.head(self.memory.features if buffer_feats is None else buffer_feats,
+                                       return_taps=True)
         logits = self.head(feats)
-        idx = self.task_indices(task) if self.config.loss_slice == "task" else self.seen_indices()
-        target_idx = self._labels_to_index(y)
-        pos = torch.full((self.head.num_classes,), -1, dtype=torch.long, device=self.device)
-        pos[torch.tensor(idx, device=self.device)] = torch.arange(len(idx), device=self.device)
-        ce = F.cross_entropy(logits[:, idx], pos[target_idx])
-        loss = ce + fp
-        out = {"loss": float(loss.detach()), "ce": float(ce.detach()), "feature_pattern": float(fp.detach()),
-               "skipped": 0}
+        columns = self.task_columns(task) if self.config.loss_slice == "task" else self.seen_columns()
+        context = LossContext(logits=logits, target_index=self.label_index(y), columns=columns, labels=y,
+                              features=feats, task=task, memory=self.memory, buffer_taps=buffer_taps)
+        loss, values = total_loss(self.loss_components, context)
+        out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
         if not torch.isfinite(loss):
             self._restore_bn(saved_bn)
             self._restore_frozen(saved_frozen)
@@ -446,9 +503,9 @@ class LightCL:
         if mode == "til":
             if task_id is None:
                 raise InputError("mode='til' needs task_id")
-            idx = self.task_indices(task_id)
+            idx = self.task_columns(task_id)
         else:
-            idx = self.seen_indices()
+            idx = self.seen_columns()
         out = self.logits(x)[:, idx]
         return self._index_to_labels(torch.tensor(idx)[out.argmax(1).cpu()])
 
@@ -465,8 +522,7 @@ class LightCL:
         except (TypeError, ValueError):
             raise InputError("evaluate() takes an iterable of (task_id, batches of (x, y))") from None
         for task_id, batches in items:
-            tidx = torch.tensor(self.task_indices(task_id))
-            sidx = torch.tensor(self.seen_indices())
+            tcols, scols = self.task_columns(task_id), self.seen_columns()
             n = ct = cc = 0
             try:
                 batches = iter(batches)
@@ -479,9 +535,8 @@ class LightCL:
                     raise InputError(f"evaluate(): each batch of task {task_id} must be a pair (x, y)") from None
                 logits = self.logits(x).cpu()
                 y = check_labels(y, x.shape[0], self.tasks[task_id]).cpu()
-                ct += int((self._index_to_labels(tidx[logits[:, tidx].argmax(1)]) == y).sum())
-                cc += int((self._index_to_labels(sidx[logits[:, sidx].argmax(1)]) == y).sum())
-                n += len(y)
+                t, c = count_correct(logits, self.label_index(y), tcols, scols)
+                ct, cc, n = ct + t, cc + c, n + len(y)
             til.append(ct / max(1, n))
             cil.append(cc / max(1, n))
             ids.append(task_id)
@@ -492,6 +547,202 @@ class LightCL:
         return {"til": til, "cil": cil, "tasks": ids}
 
     # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that defines the training state: JSON values and tensors (references, as torch's
+        ``state_dict``: ``copy.deepcopy`` it to keep a snapshot while training goes on).
+
+        Keys: ``config``, ``tasks``, ``class_index``, ``current_task``, ``finished_tasks``,
+        ``pending_capture``, ``counters``, ``metrics``, ``extra``, ``frozen_id``, ``frozen_bn``,
+        ``loss_components`` ([name, weight] of each term), ``optimizer_class``, ``head`` (the head's module
+        state dict), ``memory`` (:meth:`FeaturePatternMemory.state_dict`), ``optimizer`` (the optimizer's own
+        ``state_dict()``, torch's format), ``rng`` (the generator state), ``frozen_statistics`` (the frozen
+        part's drifted BN statistics with ``frozen_bn="train"``, else empty), ``last_features`` (the
+        open task's last full-size batch features, or None).
+        """
+        with self._lock:
+            return {
+                "config": asdict(self.config),
+                "tasks": [[t, list(cs)] for t, cs in self.tasks.items()],
+                "class_index": [[c, i] for c, i in self.class_index.items()],
+                "current_task": self.current_task,
+                "finished_tasks": list(self.finished_tasks),
+                "pending_capture": self._pending_capture,
+                "counters": dict(self.counters),
+                "metrics": self.metrics,
+                "extra": self.extra,
+                "frozen_id": self.frozen_id,
+                "frozen_bn": self.frozen_bn,
+                "loss_components": [[c.name, c.weight] for c in self.loss_components],
+                "optimizer_class": type(self.optimizer).__name__,
+                "head": {k: v.detach() for k, v in self.head.state_dict().items()},
+                "memory": self.memory.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": self.generator.get_state(),
+                "frozen_statistics": {k: v.detach() for k, v in self.frozen_statistics().items()},
+                "last_features": None if self._last_features is None else self._last_features.detach(),
+            }
+
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state dict") -> None:
+        """Restore :meth:`state_dict`'s output into this learner, made with the same options (``device`` may
+        differ), extractor mode, loss components and optimizer. Every entry is checked before anything
+        changes (IntegrityError naming ``where``). An expandable classifier grows to the state's size (the
+        learner then holds a new head object).
+        """
+        if not isinstance(state, Mapping):
+            raise IntegrityError(f"{where}: a learner state dict is a mapping, got {type(state).__name__}")
+        missing = sorted(set(STATE_KEYS) - set(state))
+        unknown = sorted(set(state) - set(STATE_KEYS) - OPTIONAL_STATE_KEYS)
+        if missing or unknown:
+            raise IntegrityError(f"{where}: learner state entries {'missing ' + str(missing) if missing else ''}"
+                                 f"{' ' if missing and unknown else ''}{'unknown ' + str(unknown) if unknown else ''}")
+        self._check_identity(state, where)
+        head_sd = state["head"]
+        if not isinstance(head_sd, Mapping) or not all(isinstance(v, Tensor) for v in head_sd.values()) \
+                or not isinstance(head_sd.get("fc.weight"), Tensor) or head_sd["fc.weight"].dim() != 2:
+            raise IntegrityError(f"{where}: head must be the head's module state dict")
+        rows = int(head_sd["fc.weight"].shape[0])
+        tasks, class_index = _check_tasks(state, rows, where)
+        with self._lock:
+            head = self.head
+            if rows != head.num_classes:
+                if self.config.num_classes is not None or rows < head.num_classes:
+                    raise IntegrityError(f"{where}: the state's classifier has {rows} outputs, this learner's "
+                                         f"{head.num_classes}")
+                head = copy.deepcopy(head)
+                head.expand_classes(rows, generator=torch.Generator())  # its new rows are overwritten below
+            want = {k: v.shape for k, v in head.state_dict().items()}
+            if set(want) != set(head_sd) or any(head_sd[k].shape != want[k] or not bool(torch.isfinite(head_sd[k].float()).all())
+                                                for k in want):
+                raise IntegrityError(f"{where}: head weights do not fit this head (names, shapes or non-finite values)")
+            checked = self._check_plain(state, head, rows, class_index, where)
+            optimizer = self._make_optimizer(head=head)
+            try:
+                self._load_optimizer(optimizer, state["optimizer"], where)
+                if checked["frozen"]:
+                    try:
+                        self.extractor.load_statistics(dict(checked["frozen"]))
+                    except LightCLError:
+                        raise
+                    except Exception as e:
+                        raise IntegrityError(f"{where}: frozen_statistics do not fit this extractor "
+                                             f"({str(e).splitlines()[0][:200]})") from None
+            except BaseException:
+                if hasattr(optimizer, "remove"):
+                    optimizer.remove()
+                raise
+            with torch.no_grad():
+                head.load_state_dict({k: v.to(self.device) for k, v in head_sd.items()})
+            if hasattr(self.optimizer, "remove"):
+                self.optimizer.remove()
+            self.head, self.optimizer, self.memory = head, optimizer, checked["memory"]
+            self.config.seed = state["config"].get("seed", self.config.seed)
+            self.config.reset_classifier = state["config"].get("reset_classifier", self.config.reset_classifier)
+            self.generator.set_state(state["rng"])
+            self.tasks, self.class_index = tasks, class_index
+            self.current_task = None if state["current_task"] is None else int(state["current_task"])
+            self.finished_tasks = [int(t) for t in state["finished_tasks"]]
+            self._pending_capture = state["pending_capture"]
+            self.counters.update({str(k): int(v) for k, v in state["counters"].items()})
+            self.metrics = state["metrics"]
+            self.extra = state["extra"]
+            last = state["last_features"]
+            self._last_features = None if last is None else last.to(self.device)
+
+    def _check_identity(self, state: Mapping[str, Any], where: str) -> None:
+        """Refuse a state of another frozen part, extractor mode, option set, loss or optimizer."""
+        want, have = state.get("frozen_id"), self.frozen_id
+        if want and have and want != have:
+            raise IntegrityError(f"{where} was trained against frozen part {str(want)[:12]}..., but this extractor "
+                                 f"runs {have[:12]}...: load it with the export it was learned on")
+        self.check_frozen_bn(state.get("frozen_bn"), self.extractor, where)
+        config = state["config"]
+        if not isinstance(config, Mapping):
+            raise IntegrityError(f"{where}: config must be a JSON object")
+        if isinstance(config.get("seed", 0), bool) or not isinstance(config.get("seed", 0), int) \
+                or not isinstance(config.get("reset_classifier", True), bool):
+            raise IntegrityError(f"{where}: config seed must be an integer and reset_classifier true or false")
+        mine = asdict(self.config)
+        differ = sorted(k for k in set(mine) | set(config) if k not in INIT_ONLY_OPTIONS and config.get(k) != mine.get(k))
+        if differ:
+            raise IntegrityError(f"{where} was made with other options ({', '.join(differ)}): use LightCL.load, or a "
+                                 "learner made with the state's config")
+        recorded = state.get("loss_components")
+        current = [[c.name, c.weight] for c in self.loss_components]
+        if recorded is not None and [[n, float(w)] for n, w in recorded] != current:
+            raise InputError(f"{where} was learned with loss components {recorded}; this learner has {current}: "
+                             "pass the same loss_components")
+        recorded = state.get("optimizer_class")
+        have_cls = type(self.optimizer).__name__
+        if recorded is not None and recorded != have_cls and {recorded, have_cls} != {"SGD", "PerParameterSGD"}:
+            raise InputError(f"{where} was learned with the optimizer {recorded}; this learner has {have_cls}: pass "
+                             "the same optimizer factory")
+
+    def _check_plain(self, state: Mapping[str, Any], head: Head, rows: int, class_index: dict[int, int],
+                     where: str) -> dict[str, Any]:
+        """Check the RNG, frozen statistics, last features, counters, metrics, extra; build the memory."""
+        rng = state["rng"]
+        ref = torch.Generator().get_state()
+        if not isinstance(rng, Tensor) or rng.dtype != ref.dtype or rng.shape != ref.shape:
+            raise IntegrityError(f"{where}: rng is not a generator state")
+        frozen = state["frozen_statistics"]
+        if not isinstance(frozen, Mapping) or any(
+                not isinstance(v, Tensor) or v.dtype not in (torch.float32, torch.int64)
+                or not bool(torch.isfinite(v.float()).all()) for v in frozen.values()):
+            raise IntegrityError(f"{where}: frozen_statistics must be finite float32/int64 BN statistics")
+        last = state["last_features"]
+        if last is not None and (not isinstance(last, Tensor) or last.dtype != torch.float32 or last.dim() != 4
+                                 or tuple(last.shape[1:]) != tuple(head.in_features)):
+            raise IntegrityError(f"{where}: last_features must be float32 [N, {list(head.in_features)}]")
+        counters = state["counters"]
+        if not isinstance(counters, Mapping) or any(
+                isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < (1 << 63) for v in counters.values()):
+            raise IntegrityError(f"{where}: counters must map names to non-negative integers")
+        for key in ("metrics", "extra"):
+            if not isinstance(state[key], dict):
+                raise IntegrityError(f"{where}: {key} must be a JSON object")
+        if not isinstance(state["pending_capture"], bool):
+            raise IntegrityError(f"{where}: pending_capture must be true or false")
+        if not isinstance(state["memory"], Mapping):
+            raise IntegrityError(f"{where}: memory must be the memory's state dict")
+        was = head.training
+        head.eval()
+        try:
+            with torch.no_grad():
+                _, taps = head(torch.zeros(1, *head.in_features, device=self.device), return_taps=True)
+        finally:
+            head.train(was)
+        memory = FeaturePatternMemory(self.config.buffer_size, self.config.ratio)
+        memory.load_state_dict(state["memory"], in_features=head.in_features, num_classes=rows,
+                               tap_shapes={k: tuple(v.shape[1:]) for k, v in taps.items()},
+                               known_labels=class_index, image_shape=self.input_shape, device=self.device,
+                               where=f"{where}: memory")
+        return {"memory": memory, "frozen": frozen}
+
+    def _load_optimizer(self, optimizer, sd, where: str) -> None:
+        """The optimizer's own ``load_state_dict`` after checking what torch does not: per-element states have
+        their parameter's shape, floating states are finite."""
+        if not isinstance(sd, Mapping) or not isinstance(sd.get("state"), Mapping) \
+                or not isinstance(sd.get("param_groups"), list):
+            raise IntegrityError(f"{where}: optimizer must be an optimizer state dict (state, param_groups)")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        sd = {"state": {_int(int(k) if isinstance(k, str) and k.isdigit() and len(k) < 20 else k,
+                             f"{where}: optimizer state key"): v for k, v in sd["state"].items()},
+              "param_groups": sd["param_groups"]}
+        for k, st in sd["state"].items():
+            if not 0 <= k < len(params) or not isinstance(st, Mapping):
+                raise IntegrityError(f"{where}: optimizer state for parameter {k} of {len(params)}")
+            for name, v in st.items():
+                if not isinstance(v, Tensor):
+                    continue
+                if (v.is_floating_point() and not bool(torch.isfinite(v).all())) or \
+                        (name in ELEMENTWISE_OPTIMIZER_STATE and v.shape != params[k].shape):
+                    raise IntegrityError(f"{where}: optimizer state {k}.{name} ({v.dtype} {list(v.shape)}) does not "
+                                         f"fit its parameter {list(params[k].shape)}")
+        try:
+            optimizer.load_state_dict(sd)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise IntegrityError(f"{where}: optimizer state does not fit ({str(e).splitlines()[0][:200]})") from None
+
     def save(self, directory) -> None:
         from .state import save_state
 
@@ -513,10 +764,13 @@ class LightCL:
                          "open it with the extractor mode it was learned with")
 
     @classmethod
-    def load(cls, directory, extractor, device: str | None = None) -> "LightCL":
+    def load(cls, directory, extractor, device: str | None = None, *, optimizer: OptimizerFactory | None = None,
+             loss_components: Sequence[LossComponent] = ()) -> "LightCL":
+        """The learner saved in ``directory``; ``optimizer`` and ``loss_components`` as given when it was made."""
         from .state import load_state
 
-        return load_state(cls, directory, extractor, device=device)
+        return load_state(cls, directory, extractor, device=device, optimizer=optimizer,
+                          loss_components=loss_components)
 
     def memory_report(self) -> dict:
         """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks."""
@@ -525,3 +779,54 @@ class LightCL:
                   if isinstance(v, Tensor))
         return {"head_weights_bytes": params, "head_grads_bytes": params, "optimizer_bytes": opt,
                 "memory_bytes": self.memory.nbytes()}
+
+
+STATE_KEYS = ("config", "tasks", "class_index", "current_task", "finished_tasks", "pending_capture", "counters",
+              "metrics", "extra", "head", "memory", "optimizer", "rng", "frozen_statistics", "last_features")
+# options that act only when a learner is made (its device stays; the state's seed and classifier reset are adopted)
+INIT_ONLY_OPTIONS = ("device", "seed", "reset_classifier")
+OPTIONAL_STATE_KEYS = frozenset({"frozen_id", "frozen_bn", "loss_components", "optimizer_class"})
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _int(v, where: str, lo: int = INT64[0], hi: int = INT64[1]) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise IntegrityError(f"{where} must be an integer in [{lo}, {hi}], got {str(v)[:40]!r}")
+    return v
+
+
+def _list(v, where: str) -> list:
+    if not isinstance(v, list):
+        raise IntegrityError(f"{where} must be a list, got {type(v).__name__}")
+    return v
+
+
+def _check_tasks(state: Mapping[str, Any], num_classes: int, where: str) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """The task/class bookkeeping of a state dict, checked: ``(tasks, class_index)``."""
+    tasks: dict[int, list[int]] = {}
+    for item in _list(state["tasks"], f"{where}: tasks"):
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise IntegrityError(f"{where}: each task must be [task_id, [class, ...]]")
+        t = _int(item[0], f"{where}: task id")
+        if t in tasks:
+            raise IntegrityError(f"{where}: task {t} listed twice")
+        tasks[t] = [_int(c, f"{where}: class id of task {t}") for c in _list(item[1], f"{where}: classes of task {t}")]
+    seen_classes = [c for cs in tasks.values() for c in cs]
+    index: dict[int, int] = {}
+    entries = _list(state["class_index"], f"{where}: class_index")
+    for item in entries:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise IntegrityError(f"{where}: each class_index entry must be [class, index]")
+        c = _int(item[0], f"{where}: class id")
+        index[c] = _int(item[1], f"{where}: index of class {c}", 0, max(0, num_classes - 1))
+    if len(set(index.values())) != len(index) or len(index) != len(entries):
+        raise IntegrityError(f"{where}: class_index maps two classes to one output (or lists a class twice)")
+    if set(seen_classes) != set(index) or len(seen_classes) != len(set(seen_classes)):
+        raise IntegrityError(f"{where}: the tasks' classes and class_index disagree")
+    cur = state["current_task"]
+    if cur is not None and _int(cur, f"{where}: current_task") not in tasks:
+        raise IntegrityError(f"{where}: current_task {cur!r} is not a known task")
+    fin = [_int(t, f"{where}: finished task") for t in _list(state["finished_tasks"], f"{where}: finished_tasks")]
+    if len(set(fin)) != len(fin) or not set(fin) <= set(tasks):
+        raise IntegrityError(f"{where}: finished_tasks must be distinct known tasks")
+    return tasks, index

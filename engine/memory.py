@@ -9,8 +9,15 @@ The penalty pins the vital channels of the head's current taps on the buffer to 
 """
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping, Sequence
+
 import torch
 from torch import Tensor
+
+from .errors import IntegrityError
+from .reservoir import reservoir_slot
+
+BUFFER_KEYS = ("buffer.features", "buffer.labels", "buffer.origin", "buffer.target_valid")
 
 
 def vital_channels(activation: Tensor, ratio: float) -> Tensor:
@@ -61,10 +68,13 @@ class FeaturePatternMemory:
 
     def reservoir_add(self, features: Tensor, labels: Tensor, task_id: int, generator: torch.Generator,
                       images: Tensor | None = None) -> None:
-        """``reservoir``: classic reservoir sampling over every sample observed (Vitter's algorithm R)."""
+        """``reservoir``: classic reservoir sampling over every sample observed (engine/reservoir.py's rule)."""
         for i in range(features.shape[0]):
             self.seen += 1
-            if len(self) < self.buffer_size:
+            slot = reservoir_slot(self.seen, self.buffer_size, generator)
+            if slot is None:
+                continue
+            if slot >= len(self):
                 f = features[i: i + 1].detach().clone()
                 self.features = f if self.features is None else torch.cat([self.features, f])
                 if images is not None:
@@ -80,14 +90,12 @@ class FeaturePatternMemory:
                     t = self.targets[name]
                     self.targets[name] = torch.cat([t, torch.zeros_like(t[:1])])
             else:
-                j = int(torch.randint(0, self.seen, (1,), generator=generator))
-                if j < self.buffer_size:
-                    self.features[j] = features[i].detach()
-                    if images is not None and self.images is not None:
-                        self.images[j] = images[i].detach()
-                    self.labels[j] = labels[i]
-                    self.origin[j] = int(task_id)
-                    self.target_valid[j] = False
+                self.features[slot] = features[i].detach()
+                if images is not None and self.images is not None:
+                    self.images[slot] = images[i].detach()
+                self.labels[slot] = labels[i]
+                self.origin[slot] = int(task_id)
+                self.target_valid[slot] = False
 
     def snapshot(self) -> dict:
         """The buffer as it is (references: ``set_buffer``/``record_targets`` replace tensors, never write into them)."""
@@ -129,8 +137,9 @@ class FeaturePatternMemory:
             total = term if total is None else total + term
         return total if total is not None else torch.zeros(())
 
-    # ---- persistence
+    # ---- state
     def tensors(self) -> dict[str, Tensor]:
+        """The tensor entries of :meth:`state_dict` (CPU, contiguous)."""
         out: dict[str, Tensor] = {}
         if self.features is not None:
             out["buffer.features"] = self.features
@@ -145,7 +154,76 @@ class FeaturePatternMemory:
             out[f"mask.{k}"] = v.to(torch.uint8)
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
-    def load_tensors(self, t: dict[str, Tensor]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the memory holds, flat like a module's: ``buffer.*``, ``target.<tap>``, ``mask.<tap>``
+        tensors (bool as uint8) and ``seen`` (samples offered to the reservoir)."""
+        return {**self.tensors(), "seen": int(self.seen)}
+
+    def load_state_dict(self, state: Mapping[str, Any], *, in_features: Sequence[int] | None = None,
+                        tap_shapes: Mapping[str, Sequence[int]] | None = None, num_classes: int | None = None,
+                        known_labels: Iterable[int] | None = None, image_shape: Sequence[int] | None = None,
+                        device: torch.device | str = "cpu", where: str = "memory state") -> None:
+        """Replace the memory by ``state`` after checking every entry (names, dtypes, shapes, finite values,
+        and, where given, the head's feature and tap shapes and the known labels). Raises IntegrityError
+        and changes nothing on a bad entry."""
+        state = dict(state)
+        seen = state.pop("seen", 0)
+        if isinstance(seen, bool) or not isinstance(seen, int) or not 0 <= seen < (1 << 63):
+            raise IntegrityError(f"{where}: seen must be a non-negative integer, got {str(seen)[:40]!r}")
+        for k, v in state.items():
+            if not isinstance(v, Tensor):
+                raise IntegrityError(f"{where}: {k} must be a tensor")
+        buf = [k for k in BUFFER_KEYS if k in state]
+        if buf and len(buf) != len(BUFFER_KEYS):
+            raise IntegrityError(f"{where}: buffer tensors incomplete ({', '.join(buf)})")
+        n = None
+        if buf:
+            f = state["buffer.features"]
+            n = int(f.shape[0]) if f.dim() else -1
+            if f.dtype != torch.float32 or f.dim() != 4 or not bool(torch.isfinite(f).all()) \
+                    or (in_features is not None and tuple(f.shape[1:]) != tuple(in_features)):
+                raise IntegrityError(f"{where}: buffer.features must be finite float32 "
+                                     f"[N, {list(in_features) if in_features is not None else 'C, H, W'}]")
+            if n > self.buffer_size:
+                raise IntegrityError(f"{where}: {n} buffered samples for a buffer of {self.buffer_size}")
+            for k, dt in (("buffer.labels", torch.int64), ("buffer.origin", torch.int64),
+                          ("buffer.target_valid", torch.uint8)):
+                if state[k].dtype != dt or list(state[k].shape) != [n]:
+                    raise IntegrityError(f"{where}: {k} must be {dt} [{n}], got {state[k].dtype} {list(state[k].shape)}")
+            if bool((state["buffer.target_valid"] > 1).any()):
+                raise IntegrityError(f"{where}: buffer.target_valid must hold 0/1")
+            if known_labels is not None and not set(state["buffer.labels"].tolist()) <= set(known_labels):
+                raise IntegrityError(f"{where}: buffer.labels holds classes the state never learned")
+        images = state.get("buffer.images")
+        if images is not None:
+            if n is None or images.dtype != torch.float32 or images.dim() != 4 or images.shape[0] != n \
+                    or (image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape)) \
+                    or not bool(torch.isfinite(images).all()):
+                raise IntegrityError(f"{where}: buffer.images must be finite float32 [{n}, C, H, W] images of the buffer")
+        for k, v in state.items():
+            kind, _, rest = k.partition(".")
+            if k in BUFFER_KEYS or k == "buffer.images":
+                continue
+            if kind == "target":
+                if n is None or v.dtype != torch.float32 or v.dim() < 1 or v.shape[0] != n \
+                        or (tap_shapes is not None and rest not in tap_shapes):
+                    raise IntegrityError(f"{where}: {k} does not fit the head's taps or the buffer")
+                if rest == "logits":
+                    ok = v.dim() == 2 and (num_classes is None or v.shape[1] <= num_classes)
+                else:
+                    ok = tap_shapes is None or tuple(v.shape[1:]) == tuple(tap_shapes[rest])
+                if not ok or not bool(torch.isfinite(v).all()):
+                    want = list(tap_shapes[rest]) if tap_shapes is not None else "?"
+                    raise IntegrityError(f"{where}: {k} has shape {list(v.shape)}, the head's tap gives {want}")
+            elif kind == "mask":
+                ok = rest != "logits" and v.dtype == torch.uint8 and v.dim() == 1 and not bool((v > 1).any())
+                if tap_shapes is not None:
+                    ok = ok and rest in tap_shapes and list(v.shape) == [tap_shapes[rest][0]]
+                if not ok:
+                    raise IntegrityError(f"{where}: {k} must be a 0/1 uint8 mask of the tap's channels")
+            else:
+                raise IntegrityError(f"{where}: unexpected tensor {k}")
+        t = {k: v.to(device) for k, v in state.items()}
         self.features = t.get("buffer.features")
         self.images = t.get("buffer.images")
         self.labels = t.get("buffer.labels")
@@ -154,6 +232,7 @@ class FeaturePatternMemory:
         self.target_valid = tv.bool() if tv is not None else None
         self.targets = {k[len("target."):]: v for k, v in t.items() if k.startswith("target.")}
         self.masks = {k[len("mask."):]: v.bool() for k, v in t.items() if k.startswith("mask.")}
+        self.seen = seen
 
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.tensors().values())

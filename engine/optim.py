@@ -28,8 +28,9 @@ from torch import Tensor
 class PerParameterSGD:
     """``torch.optim.SGD``'s update, applied in a post-accumulate-grad hook of each parameter.
 
-    Exposes ``param_groups`` and ``state`` (``state[p]["momentum_buffer"]``) like a torch optimizer,
-    so code that saves/restores momentum buffers keeps working. ``remove()`` detaches the hooks.
+    Exposes ``param_groups``, ``state`` (``state[p]["momentum_buffer"]``), ``state_dict()`` and
+    ``load_state_dict()`` like a torch optimizer; the state dict is ``torch.optim.SGD``'s, key for key, so
+    either optimizer loads the other's (tests/test_optim_step.py). ``remove()`` detaches the hooks.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0, dampening: float = 0.0,
@@ -39,9 +40,10 @@ class PerParameterSGD:
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum requires a momentum and zero dampening")
         self.params = [p for p in params if p.requires_grad]
-        self.param_groups: list[dict[str, Any]] = [{"params": self.params, "lr": float(lr), "momentum": float(momentum),
-                                                    "dampening": float(dampening),
-                                                    "weight_decay": float(weight_decay), "nesterov": bool(nesterov)}]
+        self.defaults: dict[str, Any] = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                         "weight_decay": weight_decay, "nesterov": bool(nesterov), "maximize": False,
+                                         "foreach": None, "differentiable": False, "fused": None}
+        self.param_groups: list[dict[str, Any]] = [{**self.defaults, "params": self.params}]
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         self.applied_in_backward = 0  # parameters updated by the hooks since the last zero_grad/step
         # torch < 2.1 (the device floor: torch 1.13 on Jetson images) has no post-accumulate-grad hook: then
@@ -92,6 +94,43 @@ class PerParameterSGD:
                 self._update(p)
                 p.grad = None
         self.applied_in_backward = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict()``'s format: parameters by index, tensors by reference."""
+        index = {id(p): i for i, p in enumerate(self.params)}
+        state = {index[id(p)]: dict(st) for p, st in self.state.items() if id(p) in index and st}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+                  for g in self.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this optimizer or of ``torch.optim.SGD`` over the same parameters (copied, cast to
+        each parameter's device and dtype). Raises ValueError on a state dict that does not fit."""
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
+            raise ValueError("PerParameterSGD takes a state dict with exactly one parameter group")
+        saved = dict(groups[0])
+        ids = saved.pop("params", None)
+        if not isinstance(ids, list) or len(ids) != len(self.params):
+            raise ValueError(f"the state dict's parameter group has {len(ids) if isinstance(ids, list) else '?'} "
+                             f"parameters, this optimizer {len(self.params)}")
+        if saved.get("maximize", False) or saved.get("differentiable", False):
+            raise ValueError("PerParameterSGD does not implement maximize or differentiable")
+        by_id = dict(zip(ids, self.params))
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for k, st in dict(state_dict.get("state", {})).items():
+            if k not in by_id or not isinstance(st, dict):
+                raise ValueError(f"the state dict holds state for an unknown parameter {k!r}")
+            p = by_id[k]
+            for name, v in st.items():
+                if name != "momentum_buffer" or not isinstance(v, Tensor) or v.shape != p.shape:
+                    raise ValueError(f"parameter {k}: {name!r} is not an SGD momentum buffer of shape {list(p.shape)}")
+                state[p][name] = v.detach().to(device=p.device, dtype=p.dtype).clone()
+        group = self.param_groups[0]
+        for key in self.defaults:
+            if key in saved:
+                group[key] = saved[key]
+        self.state = state
 
     @property
     def lr(self) -> float:

@@ -1,23 +1,37 @@
-"""A learner's state is one directory, written atomically:
+"""A learner's state is one directory, written atomically. This module owns only that format: which
+file holds what, checksums, atomic replacement, recovery, concurrent reads; what the state *is* comes
+from ``LightCL.state_dict()`` and goes back through ``LightCL.load_state_dict()``, which check it.
 
-- ``head.safetensors``   the head's weights (config in its metadata)
-- ``learner.safetensors`` buffer features and targets, vital-channel masks, optimizer state, RNG
-- ``state.json``          options, task/class map, progress, metrics, frozen_id, sha256 of each file,
-                          and ``self_sha256``: the sha256 of its own canonical JSON (without that key)
+Format ``lightcl-state/2``:
 
-No pickle anywhere: safetensors + JSON. ``load`` verifies every checksum and refuses a state that
-was trained against another frozen part. Each file is read once and the bytes that were checked are
-the bytes deserialised, so a concurrent save cannot slip a file of another version in; a load that
-overlaps a save (the directory was swapped meanwhile) is simply read again.
+- ``head.safetensors``    the head (``Head.save``: weights, config in the metadata)
+- ``learner.safetensors`` every other tensor of the state dict: the memory's own entries under their
+                          names (``buffer.*``, ``target.<tap>``, ``mask.<tap>``), ``rng.generator``,
+                          ``frozen_bn.<name>`` (frozen_statistics), ``task.last_features``, and the
+                          optimizer state dict's tensors as ``optim.state.<param>.<key>``
+- ``state.json``          the JSON entries of the state dict (``memory``: the memory's non-tensor entries;
+                          ``optimizer``: its state dict without tensors), ``format``, the sha256 of each
+                          file, and ``self_sha256``: the sha256 of its own canonical JSON (without that key)
+
+Format ``lightcl-state/1`` (lightcl up to 13d5dc5) is still read: the same files, the memory's
+``seen`` as ``memory_seen``, and SGD momentum buffers as ``optim.<param>.momentum_buffer`` with the
+config's hyperparameters (``tests/data/state_v1`` is one, made by ``tests/data/make_state_v1.py``).
+A newer format is refused with one line.
+
+No pickle anywhere: safetensors + JSON. ``load`` verifies every checksum. Each file is read once and
+the bytes that were checked are the bytes deserialised, so a concurrent save cannot slip a file of
+another version in; a load that overlaps a save (the directory was swapped meanwhile) is read again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,13 +40,17 @@ from .fileio import (SWAP_MARKER, atomic_directory, check_json_depth, read_buffe
                      safe_member, safetensors_bytes, sha256_file, verify_files)
 from .head import Head
 
-STATE_FORMAT = "lightcl-state/1"
+STATE_FORMAT = "lightcl-state/2"
+READABLE_FORMATS = ("lightcl-state/1", STATE_FORMAT)
 FILES = ("head.safetensors", "learner.safetensors")
 SELF_KEY = "self_sha256"
 LOAD_ATTEMPTS = 50  # a load overlapping that many saves in a row gives up
 OWNED = frozenset({*FILES, "state.json", SWAP_MARKER})  # what a save replaces; anything else in the directory is kept
 MAX_FILE_BYTES = 1 << 34  # 16 GiB: a state file bigger than this is not one lightcl wrote
-INT64 = (-(1 << 63), (1 << 63) - 1)
+MEMORY_PREFIXES = ("buffer.", "target.", "mask.")
+FILE_KEYS = ("format", "files", SELF_KEY)
+OPTIM_TENSOR = re.compile(r"^optim\.state\.(\d{1,9})\.(.+)$")
+V1_MOMENTUM = re.compile(r"^optim\.(\d{1,9})\.momentum_buffer$")
 
 
 def owned_names(directory: str | Path | None = None) -> set[str]:
@@ -63,7 +81,7 @@ def check_state_path(directory: str | Path) -> None:
     if not names or names <= OWNED:
         return  # empty, or a (possibly damaged) learner state
     try:
-        if read_json(directory / "state.json").get("format") == STATE_FORMAT:
+        if read_json(directory / "state.json").get("format") in READABLE_FORMATS:
             return
     except LightCLError:
         pass
@@ -72,47 +90,55 @@ def check_state_path(directory: str | Path) -> None:
                      "(choose a new or empty directory)")
 
 
+def _split(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A learner state dict (without ``head``) -> (tensors of learner.safetensors, JSON entries of state.json)."""
+    sd = dict(sd)
+    tensors: dict[str, torch.Tensor] = {}
+    memory_json = {}
+    for k, v in sd.pop("memory").items():
+        if isinstance(v, torch.Tensor):
+            if not k.startswith(MEMORY_PREFIXES):
+                raise InputError(f"memory state entry {k!r} does not start with one of {MEMORY_PREFIXES}")
+            tensors[k] = v
+        else:
+            memory_json[k] = v
+    tensors["rng.generator"] = sd.pop("rng")
+    tensors.update({f"frozen_bn.{k}": v for k, v in sd.pop("frozen_statistics").items()})
+    last = sd.pop("last_features")
+    if last is not None:
+        tensors["task.last_features"] = last
+    optimizer = sd.pop("optimizer")
+    state_json: dict[str, dict[str, Any]] = {}
+    for i, st in optimizer["state"].items():
+        plain = {}
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.state.{int(i)}.{key}"] = v
+            else:
+                plain[key] = v
+        state_json[str(int(i))] = plain
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in optimizer["param_groups"]]
+    doc = {**sd, "memory": memory_json, "optimizer": {"state": state_json, "param_groups": groups}}
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, doc
+
+
 def save_state(learner, directory: str | Path) -> Path:
     directory = Path(directory)
     check_state_path(directory)
-    check_json_depth(learner.extra, "learner.extra")
+    sd = learner.state_dict()
+    sd.pop("head")  # head.safetensors is the head's own format (Head.save), which carries its config
+    check_json_depth(sd["extra"], "learner.extra")
+    tensors, body = _split(sd)
     with atomic_directory(directory, owned=owned_names) as tmp:
         learner.head.save(tmp / "head.safetensors")
-        tensors = learner.memory.tensors()
-        params = list(learner.head.parameters())
-        for i, p in enumerate(params):
-            st = learner.optimizer.state.get(p, {})
-            mb = st.get("momentum_buffer")
-            if mb is not None:
-                tensors[f"optim.{i}.momentum_buffer"] = mb.detach().cpu().contiguous()
-        tensors["rng.generator"] = learner.generator.get_state()
-        # train-mode frozen BN: the drifted statistics of the frozen part are learned state too
-        tensors.update({f"frozen_bn.{k}": v.detach().cpu().contiguous()
-                        for k, v in learner.frozen_statistics().items()})
-        if learner._last_features is not None:
-            tensors["task.last_features"] = learner._last_features.detach().cpu().contiguous()
         (tmp / "learner.safetensors").write_bytes(safetensors_bytes(tensors))
-        doc = {
-            "format": STATE_FORMAT,
-            "config": asdict(learner.config),
-            "tasks": [[t, cs] for t, cs in learner.tasks.items()],
-            "class_index": [[c, i] for c, i in learner.class_index.items()],
-            "current_task": learner.current_task,
-            "pending_capture": learner._pending_capture,
-            "finished_tasks": list(learner.finished_tasks),
-            "counters": dict(learner.counters),
-            "metrics": learner.metrics,
-            "extra": learner.extra,
-            "memory_seen": learner.memory.seen,
-            "frozen_id": learner.frozen_id,
-            "frozen_bn": learner.frozen_bn,
-            "files": {name: sha256_file(tmp / name) for name in FILES},
-        }
+        doc = {"format": STATE_FORMAT, **body, "files": {name: sha256_file(tmp / name) for name in FILES}}
         try:
             doc[SELF_KEY] = _doc_digest(doc)
             text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
         except (TypeError, ValueError, RecursionError) as e:
-            raise InputError(f"learner state is not JSON-serialisable (learner.extra holds JSON values only): {e}") from None
+            raise InputError(f"learner state is not JSON-serialisable (learner.extra holds JSON values only, the "
+                             f"optimizer's settings plain numbers): {e}") from None
         (tmp / "state.json").write_text(text)
     return directory
 
@@ -122,8 +148,12 @@ def _read_doc(directory: Path) -> dict:
     if not directory.is_dir():
         raise StateError(f"no learner state at {directory}")
     doc = read_json(safe_member(directory, "state.json"), "learner state")
-    if doc.get("format") != STATE_FORMAT:
-        raise IntegrityError(f"{directory}/state.json is not a lightcl learner state (format {doc.get('format')!r})")
+    fmt = doc.get("format")
+    if isinstance(fmt, str) and fmt.startswith("lightcl-state/") and fmt not in READABLE_FORMATS:
+        raise StateError(f"{directory} is a learner state of format {fmt}, written by a newer lightcl; this one reads "
+                         f"{', '.join(READABLE_FORMATS)}: upgrade lightcl to open it")
+    if fmt not in READABLE_FORMATS:
+        raise IntegrityError(f"{directory}/state.json is not a lightcl learner state (format {fmt!r})")
     if doc.get(SELF_KEY) != _doc_digest(doc):
         raise IntegrityError(f"{directory}/state.json does not match its own recorded sha256 ({SELF_KEY}): "
                              "the file is corrupt or was edited")
@@ -188,18 +218,13 @@ def _read_verified(directory: Path) -> tuple[dict, dict[str, bytes]]:
     return doc, blobs
 
 
-def load_state(cls, directory: str | Path, extractor, device: str | None = None):
+def load_state(cls, directory: str | Path, extractor, device: str | None = None, **options: Any):
+    """The learner saved in ``directory``: built from its head and config (``options``: the constructor's
+    keyword arguments that are code, not state), then ``load_state_dict``."""
     directory = Path(directory)
     doc, blobs = _consistent(directory, lambda: _read_verified(directory))
-    want = doc.get("frozen_id")
-    have = getattr(extractor, "frozen_id", None)
-    if want and have and want != have:
-        raise IntegrityError(
-            f"state {directory} was trained against frozen part {want[:12]}..., but this extractor runs "
-            f"{have[:12]}...: load it with the export it was learned on")
-    cls.check_frozen_bn(doc.get("frozen_bn"), extractor, directory)
     try:
-        return _build(cls, directory, doc, blobs, extractor, device)
+        return _build(cls, directory, doc, blobs, extractor, device, options)
     except LightCLError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as e:
@@ -207,131 +232,55 @@ def load_state(cls, directory: str | Path, extractor, device: str | None = None)
         raise IntegrityError(f"{directory}: malformed state ({type(e).__name__}: {first})") from None
 
 
-def _int(v, where: str, lo: int = INT64[0], hi: int = INT64[1]) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise IntegrityError(f"{where} must be an integer in [{lo}, {hi}], got {str(v)[:40]!r}")
-    return v
-
-
-def _list(v, where: str) -> list:
-    if not isinstance(v, list):
-        raise IntegrityError(f"{where} must be a JSON list, got {type(v).__name__}")
-    return v
-
-
-def _check_doc(where: str, doc: dict, num_classes: int) -> None:
-    """Every field of a (re-signed) ``state.json`` has the type and range the learner relies on."""
-    if not isinstance(doc.get("config"), dict):
-        raise IntegrityError(f"{where}: 'config' must be a JSON object")
-    tasks: dict[int, list[int]] = {}
-    for item in _list(doc.get("tasks"), f"{where}: tasks"):
-        if not isinstance(item, list) or len(item) != 2:
-            raise IntegrityError(f"{where}: each task must be [task_id, [class, ...]]")
-        t = _int(item[0], f"{where}: task id")
-        if t in tasks:
-            raise IntegrityError(f"{where}: task {t} listed twice")
-        tasks[t] = [_int(c, f"{where}: class id of task {t}") for c in _list(item[1], f"{where}: classes of task {t}")]
-    seen_classes = [c for cs in tasks.values() for c in cs]
-    index: dict[int, int] = {}
-    for item in _list(doc.get("class_index"), f"{where}: class_index"):
-        if not isinstance(item, list) or len(item) != 2:
-            raise IntegrityError(f"{where}: each class_index entry must be [class, index]")
-        c = _int(item[0], f"{where}: class id")
-        index[c] = _int(item[1], f"{where}: index of class {c}", 0, max(0, num_classes - 1))
-    if len(set(index.values())) != len(index) or len(index) != len(doc["class_index"]):
-        raise IntegrityError(f"{where}: class_index maps two classes to one output (or lists a class twice)")
-    if set(seen_classes) != set(index) or len(seen_classes) != len(set(seen_classes)):
-        raise IntegrityError(f"{where}: the tasks' classes and class_index disagree")
-    cur = doc.get("current_task")
-    if cur is not None and _int(cur, f"{where}: current_task") not in tasks:
-        raise IntegrityError(f"{where}: current_task {cur} is not a known task")
-    fin = [_int(t, f"{where}: finished task") for t in _list(doc.get("finished_tasks"), f"{where}: finished_tasks")]
-    if len(set(fin)) != len(fin) or not set(fin) <= set(tasks):
-        raise IntegrityError(f"{where}: finished_tasks must be distinct known tasks")
-    counters = doc.get("counters", {})
-    if not isinstance(counters, dict):
-        raise IntegrityError(f"{where}: counters must be a JSON object")
-    for k, v in counters.items():
-        _int(v, f"{where}: counter {k}", 0)
-    for key in ("metrics", "extra"):
-        if key in doc and not isinstance(doc[key], dict):
-            raise IntegrityError(f"{where}: {key} must be a JSON object")
-    _int(doc.get("memory_seen", 0), f"{where}: memory_seen", 0)
-    if not isinstance(doc.get("pending_capture", False), bool):
-        raise IntegrityError(f"{where}: pending_capture must be true or false")
-
-
-def _check_tensors(where: str, tensors: dict, learner) -> None:
-    """Every tensor of a (re-signed) ``learner.safetensors``: known name, dtype, shape, finite, in range."""
-    head = learner.head
-    was = head.training
-    head.eval()
-    try:
-        with torch.no_grad():
-            _, taps = head(torch.zeros(1, *head.in_features, device=learner.device), return_taps=True)
-    finally:
-        head.train(was)
-    tap_shapes = {k: tuple(v.shape[1:]) for k, v in taps.items()}
-    n_params = len(list(head.parameters()))
-    buf = [k for k in ("buffer.features", "buffer.labels", "buffer.origin", "buffer.target_valid") if k in tensors]
-    if buf and len(buf) != 4:
-        raise IntegrityError(f"{where}: buffer tensors incomplete ({', '.join(buf)})")
-    n = None
-    if buf:
-        f = tensors["buffer.features"]
-        n = int(f.shape[0]) if f.dim() else -1
-        if f.dtype != torch.float32 or tuple(f.shape[1:]) != tuple(head.in_features) or not bool(torch.isfinite(f).all()):
-            raise IntegrityError(f"{where}: buffer.features must be finite float32 [N, {list(head.in_features)}]")
-        if n > learner.config.buffer_size:
-            raise IntegrityError(f"{where}: {n} buffered samples for a buffer of {learner.config.buffer_size}")
-        for k, dt in (("buffer.labels", torch.int64), ("buffer.origin", torch.int64), ("buffer.target_valid", torch.uint8)):
-            if tensors[k].dtype != dt or list(tensors[k].shape) != [n]:
-                raise IntegrityError(f"{where}: {k} must be {dt} [{n}], got {tensors[k].dtype} {list(tensors[k].shape)}")
-        if not set(tensors["buffer.labels"].tolist()) <= set(learner.class_index):
-            raise IntegrityError(f"{where}: buffer.labels holds classes the state never learned")
-    images = tensors.get("buffer.images")
-    if images is not None:  # kept only for batch-dependent extractors (frozen_bn="train"): the buffer's own pass
-        shape = getattr(learner.extractor, "input_shape", None)
-        if n is None or images.dtype != torch.float32 or images.dim() != 4 or images.shape[0] != n \
-                or (shape is not None and tuple(images.shape[1:]) != tuple(shape)) or not bool(torch.isfinite(images).all()):
-            raise IntegrityError(f"{where}: buffer.images must be finite float32 [{n}, C, H, W] images of the buffer")
+def _join(where: str, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """state.json + learner.safetensors -> the learner's state dict (format 2 or 1), every name accounted for."""
+    v1 = doc["format"] == "lightcl-state/1"
+    sd = {k: v for k, v in doc.items() if k not in FILE_KEYS}
+    memory: dict[str, Any] = {}
+    frozen: dict[str, torch.Tensor] = {}
+    optim_tensors: dict[int, dict[str, torch.Tensor]] = {}
+    rng = last = None
     for k, v in tensors.items():
-        kind, _, rest = k.partition(".")
-        if kind == "buffer":
-            continue
-        if kind == "target":
-            if n is None or rest not in tap_shapes or v.dtype != torch.float32 or v.dim() < 1 or v.shape[0] != n:
-                raise IntegrityError(f"{where}: {k} does not fit the head's taps or the buffer")
-            if rest == "logits":
-                ok = v.dim() == 2 and v.shape[1] <= head.num_classes
-            else:
-                ok = tuple(v.shape[1:]) == tap_shapes[rest]
-            if not ok or not bool(torch.isfinite(v).all()):
-                raise IntegrityError(f"{where}: {k} has shape {list(v.shape)}, the head's tap gives {list(tap_shapes[rest])}")
-        elif kind == "mask":
-            if rest not in tap_shapes or rest == "logits" or v.dtype != torch.uint8 or list(v.shape) != [tap_shapes[rest][0]] \
-                    or bool((v > 1).any()):
-                raise IntegrityError(f"{where}: {k} must be a 0/1 uint8 mask of the tap's channels")
-        elif kind == "rng":
-            ref = torch.Generator().get_state()
-            if k != "rng.generator" or v.dtype != ref.dtype or v.shape != ref.shape:
-                raise IntegrityError(f"{where}: {k} is not a generator state ({v.dtype} {list(v.shape)}, "
-                                     f"expected {ref.dtype} {list(ref.shape)})")
-        elif kind == "optim":
-            idx, _, what = rest.partition(".")
-            if what != "momentum_buffer" or not idx.isdigit() or int(idx) >= n_params or v.dtype != torch.float32:
-                raise IntegrityError(f"{where}: unexpected tensor {k}")
-        elif kind == "frozen_bn":  # the frozen part's drifted BN statistics (frozen_bn="train"); shapes checked on use
-            if v.dtype not in (torch.float32, torch.int64) or not bool(torch.isfinite(v.float()).all()):
-                raise IntegrityError(f"{where}: {k} must be a finite float32/int64 BN statistic")
+        m = (V1_MOMENTUM if v1 else OPTIM_TENSOR).match(k)
+        if k.startswith(MEMORY_PREFIXES):
+            memory[k] = v
+        elif k == "rng.generator":
+            rng = v
+        elif k.startswith("frozen_bn."):
+            frozen[k[len("frozen_bn."):]] = v
         elif k == "task.last_features":
-            if v.dtype != torch.float32 or v.dim() != 4 or tuple(v.shape[1:]) != tuple(head.in_features):
-                raise IntegrityError(f"{where}: task.last_features must be float32 [N, {list(head.in_features)}]")
+            last = v
+        elif m:
+            optim_tensors.setdefault(int(m.group(1)), {})["momentum_buffer" if v1 else m.group(2)] = v
         else:
             raise IntegrityError(f"{where}: unexpected tensor {k}")
+    if rng is None:
+        raise IntegrityError(f"{where}: rng.generator is missing")
+    if v1:  # what format-1 readers defaulted
+        for key, default in (("pending_capture", False), ("counters", {}), ("extra", {}),
+                             ("metrics", {"til": [], "cil": [], "tasks": []})):
+            sd.setdefault(key, default)
+        memory["seen"] = sd.pop("memory_seen", 0)
+        optimizer: dict[str, Any] = {"state": optim_tensors, "param_groups": None}  # filled from the config in _build
+    else:
+        memory_json, optimizer = sd.pop("memory", None), sd.pop("optimizer", None)
+        if not isinstance(memory_json, dict) or not isinstance(optimizer, dict) \
+                or not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
+            raise IntegrityError(f"{where}: memory and optimizer must be JSON objects (optimizer: state, param_groups)")
+        memory.update(memory_json)
+        state: dict[int, dict[str, Any]] = {}
+        for i, st in optimizer["state"].items():
+            if not (isinstance(i, str) and i.isdigit() and len(i) < 10) or not isinstance(st, dict):
+                raise IntegrityError(f"{where}: optimizer state keys must be parameter indices")
+            state[int(i)] = dict(st)
+        for i, st in optim_tensors.items():
+            state.setdefault(i, {}).update(st)
+        optimizer = {"state": state, "param_groups": optimizer["param_groups"]}
+    sd.update(memory=memory, optimizer=optimizer, rng=rng, frozen_statistics=frozen, last_features=last)
+    return sd
 
 
-def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, device: str | None):
+def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, device: str | None, options: dict):
     from safetensors.torch import load
 
     head = Head.from_bytes(blobs["head.safetensors"], where=str(directory / "head.safetensors"))
@@ -339,44 +288,22 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
         tensors = load(bytes(blobs["learner.safetensors"]))
     except Exception as e:
         raise IntegrityError(f"{directory}/learner.safetensors is unreadable ({e})") from None
-    _check_doc(f"{directory}/state.json", doc, head.num_classes)
-    config = dict(doc["config"])
+    where = str(directory)
+    sd = _join(f"{directory}/learner.safetensors", doc, tensors)
+    if not isinstance(sd.get("config"), dict):
+        raise IntegrityError(f"{directory}/state.json: 'config' must be a JSON object")
+    config = dict(sd["config"])
     if device is not None:
         config["device"] = device
     reset = config.pop("reset_classifier", True)
     try:
-        learner = cls(extractor, head, reset_classifier=False, **config)
-    except (InputError, RuntimeError, OverflowError) as e:  # torch.manual_seed(2**70) is a RuntimeError
+        learner = cls(extractor, head, reset_classifier=False, **options, **config)
+    except (InputError, RuntimeError, OverflowError, TypeError) as e:  # torch.manual_seed(2**70) is a RuntimeError
         raise IntegrityError(f"{directory}/state.json: unusable options ({str(e).splitlines()[0][:200]})") from None
     learner.config.reset_classifier = reset
-    learner.tasks = {int(t): [int(c) for c in cs] for t, cs in doc["tasks"]}
-    learner.class_index = {int(c): int(i) for c, i in doc["class_index"]}
-    learner.current_task = None if doc["current_task"] is None else int(doc["current_task"])
-    learner._pending_capture = bool(doc.get("pending_capture", False))
-    learner.finished_tasks = [int(t) for t in doc["finished_tasks"]]
-    learner.counters.update({str(k): int(v) for k, v in doc.get("counters", {}).items()})
-    learner.metrics = doc.get("metrics", learner.metrics)
-    learner.extra = doc.get("extra", {})
-    if learner.head.num_classes < len(learner.class_index):
-        raise IntegrityError(f"{directory}: the head has {learner.head.num_classes} outputs for "
-                             f"{len(learner.class_index)} classes")
-    _check_tensors(f"{directory}/learner.safetensors", tensors, learner)
-    learner.memory.load_tensors({k: v.to(learner.device) for k, v in tensors.items()
-                                 if k.split(".")[0] in ("buffer", "target", "mask")})
-    learner.memory.seen = int(doc.get("memory_seen", 0))
-    if "rng.generator" in tensors:
-        learner.generator.set_state(tensors["rng.generator"])
-    frozen_stats = {k[len("frozen_bn."):]: v for k, v in tensors.items() if k.startswith("frozen_bn.")}
-    if frozen_stats:
-        learner.extractor.load_statistics(frozen_stats)
-    if "task.last_features" in tensors:
-        learner._last_features = tensors["task.last_features"].to(learner.device)
-    params = list(learner.head.parameters())
-    for i, p in enumerate(params):
-        key = f"optim.{i}.momentum_buffer"
-        if key in tensors:
-            if tensors[key].shape != p.shape:
-                raise IntegrityError(f"{directory}/learner.safetensors: {key} has shape {list(tensors[key].shape)}, "
-                                     f"the parameter {list(p.shape)}")
-            learner.optimizer.state[p]["momentum_buffer"] = tensors[key].to(learner.device)
+    sd["config"] = asdict(learner.config)  # options a state predates take their defaults, as the constructor did
+    if sd["optimizer"]["param_groups"] is None:  # format 1: plain SGD over the head, hyperparameters from the config
+        sd["optimizer"]["param_groups"] = learner.optimizer.state_dict()["param_groups"]
+    sd["head"] = head.state_dict()
+    learner.load_state_dict(sd, where=where)
     return learner

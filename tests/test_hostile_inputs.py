@@ -216,7 +216,7 @@ def _state_edits(lr):
         "counter a string": lambda d: d.update(counters={"steps": "many"}),
         "counter huge": lambda d: d.update(counters={"steps": 2 ** 70}),
         "extra a list": lambda d: d.update(extra=[1]),
-        "memory_seen negative": lambda d: d.update(memory_seen=-5),
+        "memory seen negative": lambda d: d["memory"].update(seen=-5),
         "seed 2**70": lambda d: d["config"].update(seed=2 ** 70),
         "lr 1e308": lambda d: d["config"].update(lr=1e308),
         "config a list": lambda d: d.update(config=[1]),
@@ -233,7 +233,7 @@ def _state_edits(lr):
         "buffer features NaN": lambda t: t.update({"buffer.features": t["buffer.features"] * float("nan")}),
         "target of another width": lambda t: t.update({k: v[:, :1].clone() for k, v in list(t.items())
                                                        if k.startswith("target.") and v.dim() == 4}),
-        "momentum of a missing parameter": lambda t: t.update({"optim.999.momentum_buffer": torch.zeros(1)}),
+        "momentum of a missing parameter": lambda t: t.update({"optim.state.999.momentum_buffer": torch.zeros(1)}),
         "unknown tensor": lambda t: t.update({"evil": torch.zeros(1)}),
     }
     return doc, tensors
