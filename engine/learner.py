@@ -210,6 +210,10 @@ class LightCL:
             raise UnknownTaskError(f"unknown task id {task_id}; known tasks: {sorted(self.tasks)}")
         return [self.class_index[c] for c in self.tasks[task_id]]
 
+    def labels_to_index(self, y: Tensor) -> Tensor:
+        """Output columns of class labels ``y``: the learner's own class -> column map (callers keep no copy)."""
+        return self._labels_to_index(torch.as_tensor(y))
+
     def _labels_to_index(self, y: Tensor) -> Tensor:
         # a dict lookup, not a table indexed by class id: ids like 2**40 must not allocate 8 TB
         return torch.tensor([self.class_index[c] for c in y.tolist()], dtype=torch.long, device=y.device)
