@@ -203,10 +203,13 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         # the registry's methods: the whole model composed from the export (no checkpoint in ctx)
         method = create_method("lightcl-reference" if mode == "lightcl-reference" else "sgd", ctx)
         stage("head")
-        method.begin_task(0, ca)
-        method.observe(xa, ya)
-        method.end_task()
-        method.begin_task(1, cb)
+        if mode == "lightcl-reference":  # a first task, so the second one has a buffer and targets
+            method.begin_task(0, ca)
+            method.observe(xa, ya)
+            method.end_task()
+            method.begin_task(1, cb)
+        else:  # fine-tuning: one task, its steps only
+            method.begin_task(0, cb)
         step = lambda: method.observe(xb, yb)  # noqa: E731
         if mode == "lightcl-reference":
             ref, model, k = method.ref, method.model, method.k
