@@ -89,7 +89,7 @@ def check_method_config(config_dir: str | Path) -> None:
 
 def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
     """The config file's bytes and document, its keys checked against the method's typed config."""
-    from lightcl.bench.methods.configs import unknown_keys
+    from lightcl.bench.methods.configs import make_config, unknown_keys
     from lightcl.engine.errors import InputError, StateError
 
     if not path.is_file():
@@ -116,6 +116,10 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
 
             raise InputError(f"{path}: unknown hyperparameter(s) {bad} for {method} in {where}; "
                              f"known: {sorted(field_names(method))}")
+        try:  # a value of the wrong type: one line here, not in a worker
+            make_config(method, hp)
+        except InputError as e:
+            raise InputError(f"{path}: {where}: {e}") from None
     return raw, doc
 
 

@@ -99,6 +99,9 @@ def test_user_method_config_file_and_dir(tmp_path):
     (bad / "lwf.json").write_text(json.dumps({"default": {"alpha": 1.0}, "scenarios": {"smoke": {"temp": 2}}}))
     with pytest.raises(InputError, match=r"unknown hyperparameter\(s\) \['temp'\] for lwf in scenarios.smoke"):
         check_method_config(bad)
+    (bad / "lwf.json").write_text(json.dumps({"default": {"alpha": "high"}}))
+    with pytest.raises(InputError, match="default: lwf: hyperparameter alpha must be float, got 'high'"):
+        check_method_config(bad)
     (bad / "lwf.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         check_method_config(bad)
