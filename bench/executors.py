@@ -1,7 +1,9 @@
 """Where the suite's method-seed runs execute: one after another on this machine, or as Ray tasks.
 
-Both executors call the same :func:`lightcl.bench.suite.run_worker`, so every run is a fresh
-interpreter with the same memory metering whichever executor started it. The Ray executor only
+Both executors call the same :func:`lightcl.bench.suite.run_worker`, which runs
+:func:`lightcl.bench.suite.run_one` through the benchmark's one subprocess harness
+(:func:`lightcl.bench.worker.run_worker`: fresh interpreter, progress lines, atomic JSON result,
+timeout, SIGTERM/SIGKILL cleanup), so every run is metered the same whichever executor started it. The Ray executor only
 decides *where* that interpreter starts: each run is a Ray task that declares ``num_cpus`` =
 the run's threads (and ``num_gpus=1`` for a CUDA device), on a local Ray instance by default or
 on an existing cluster (``address``).

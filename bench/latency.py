@@ -2,7 +2,8 @@
 
 A separate process per configuration keeps the figures honest: peak RSS is that backend's alone,
 session creation and the first run are really cold, and one runtime's thread pool cannot steal
-cores from the next. The worker is this module (``python -m lightcl.bench.latency --worker SPEC``).
+cores from the next. The worker is :func:`measure`, run by the benchmark's one harness
+(:func:`lightcl.bench.worker.run_worker`).
 
 Per configuration: load (sha256 verification + session creation), first run, warm-up, then timed
 iterations (``iters`` or ``seconds``) under ``torch.inference_mode()`` with the same intra-op
@@ -13,13 +14,9 @@ session creation ms, first-run ms, peak RSS MiB (``getrusage`` high-water mark o
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -169,8 +166,10 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
     # Same waiting policy for both runtimes' thread pools: onnxruntime's spinning is off unless --spin, so
     # torch's OpenMP pool must not spin either (with spinning OpenMP threads, a loaded machine makes every
     # torch op wait for a time slice and eager torch looks 10-50x slower than it is).
-    worker_env = dict(os.environ)
-    omp_policy = worker_env.setdefault("OMP_WAIT_POLICY", "ACTIVE" if spin else "PASSIVE")
+    from .worker import run_worker
+
+    omp_policy = os.environ.get("OMP_WAIT_POLICY", "ACTIVE" if spin else "PASSIVE")
+    worker_env = {"OMP_WAIT_POLICY": omp_policy}
     results: list[dict] = []
     configs = [(b, int(n)) for b in backends for n in batches]
     t_all = time.perf_counter()
@@ -180,23 +179,14 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
                 "graph_optimization": graph_optimization}
         if progress:
             print(f"[latency] {k}/{len(configs)} {backend} batch {batch} ...", file=sys.stderr, end="", flush=True)
-        with tempfile.TemporaryDirectory(prefix="lightcl-lat-") as td:
-            out = Path(td) / "result.json"
-            cmd = [sys.executable, "-m", "lightcl.bench.latency", "--worker", json.dumps(spec), "--out", str(out)]
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout_s,
-                                      env=worker_env)
-                rc, err = proc.returncode, proc.stderr
-            except subprocess.TimeoutExpired:
-                rc, err = -1, f"timed out after {timeout_s:.0f} s"
-            if rc == 0 and out.is_file():
-                res = json.loads(out.read_text())
-            else:
-                lines = [ln for ln in (err or "").strip().splitlines() if ln.strip()]
-                res = {"backend": backend, "batch": batch, "error": lines[-1] if lines else f"worker exit {rc}",
-                       "exit_code": rc}
-            res["wall_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        run = run_worker("lightcl.bench.latency:measure", spec, env=worker_env, timeout=timeout_s)
+        if run.ok:
+            res = run.result
+        else:  # one line: the worker's last stderr line (its error), or the timeout
+            res = {"backend": backend, "batch": batch, "error": run.error,
+                   "exit_code": -1 if run.timed_out else run.returncode}
+        res["wall_s"] = round(time.perf_counter() - t0, 3)
         results.append(res)
         if progress:
             msg = f" p50 {res['p50_ms']:.3f} ms" if "p50_ms" in res else f" FAILED: {res['error']}"
@@ -256,23 +246,3 @@ def format_table(report: dict) -> str:
         if "p50_vs_ort_fp32" in r:
             lines.append(f"ort-int8 / ort fp32 p50 at batch {r['batch']}: {r['p50_vs_ort_fp32']:.2f}x")
     return "\n".join(lines)
-
-
-def _worker_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lightcl.bench.latency")
-    p.add_argument("--worker", required=True, help="JSON spec of one configuration")
-    p.add_argument("--out", required=True, help="where to write the JSON result")
-    a = p.parse_args(argv)
-    from lightcl.engine.errors import LightCLError
-
-    try:
-        res = measure(json.loads(a.worker))
-    except LightCLError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 1)
-    Path(a.out).write_text(json.dumps(res))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main())

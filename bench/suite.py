@@ -6,8 +6,8 @@ LightCL and latent replay run its split export), same data order (``ScenarioData
 with a generator seeded by the run's seed, separate from every method's own randomness), TIL and
 CIL from one set of logits by masking.
 
-Each method-seed runs in its own subprocess (``python -m lightcl.bench.suite --worker SPEC``), so
-its *measured* memory is its own:
+Each method-seed runs in its own subprocess (:func:`lightcl.bench.worker.run_worker` on
+:func:`run_one`), so its *measured* memory is its own:
 
 * ``peak_rss_delta_mib``: the peak resident set size while *training* (Linux ``VmHWM``, reset
   through ``/proc/self/clear_refs`` after the method is built and after each evaluation) minus the
@@ -25,20 +25,18 @@ its *measured* memory is its own:
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
+import inspect
 import json
 import math
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .meters import malloc_trim, peak_mib, reset_peak, rss_mib, warm_up
+from .worker import PROGRESS, _json_default  # noqa: F401  (PROGRESS: the worker protocol, kept importable here)
 
 # Per-suite defaults. smoke: 1 epoch per task for every method (the scenario says 3) and 1 seed, so
 # `lightcl bench --suite smoke` stays well under CI's 3 minutes on 2 cores.
@@ -51,20 +49,88 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 PAPER_SUITES = ("paper-cifar10", "paper-tinyimg")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PROGRESS = "@@progress"
 MIB = 2.0 ** 20
 
 
 # --------------------------------------------------------------------------- configs
-def load_config(method: str, scenario: str, config_dir: str | Path | None = None) -> dict:
-    """Hyperparameters of ``method`` for ``scenario``: the file's default, then the scenario's entry."""
-    from lightcl.engine.errors import StateError
+def config_path(method: str, config_dir: str | Path | None = None) -> Path:
+    """Where ``method``'s JSON config is: ``config_dir`` may be a directory of ``METHOD.json`` files or one
+    ``METHOD.json`` file (a user's ``--method-config``); a method it does not cover keeps the cited config."""
+    if config_dir is not None:
+        p = Path(config_dir)
+        if p.is_dir() and (p / f"{method}.json").is_file():
+            return p / f"{method}.json"
+        if p.is_file() and p.name == f"{method}.json":
+            return p
+    return CONFIG_DIR / f"{method}.json"
 
-    path = Path(config_dir or CONFIG_DIR) / f"{method}.json"
+
+def check_method_config(config_dir: str | Path) -> None:
+    """A user's ``--method-config`` (file or directory): exists, is JSON, names known methods and only their
+    typed configs' keys; anything else is one :class:`InputError` line, before any work."""
+    from lightcl.bench.methods import REGISTRY
+    from lightcl.engine.errors import InputError
+
+    p = Path(config_dir)
+    if p.is_dir():
+        files = sorted(p.glob("*.json"))
+        if not files:
+            raise InputError(f"--method-config {p}: no METHOD.json files in this directory")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise InputError(f"--method-config {p}: no such file or directory")
+    for f in files:
+        if f.stem not in REGISTRY:
+            raise InputError(f"--method-config {f}: {f.stem!r} is not a method (name the file METHOD.json; "
+                             f"known: {', '.join(REGISTRY)})")
+        _read_config(f, f.stem)
+
+
+def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
+    """The config file's bytes and document, its keys checked against the method's typed config."""
+    from lightcl.bench.methods.configs import make_config, unknown_keys
+    from lightcl.engine.errors import InputError, StateError
+
     if not path.is_file():
         raise StateError(f"no config for method {method!r}: {path} is missing")
     raw = path.read_bytes()
-    doc = json.loads(raw)
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("default", {}), dict) \
+            or not isinstance(doc.get("scenarios", {}), dict):
+        raise InputError(f"{path}: expected {{\"default\": {{...}}, \"scenarios\": {{NAME: {{...}}}}}}")
+    if doc.get("method", method) != method:
+        raise InputError(f"{path}: says method {doc.get('method')!r}, expected {method!r}")
+    parts = [("default", doc.get("default", {}))] + [
+        (f"scenarios.{k}", {kk: vv for kk, vv in v.items() if kk != "source"} if isinstance(v, dict) else v)
+        for k, v in doc.get("scenarios", {}).items()]
+    for where, hp in parts:
+        if not isinstance(hp, dict):
+            raise InputError(f"{path}: {where} must be an object of hyperparameters")
+        bad = unknown_keys(method, hp)
+        if bad:
+            from lightcl.bench.methods.configs import field_names
+
+            raise InputError(f"{path}: unknown hyperparameter(s) {bad} for {method} in {where}; "
+                             f"known: {sorted(field_names(method))}")
+        try:  # a value of the wrong type: one line here, not in a worker
+            make_config(method, hp)
+        except InputError as e:
+            raise InputError(f"{path}: {where}: {e}") from None
+    return raw, doc
+
+
+def load_config(method: str, scenario: str, config_dir: str | Path | None = None) -> dict:
+    """Hyperparameters of ``method`` for ``scenario``: the file's default, then the scenario's entry.
+
+    The values the file does not set are the typed config's defaults (``bench/methods/configs.py``);
+    every key is checked against that config (an unknown key is one line).
+    """
+    path = config_path(method, config_dir)
+    raw, doc = _read_config(path, method)
     hp = dict(doc.get("default", {}))
     source = doc.get("source", "")
     entry = dict(doc.get("scenarios", {}).get(scenario, {}))
@@ -77,20 +143,22 @@ def load_config(method: str, scenario: str, config_dir: str | Path | None = None
 
 # --------------------------------------------------------------------------- the one loop
 def evaluate(method, stream) -> tuple[list[float], list[float]]:
-    """Accuracy per task seen so far: TIL (argmax inside the task's outputs) and CIL (over all seen)."""
+    """Accuracy per task seen so far: TIL (argmax inside the task's outputs) and CIL (over all seen), counted
+    by the engine's rule (:func:`lightcl.engine.metrics.count_correct`)."""
     import torch
+
+    from lightcl.engine.metrics import count_correct
 
     til, cil = [], []
     with torch.no_grad():
         for task_id, batches in stream:
-            tidx = torch.tensor(method.task_indices(task_id))
-            sidx = torch.tensor(method.seen_indices())
+            tidx = method.task_indices(task_id)
+            sidx = method.seen_indices()
             n = ct = cc = 0
             for x, y in batches:
-                lg = method.logits(x).detach().cpu()
-                yi = method.to_index(y).cpu()
-                ct += int((tidx[lg[:, tidx].argmax(1)] == yi).sum())
-                cc += int((sidx[lg[:, sidx].argmax(1)] == yi).sum())
+                t, c = count_correct(method.logits(x).detach().cpu(), method.to_index(y).cpu(), tidx, sidx)
+                ct += t
+                cc += c
                 n += len(y)
             til.append(ct / max(1, n))
             cil.append(cc / max(1, n))
@@ -113,8 +181,28 @@ def _frozen_figures(ckpt: str, split: str, input_shape) -> dict:
     return out
 
 
+def takes_fresh_batch(method) -> bool:
+    """Whether ``method.end_task`` takes a batch (the engine methods and the authors' procedure: vital
+    channels from a freshly drawn full batch of the task, as ``lightcl learn`` and the authors' code)."""
+    try:
+        return bool(inspect.signature(method.end_task).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
+def fresh_generator(seed: int):
+    """The generator of the fresh end-of-task batches: its own stream (seed + FRESH_SEED_OFFSET), so drawing
+    them leaves the training data order, which every method shares, untouched."""
+    import torch
+
+    return torch.Generator().manual_seed(int(seed) + FRESH_SEED_OFFSET)
+
+
+FRESH_SEED_OFFSET = 1_000_003
+
+
 def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
-    """One method, one seed, in this process. ``spec``: see :func:`_spec`."""
+    """One method, one seed, in this process. ``spec``: see :func:`run_suite`."""
     import numpy as np
     import torch
 
@@ -152,6 +240,8 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     data_gen = torch.Generator().manual_seed(int(spec["seed"]))
+    fresh = takes_fresh_batch(method)
+    fresh_gen = fresh_generator(int(spec["seed"])) if fresh else None
     train_peak = rss_mib()
     total_peak = max(peak_mib(), train_peak)  # the build's peak
     reset_peak()
@@ -169,7 +259,10 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
                 step_ms.append((time.perf_counter() - ts) * 1000.0)
                 if progress:
                     progress(1)
-        method.end_task()
+        if fresh:  # a freshly drawn full batch of the task for the vital channels, as `lightcl learn`
+            method.end_task(data.fresh_batch(task, fresh_gen)[0])
+        else:
+            method.end_task()
         train_s += time.perf_counter() - t0
         train_peak = max(train_peak, peak_mib())
         # evaluation in batches of the training size: no allocator arena grows beyond what training needs
@@ -210,64 +303,21 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
 
 
 # --------------------------------------------------------------------------- worker process
-def _worker_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description="bench suite worker (internal)")
-    ap.add_argument("--worker", required=True, help="spec JSON")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    spec = json.loads(Path(a.worker).read_text())
-
-    def progress(n: int) -> None:
-        print(f"{PROGRESS} {n}", flush=True)
-
-    rec = run_one(spec, progress)
-    from lightcl.engine.fileio import write_json_atomic
-
-    write_json_atomic(a.out, rec)
-    return 0
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 def run_worker(spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
                timeout: float | None = None) -> dict:
-    """Run one method-seed in a fresh interpreter; returns its record (status 'failed' on error)."""
-    with tempfile.TemporaryDirectory(prefix="lightcl-suite-") as tmp:
-        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "record.json"
-        spec_path.write_text(json.dumps(spec, default=_json_default))
-        cmd = [sys.executable, "-m", "lightcl.bench.suite", "--worker", str(spec_path), "--out", str(out_path)]
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        if spec.get("threads"):
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[var] = str(spec["threads"])
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-            try:
-                for line in proc.stdout:
-                    if line.startswith(PROGRESS):
-                        if on_progress:
-                            on_progress(int(line.split()[1]))
-                    else:
-                        log.write(line)
-                rc = proc.wait(timeout=timeout)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-        if rc == 0 and out_path.is_file():
-            return json.loads(out_path.read_text())
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        return {"method": spec["method"], "seed": spec["seed"], "status": "failed", "returncode": rc,
-                "error": "\n".join(tail), "wall_s": time.perf_counter() - t0, "log": str(log_path)}
+    """Run one method-seed (:func:`run_one`) in a fresh interpreter; returns its record (status 'failed' on error)."""
+    from .worker import run_worker as run_in_worker
+
+    env = {}
+    if spec.get("threads"):
+        env = {var: str(spec["threads"]) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = run_in_worker("lightcl.bench.suite:run_one", spec, log_path=log_path, env=env, on_progress=on_progress,
+                        timeout=timeout)
+    if out.ok:
+        return out.result
+    error = "\n".join(out.tail) if out.tail and not out.timed_out else (out.error or "")
+    return {"method": spec["method"], "seed": spec["seed"], "status": "failed", "returncode": out.returncode,
+            "error": error, "wall_s": out.wall_s, "log": str(log_path)}
 
 
 # --------------------------------------------------------------------------- records on disk (resume)
@@ -306,12 +356,14 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
               device: str = "cpu", data_path: str | None = None, config_dir: str | Path | None = None,
               progress: bool = True, plots: bool = True, command: str | None = None,
               echo: Callable[[str], None] = print, executor: str = "local", address: str | None = None,
-              resume: bool = True) -> dict:
+              resume: bool = True, method_config: str | Path | None = None) -> dict:
     """Run the suite; write ``out/results.json``, ``results.csv``, ``report.md`` and plots. Returns the results.
 
     ``executor``: ``local`` (one run after another here) or ``ray`` (Ray tasks; ``address`` of an existing
     cluster, or a local instance). Every finished run's record is written to ``out/records/`` as it
     completes; with ``resume`` a restarted suite reuses the records whose run spec is unchanged.
+    ``method_config``: a user's ``METHOD.json`` (or a directory of them) in the cited configs' format,
+    used instead of ``bench/configs/METHOD.json`` for the methods it covers (same as ``config_dir``).
     """
     from tqdm import tqdm
 
@@ -339,6 +391,11 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     if scenario.epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {scenario.epochs}")
     names = parse_methods(methods)
+    if method_config is not None:
+        check_method_config(method_config)  # one line before any work: a typo'd key never runs a suite
+        config_dir = method_config
+    for m in names:  # every config's keys checked against the typed configs before any work
+        load_config(m, suite, config_dir)
     out = Path(out)
     t_suite = time.perf_counter()
 
@@ -485,6 +542,3 @@ def _cls(name: str):
 
     return method_class(name)
 
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

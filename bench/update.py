@@ -23,47 +23,27 @@ one extra step after the timed ones, so they cost the timing nothing.
 
 Peak RSS is measured above the worker's RSS right after its imports (the idle process), so the
 interpreter and libraries do not count; theoretical memory follows the paper's accounting.
+
+Each mode is built from the benchmark's method registry (``bench/methods``), as the suite builds it:
+the engine modes are the ``lightcl`` method (its learner options from ``ENGINE_MODES``, on an extractor
+opened here so its load is metered on its own), ``lightcl-reference`` is the ``lightcl-reference``
+method and ``finetune`` the ``sgd`` method (the whole model, a fresh classifier, CE over its outputs),
+both on the whole model composed from the export. Each runs through the one worker harness
+(:func:`lightcl.bench.worker.run_worker`).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lightcl.bench.methods.base import compose_backbone  # noqa: F401  (moved there; kept importable here)
 
 MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8", "lightcl-sparse",
          "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena", "lightcl-lean", "lightcl-lean-plain",
          "lightcl-sparse-lean", "finetune-lean")
 DEFAULT_MODES = MODES[:4]
-
-
-def compose_backbone(export_dir: str | Path):
-    """The whole pretrained model, rebuilt from ``frozen.safetensors`` + ``head.safetensors`` (their
-    block specs, so a pruned export composes to its pruned backbone)."""
-    from lightcl.engine.blocks import build_block
-    from lightcl.engine.export_dir import export_file, load_export_meta, load_head
-    from lightcl.engine.frozen import load_frozen
-    from lightcl.export.zoo import Backbone
-
-    meta = load_export_meta(export_dir)
-    frozen, _ = load_frozen(export_file(export_dir, meta, "frozen.safetensors"))
-    head = load_head(export_dir)
-    named = [(s["name"], build_block(s)) for s in frozen.specs] + [(b["name"], build_block(b))
-                                                                    for b in head.config["blocks"]]
-    model = Backbone(meta.get("arch", "resnet18"), named, feat_dim=head.fc.in_features, num_classes=head.num_classes,
-                     width=int(meta["width"]), input_size=tuple(meta["input_shape"]))
-    k = len(frozen.blocks) - 1
-    for i, b in enumerate(frozen.blocks):
-        model.blocks[i].load_state_dict(b.state_dict())
-    for j, b in enumerate(head.blocks):
-        model.blocks[k + 1 + j].load_state_dict(b.state_dict())
-    model.fc.load_state_dict(head.fc.state_dict())
-    return model, k, meta
 
 
 # mode -> (extractor backend, which export, learner options, extractor options)
@@ -102,6 +82,27 @@ def _onnx_initializer_bytes(path: Path) -> int:
     return total
 
 
+def _context(export_dir: str, n_classes: int, batch: int, threads: int | None, extractor=None):
+    """The MethodContext of one mode: a two-task scenario at the export's split, no checkpoint (the whole
+    model is composed from the export), flops figures left out (not reported here)."""
+    from lightcl.bench.methods.base import MethodContext
+    from lightcl.bench.scenarios import Scenario
+    from lightcl.engine.export_dir import load_export_meta
+
+    meta = load_export_meta(export_dir, verify=False)
+    scenario = Scenario("bench-update", str(meta.get("dataset")), str(meta.get("dataset")), 2, 2,
+                        width=int(meta["width"]), pretrain_epochs=0, epochs=1, batch_size=int(batch),
+                        split=meta["split"], augment=False)
+    return MethodContext(scenario=scenario, ckpt=None, export_dir=str(export_dir), num_classes=n_classes, seed=0,
+                         input_shape=tuple(int(v) for v in meta["input_shape"][-3:]), threads=threads,
+                         extractor=extractor)
+
+
+def run_mode(spec: dict) -> dict:
+    """The worker's entry (:func:`lightcl.bench.worker.run_worker`): ``spec`` holds :func:`worker`'s arguments."""
+    return worker(**spec)
+
+
 def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, threads: int | None,
            sparse_export: str | None = None) -> dict:
     """Runs inside the subprocess: build ``mode``, take ``warmup + steps`` update steps, measure; then one
@@ -112,9 +113,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     from safetensors.torch import load_file
 
     from lightcl.bench.accounting import GradientMeter, SavedTensorMeter, count_activations, theoretical_mib
-    from lightcl.engine.export_dir import load_export_meta, load_head
+    from lightcl.bench.methods import create_method
+    from lightcl.engine.export_dir import load_export_meta
     from lightcl.engine.extractors import load_extractor
-    from lightcl.engine.learner import LightCL
 
     if threads:
         torch.set_num_threads(threads)
@@ -155,12 +156,13 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         feat_bytes = f0.numel() * f0.element_size()
         del f0
         stage("extractor_run")
-        learner = LightCL(ext, load_head(edir), num_classes=n_classes, **lopts)
+        method = create_method("lightcl", _context(edir, n_classes, len(xb), threads, extractor=ext), **lopts)
+        learner = method.learner
         stage("head")
-        learner.begin_task(0, ca)
-        learner.observe(xa, ya)
-        learner.end_task()
-        learner.begin_task(1, cb)
+        method.begin_task(0, ca)
+        method.observe(xa, ya)
+        method.end_task()
+        method.begin_task(1, cb)
         for i in range(warmup + steps):
             t = time.perf_counter()
             learner.observe(xb, yb)
@@ -197,18 +199,21 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             info["int8"] = {"top1_agreement": i8.get("top1_agreement"), "min_agreement": i8.get("min_agreement"),
                             "forced": bool(i8.get("forced"))}
     else:
-        from lightcl.bench.reference import ReferenceLightCL
-        from lightcl.bench.update import compose_backbone
-
-        model, k, _ = compose_backbone(export_dir)
+        ctx = _context(export_dir, n_classes, len(xb), threads)
+        # the registry's methods: the whole model composed from the export (no checkpoint in ctx)
+        method = create_method("lightcl-reference" if mode == "lightcl-reference" else "sgd", ctx)
         stage("head")
+        if mode == "lightcl-reference":  # a first task, so the second one has a buffer and targets
+            method.begin_task(0, ca)
+            method.observe(xa, ya)
+            method.end_task()
+            method.begin_task(1, cb)
+        else:  # fine-tuning: one task, its steps only
+            method.begin_task(0, cb)
+        step = lambda: method.observe(xb, yb)  # noqa: E731
         if mode == "lightcl-reference":
-            ref = ReferenceLightCL(model, k, n_classes)
-            ref.begin_task(ca)
-            ref.observe(xa, ya)
-            ref.end_task()
-            ref.begin_task(cb, xb, yb)
-            step = lambda: ref.observe(xb, yb)  # noqa: E731
+            ref, model, k = method.ref, method.model, method.k
+            step()  # the first step of the task takes the buffer from its batch (the authors' first batch)
             trainable_params = list(ref.trainable)
             opt = ref.optimizer
             buffer_bytes = ref.memory.nbytes()
@@ -219,20 +224,8 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                     f = b(f)
             acts = count_activations(head_mods, f) + (len(xb) + 15) * n_classes
             del f
-        else:  # finetune, finetune-lean (the same, in a process with LEAN_ENV's allocator)
-            import torch.nn.functional as F
-
-            opt = torch.optim.SGD(model.parameters(), lr=0.01)
-            model.train()
-            lut = torch.full((n_classes,), -1, dtype=torch.long)
-            lut[torch.tensor(cb)] = torch.arange(len(cb))
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb)[:, cb], lut[yb])
-                loss.backward()
-                opt.step()
-
+        else:  # finetune, finetune-lean (the same, in a process with LEAN_ENV's allocator): the `sgd` method
+            model, opt = method.net, method.optimizer
             trainable_params = list(model.parameters())
             buffer_bytes = 0
             acts = count_activations(model, xb)
@@ -338,23 +331,17 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
     for d in int8_dirs:
         if not (Path(d) / "frozen.int8.onnx").is_file():
             raise InputError(f"{d} has no frozen.int8.onnx: export with --int8 to bench an int8 mode")
+    from lightcl.bench.worker import run_worker
+
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(export_dir, batch, Path(tmp) / "batch.safetensors", data_path)
         for m in modes:
             echo(f"bench update: {m} ({warmup} warm-up + {steps} steps, fresh process) ...")
-            out = Path(tmp) / f"{m}.json"
-            cmd = [sys.executable, "-m", "lightcl.bench.update", "--worker", m, "--export", str(export_dir),
-                   "--data", str(data), "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
-            if threads:
-                cmd += ["--threads", str(threads)]
-            if sparse_export:
-                cmd += ["--sparse-export", str(sparse_export)]
-            env = {**os.environ, **MODE_ENV.get(m, {})}
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                raise RuntimeError(f"bench update worker {m} failed:\n{r.stderr[-2000:]}")
-            results.append(json.loads(out.read_text()))
+            spec = {"mode": m, "export_dir": str(export_dir), "data_file": str(data), "steps": steps,
+                    "warmup": warmup, "threads": threads, "sparse_export": sparse_export}
+            run = run_worker("lightcl.bench.update:run_mode", spec, env=MODE_ENV.get(m, {}))
+            results.append(run.raise_for_error(f"bench update worker {m}"))
     by = {r["mode"]: r for r in results}
     ratios = {}
     if "lightcl" in by and "finetune" in by:
@@ -408,22 +395,3 @@ def format_table(res: dict) -> str:
             lines.append(f"note: {r['mode']} runs an int8 model kept with --force (top-1 agreement "
                          f"{i8['top1_agreement']:.4f} < {i8['min_agreement']}): not a first-class backend here")
     return "\n".join(lines)
-
-
-def _main() -> None:
-    ap = argparse.ArgumentParser(description="bench update worker (internal)")
-    ap.add_argument("--worker", required=True, choices=MODES)
-    ap.add_argument("--export", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--sparse-export", default=None)
-    a = ap.parse_args()
-    res = worker(a.worker, a.export, a.data, a.steps, a.warmup, a.threads, a.sparse_export)
-    Path(a.out).write_text(json.dumps(res))
-
-
-if __name__ == "__main__":
-    _main()

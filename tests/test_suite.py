@@ -130,3 +130,112 @@ def test_bench_suite_bad_method_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lightcl", "bench", "--suite", "smoke", "--methods", "nope", "--out",
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "unknown method" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- the worker harness (bench/worker.py)
+# targets run in a fresh interpreter: they live here, found through PYTHONPATH
+_HERE = {"PYTHONPATH": str(Path(__file__).resolve().parent)}
+
+
+def _target_counts(spec, progress):
+    for _ in range(spec["n"]):
+        progress(1)
+    print("a stray stdout line")
+    return {"n": spec["n"], "pid": __import__("os").getpid()}
+
+
+def _target_fails(spec):
+    import sys as _sys
+
+    if spec["kind"] == "input":
+        from lightcl.engine.errors import InputError
+
+        raise InputError("the spec is bad")
+    print("working ...", file=_sys.stderr)
+    raise ValueError("boom")
+
+
+def _target_hangs(spec):
+    import os as _os
+    import signal as _signal
+    import time as _time
+
+    if spec.get("ignore_term"):
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
+    Path(spec["pid_file"]).write_text(str(_os.getpid()))
+    _time.sleep(120)
+    return {}
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_worker_streams_progress_and_returns_the_result(tmp_path):
+    import os
+
+    from lightcl.bench.worker import run_worker
+
+    ticks: list[int] = []
+    out = run_worker("test_suite:_target_counts", {"n": 3}, env=_HERE, on_progress=ticks.append,
+                     log_path=tmp_path / "w.log")
+    assert out.ok and out.error is None and out.returncode == 0
+    assert out.result["n"] == 3 and out.result["pid"] != os.getpid()  # a fresh interpreter
+    assert ticks == [1, 1, 1]
+    assert "a stray stdout line" in (tmp_path / "w.log").read_text()  # not a progress line: logged
+
+
+def test_worker_failure_is_one_line_with_the_last_stderr_lines():
+    from lightcl.bench.worker import WorkerError, run_worker
+    from lightcl.engine.errors import LightCLError
+
+    out = run_worker("test_suite:_target_fails", {"kind": "crash"}, env=_HERE)
+    assert not out.ok and out.returncode == 1 and out.error == "ValueError: boom"
+    assert "working ..." in out.tail and "Traceback (most recent call last):" in out.tail
+    with pytest.raises(WorkerError, match=r"^update mode x failed \(exit 1\): .*ValueError: boom$") as e:
+        out.raise_for_error("update mode x")
+    assert isinstance(e.value, LightCLError) and "\n" not in str(e.value)
+    lc = run_worker("test_suite:_target_fails", {"kind": "input"}, env=_HERE)
+    assert lc.error == "InputError: the spec is bad" and lc.tail == ["InputError: the spec is bad"]
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_worker_timeout_stops_the_child(tmp_path, ignore_term):
+    """A timeout ends the child: SIGTERM, and SIGKILL when it ignores SIGTERM; nothing is left running."""
+    import time
+
+    from lightcl.bench.worker import run_worker
+
+    pid_file = tmp_path / "pid"
+    t0 = time.monotonic()
+    out = run_worker("test_suite:_target_hangs", {"pid_file": str(pid_file), "ignore_term": ignore_term},
+                     env=_HERE, timeout=8, term_grace=1)
+    assert out.timed_out and not out.ok and out.error == "timed out after 8 s"
+    assert time.monotonic() - t0 < 30
+    assert not _alive(int(pid_file.read_text()))
+    assert out.returncode == (-9 if ignore_term else -15)
+
+
+def test_engine_methods_get_a_fresh_batch_at_end_task(digits_ckpt, digits_export):
+    """The suite hands a freshly drawn full batch to methods whose end_task takes one (as `lightcl learn`),
+    from a generator of its own: the shared data order is untouched."""
+    import torch
+
+    from lightcl.bench.methods import create_method
+    from lightcl.bench.methods.base import MethodContext
+    from lightcl.bench.scenarios import get_scenario
+    from lightcl.bench.suite import fresh_generator, takes_fresh_batch
+
+    s = get_scenario("smoke", epochs=1)
+    ctx = MethodContext(scenario=s, ckpt=str(digits_ckpt), export_dir=str(digits_export), num_classes=10, threads=1)
+    assert takes_fresh_batch(create_method("lightcl", ctx))
+    assert takes_fresh_batch(create_method("lightcl-reference", ctx))
+    assert not takes_fresh_batch(create_method("sgd", ctx, lr=0.1))
+    data_gen = torch.Generator().manual_seed(0)  # the run's data order (run_one)
+    assert not torch.equal(torch.randperm(50, generator=fresh_generator(0)), torch.randperm(50, generator=data_gen))

@@ -21,13 +21,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightcl.engine.classifier import fresh_classifier
 from lightcl.engine.errors import InputError
+from lightcl.engine.losses import sliced_cross_entropy
+from lightcl.engine.reservoir import Reservoir  # noqa: F401  (the one reservoir rule; methods import it here)
+
+from .configs import make_config
 
 
 @dataclass
@@ -35,7 +41,8 @@ class MethodContext:
     """What a method needs to build itself: the same pretrained start for every method."""
 
     scenario: Any  # bench.scenarios.Scenario
-    ckpt: str  # pretrained backbone checkpoint (PATH of PATH.safetensors + PATH.json)
+    ckpt: str | None  # pretrained backbone checkpoint (PATH of PATH.safetensors + PATH.json); None: composed
+    # from the export (``lightcl bench update`` has only the export)
     export_dir: str | None  # the split export of that checkpoint (engine methods)
     num_classes: int
     seed: int = 0
@@ -44,20 +51,49 @@ class MethodContext:
     threads: int | None = None
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
+    # an extractor already opened by the caller (``lightcl bench update`` meters its load on its own);
+    # None: engine methods open the export's frozen part themselves
+    extractor: Any = None
 
     @property
     def batch_size(self) -> int:
         return int(self.scenario.batch_size)
 
 
-def xavier_classifier(in_features: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
-    """A fresh classifier as the authors make it: xavier-uniform weights, zero bias."""
-    fc = nn.Linear(in_features, num_classes)
-    with torch.no_grad():
-        bound = (6.0 / (in_features + num_classes)) ** 0.5
-        fc.weight.uniform_(-bound, bound, generator=generator)
-        fc.bias.zero_()
-    return fc
+def compose_backbone(export_dir: str | Path):
+    """The whole pretrained model, rebuilt from an export's ``frozen.safetensors`` + ``head.safetensors``
+    (their block specs, so a pruned export composes to its pruned backbone). Returns (model, split index, meta)."""
+    from lightcl.engine.blocks import build_block
+    from lightcl.engine.export_dir import export_file, load_export_meta, load_head
+    from lightcl.engine.frozen import load_frozen
+    from lightcl.export.zoo import Backbone
+
+    meta = load_export_meta(export_dir)
+    frozen, _ = load_frozen(export_file(export_dir, meta, "frozen.safetensors"))
+    head = load_head(export_dir)
+    named = [(s["name"], build_block(s)) for s in frozen.specs] + [(b["name"], build_block(b))
+                                                                    for b in head.config["blocks"]]
+    model = Backbone(meta.get("arch", "resnet18"), named, feat_dim=head.fc.in_features, num_classes=head.num_classes,
+                     width=int(meta["width"]), input_size=tuple(meta["input_shape"]))
+    k = len(frozen.blocks) - 1
+    for i, b in enumerate(frozen.blocks):
+        model.blocks[i].load_state_dict(b.state_dict())
+    for j, b in enumerate(head.blocks):
+        model.blocks[k + 1 + j].load_state_dict(b.state_dict())
+    model.fc.load_state_dict(head.fc.state_dict())
+    return model, k, meta
+
+
+def pretrained_backbone(ctx: MethodContext):
+    """(model, metadata) of the pretrained start: the checkpoint ``ctx.ckpt``, else composed from ``ctx.export_dir``."""
+    if ctx.ckpt:
+        from lightcl.export.checkpoint import load_checkpoint
+
+        return load_checkpoint(ctx.ckpt)
+    if not ctx.export_dir:
+        raise InputError("this method needs a checkpoint or an export directory")
+    model, _, meta = compose_backbone(ctx.export_dir)
+    return model, meta
 
 
 def forward_flops(module: nn.Module, x: Tensor, forward=None) -> float:
@@ -95,41 +131,6 @@ def n_params(params) -> int:
     return int(sum(p.numel() for p in params))
 
 
-class Reservoir:
-    """Reservoir sampling (Vitter's algorithm R) over every sample offered; tensors per field."""
-
-    def __init__(self, size: int, generator: torch.Generator) -> None:
-        self.size = int(size)
-        self.generator = generator
-        self.seen = 0
-        self.data: dict[str, Tensor] = {}
-
-    def __len__(self) -> int:
-        return 0 if not self.data else int(next(iter(self.data.values())).shape[0])
-
-    def add(self, **fields: Tensor) -> None:
-        n = next(iter(fields.values())).shape[0]
-        for i in range(n):
-            self.seen += 1
-            if len(self) < self.size:
-                for k, v in fields.items():
-                    row = v[i: i + 1].detach().clone()
-                    self.data[k] = row if k not in self.data else torch.cat([self.data[k], row])
-            else:
-                j = int(torch.randint(0, self.seen, (1,), generator=self.generator))
-                if j < self.size:
-                    for k, v in fields.items():
-                        self.data[k][j] = v[i].detach()
-
-    def sample(self, n: int) -> dict[str, Tensor]:
-        m = len(self)
-        idx = torch.randperm(m, generator=self.generator)[: min(n, m)]
-        return {k: v[idx] for k, v in self.data.items()}
-
-    def numel(self) -> int:
-        return int(sum(v.numel() for v in self.data.values()))
-
-
 class Method:
     """Base: class bookkeeping, FLOP ledger, the contract. Subclasses implement the learning."""
 
@@ -141,6 +142,9 @@ class Method:
     def __init__(self, ctx: MethodContext, **hp: Any) -> None:
         self.ctx = ctx
         self.hp = dict(hp)
+        # the typed config (bench/methods/configs.py): the one source of this method's defaults;
+        # an unknown key or a wrong type is one InputError line
+        self.config = make_config(self.name, self.hp)
         self.device = torch.device(ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         torch.manual_seed(int(ctx.seed))
@@ -152,7 +156,11 @@ class Method:
 
     # --- hyperparameters
     def opt(self, key: str, default: Any = None) -> Any:
-        return self.hp.get(key, default)
+        """The hyperparameter ``key``: as given, else the typed config's default (``default`` only for a
+        key the config does not have)."""
+        if key in self.hp:
+            return self.hp[key]
+        return getattr(self.config, key, default)
 
     def check_hp(self, known: Sequence[str]) -> None:
         bad = sorted(set(self.hp) - set(known))
@@ -207,19 +215,15 @@ class WholeModelMethod(Method):
 
     Loss: cross-entropy over *all* outputs, as Mammoth's baselines compute it (unseen classes'
     logits are pushed down; they are masked away at evaluation). Train mode while learning, eval
-    mode for ``logits``. Optimiser: SGD(lr, momentum, weight_decay) from the config.
+    mode for ``logits``. Optimiser: SGD(lr, momentum, weight_decay) from the typed config.
     """
 
     trains = "whole model"
-    HP = ("lr", "momentum", "weight_decay")
 
     def __init__(self, ctx: MethodContext, **hp: Any) -> None:
         super().__init__(ctx, **hp)
-        self.check_hp(self.HP)
-        from lightcl.export.checkpoint import load_checkpoint
-
-        model, self.ckpt_meta = load_checkpoint(ctx.ckpt)
-        model.fc = xavier_classifier(model.fc.in_features, ctx.num_classes, self.generator)
+        model, self.ckpt_meta = pretrained_backbone(ctx)
+        model.fc = fresh_classifier(model.fc.in_features, ctx.num_classes, self.generator)
         self.net = model.to(self.device)
         self.net.train()
         self.optimizer = self.make_optimizer(self.net.parameters())
@@ -227,11 +231,11 @@ class WholeModelMethod(Method):
         self.f_model = forward_flops(self.net, probe)
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=float(self.opt("lr", 0.01)), momentum=float(self.opt("momentum", 0.0)),
-                               weight_decay=float(self.opt("weight_decay", 0.0)))
+        c = self.config
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def optimizer_slots(self) -> int:
-        return 1 if float(self.opt("momentum", 0.0)) > 0 else 0
+        return 1 if self.config.momentum > 0 else 0
 
     def step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -273,8 +277,12 @@ class WholeModelMethod(Method):
                 "extra_state": self.extra_state(), "activations": acts, "buffer": self.buffer_numel(),
                 "samples_per_step": n}
 
-    def ce(self, out: Tensor, y_idx: Tensor) -> Tensor:
-        return F.cross_entropy(out, y_idx)
+    def ce(self, out: Tensor, y_idx: Tensor, columns: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Cross-entropy over every output (Mammoth's baselines), or over ``columns`` only (the engine's
+        :func:`~lightcl.engine.losses.sliced_cross_entropy`; ``y_idx`` are full-logit column indices)."""
+        if columns is None:
+            return F.cross_entropy(out, y_idx)
+        return sliced_cross_entropy(out, y_idx, columns)
 
 
 def frozen_copy(net: nn.Module) -> nn.Module:

@@ -11,20 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reservoir, WholeModelMethod
+from lightcl.engine.reservoir import Reservoir
+
+from .base import WholeModelMethod
 
 
 class DERpp(WholeModelMethod):
     name = "derpp"
-    HP = WholeModelMethod.HP + ("buffer_size", "minibatch_size", "alpha", "beta")
     cost = 1.8
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.buffer = Reservoir(int(self.opt("buffer_size", 15)), self.generator)
-        self.minibatch = int(self.opt("minibatch_size", 32))
-        self.alpha = float(self.opt("alpha", 0.1))
-        self.beta = float(self.opt("beta", 0.5))
+        c = self.config
+        self.buffer = Reservoir(c.buffer_size, self.generator)
+        self.minibatch = c.minibatch_size
+        self.alpha = c.alpha
+        self.beta = c.beta
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)

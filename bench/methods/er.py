@@ -1,8 +1,8 @@
 """``er``: Experience Replay with a reservoir buffer of images (Mammoth's ``er``).
 
 Each step: the current batch + ``minibatch_size`` samples drawn from the buffer, one CE over all
-outputs; then the batch is offered to the reservoir. Buffer size: ``--buffer`` (default 15, the
-paper's Table 1). Departure (stated): we store the batch as the suite gives it (after the random
+outputs; then the batch is offered to the reservoir. Buffer size: ``--buffer`` (default: ``ERConfig``,
+15, the paper's Table 1). Departure (stated): we store the batch as the suite gives it (after the random
 crop); Mammoth stores the un-augmented image and augments it again when replaying.
 """
 from __future__ import annotations
@@ -10,18 +10,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Reservoir, WholeModelMethod
+from lightcl.engine.reservoir import Reservoir
+
+from .base import WholeModelMethod
 
 
 class ER(WholeModelMethod):
     name = "er"
-    HP = WholeModelMethod.HP + ("buffer_size", "minibatch_size")
     cost = 1.4
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.buffer = Reservoir(int(self.opt("buffer_size", 15)), self.generator)
-        self.minibatch = int(self.opt("minibatch_size", 32))
+        self.buffer = Reservoir(self.config.buffer_size, self.generator)
+        self.minibatch = self.config.minibatch_size
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)

@@ -14,25 +14,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reservoir, WholeModelMethod
+from lightcl.engine.reservoir import Reservoir
+
+from .base import WholeModelMethod
 
 
 class EWC(WholeModelMethod):
     name = "ewc"
-    HP = WholeModelMethod.HP + ("e_lambda", "gamma", "fisher_samples")
     cost = 1.1
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.e_lambda = float(self.opt("e_lambda", 10.0))
-        self.gamma = float(self.opt("gamma", 1.0))
+        self.e_lambda = self.config.e_lambda
+        self.gamma = self.config.gamma
         self.fisher: list[Tensor] | None = None
         self.anchor: list[Tensor] | None = None
         self._samples: Reservoir | None = None
 
     def begin_task(self, task_id, classes, n_train=None) -> None:
         super().begin_task(task_id, classes, n_train)
-        self._samples = Reservoir(int(self.opt("fisher_samples", 256)), self.generator)
+        self._samples = Reservoir(self.config.fisher_samples, self.generator)
 
     def penalty(self) -> Tensor:
         if self.fisher is None:

@@ -34,14 +34,14 @@ from .base import WholeModelMethod
 
 class FDR(WholeModelMethod):
     name = "fdr"
-    HP = WholeModelMethod.HP + ("buffer_size", "minibatch_size", "alpha")
     cost = 1.5
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.buffer_size = int(self.opt("buffer_size", 15))
-        self.minibatch = int(self.opt("minibatch_size", 32))
-        self.alpha = float(self.opt("alpha", 1.0))
+        c = self.config
+        self.buffer_size = c.buffer_size
+        self.minibatch = c.minibatch_size
+        self.alpha = c.alpha
         # the buffer: x, outputs at the end of its task, task id (one row per sample)
         self.buf: dict[str, Tensor] = {}
         self._pending: list[Tensor] = []  # this task's first samples, waiting for end_task

@@ -10,30 +10,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, Reservoir, forward_flops, n_params
+from lightcl.engine.reservoir import Reservoir
+
+from .base import Method, forward_flops, n_params
 from .engine_common import frozen_figures, open_extractor
 
 
 class LatentReplay(Method):
     name = "latent-replay"
     trains = "head (deep layers + classifier)"
-    HP = ("lr", "momentum", "weight_decay", "buffer_size", "minibatch_size")
     cost = 0.15
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.check_hp(self.HP)
         from lightcl.engine.export_dir import load_head
 
         self.extractor = open_extractor(ctx)
         self.head = load_head(ctx.export_dir).to(self.device)
         self.head.reset_classifier(ctx.num_classes, generator=self.generator)
         self.head.train()
-        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=float(self.opt("lr", 0.1)),
-                                         momentum=float(self.opt("momentum", 0.0)),
-                                         weight_decay=float(self.opt("weight_decay", 0.0)))
-        self.buffer = Reservoir(int(self.opt("buffer_size", 15)), self.generator)
-        self.minibatch = int(self.opt("minibatch_size", 32))
+        c = self.config
+        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=c.lr, momentum=c.momentum,
+                                         weight_decay=c.weight_decay)
+        self.buffer = Reservoir(c.buffer_size, self.generator)
+        self.minibatch = c.minibatch_size
         self.frozen_params, self.f_frozen = frozen_figures(ctx)
         self.f_head = forward_flops(self.head, torch.zeros(2, *self.head.in_features))
 
@@ -73,7 +73,7 @@ class LatentReplay(Method):
         n = self.ctx.batch_size + min(self.minibatch, self.buffer.size)
         hp = n_params(self.head.parameters())
         return {"weights": self.frozen_params + hp, "trainable": hp,
-                "optimizer_slots": 1 if float(self.opt("momentum", 0.0)) > 0 else 0, "extra_state": 0,
+                "optimizer_slots": 1 if self.config.momentum > 0 else 0, "extra_state": 0,
                 "activations": count_activations(self.head, torch.zeros(n, *self.head.in_features)),
                 "buffer": self.buffer.numel(), "samples_per_step": n}
 

@@ -1,7 +1,10 @@
 """``lightcl``: the engine itself: ``load_extractor`` (onnxruntime by default) + ``LightCL``.
 
-Hyperparameters are the learner's options (defaults = the authors' code: SGD lr 0.01, beta 2e-4,
-buffer 15 first samples of the new task's first batch, ratio 0.15, TIL-sliced CE).
+Hyperparameters are the learner's options, typed by the engine's own ``LightCLConfig`` (defaults =
+the authors' code: SGD lr 0.01, beta 2e-4, buffer 15 first samples of the new task's first batch,
+ratio 0.15, TIL-sliced CE). Classes map to outputs through the learner's own map (``task_indices``,
+``seen_indices``, ``label_index``): the method keeps no second copy. ``end_task(x)`` takes the
+fresh full batch the suite draws, as ``lightcl learn`` does.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class LightCLMethod(Method):
         from lightcl.engine.export_dir import load_head
         from lightcl.engine.learner import LightCL
 
-        self.extractor = open_extractor(ctx)
+        self.extractor = ctx.extractor if ctx.extractor is not None else open_extractor(ctx)
         opts = {"num_classes": ctx.num_classes, "seed": int(ctx.seed), "device": ctx.device, **self.hp}
         self.learner = LightCL(self.extractor, load_head(ctx.export_dir), **opts)
         self.frozen_params, self.f_frozen = frozen_figures(ctx)
@@ -30,8 +33,9 @@ class LightCLMethod(Method):
         self.f_head = forward_flops(head, torch.zeros(2, *head.in_features))
 
     def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+        # the learner checks the task and keeps the class -> output map; the Method base keeps none here
         self.learner.begin_task(int(task_id), [int(c) for c in classes])
+        self.current_task = int(task_id)
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         capture = self.learner._pending_capture
@@ -48,9 +52,10 @@ class LightCLMethod(Method):
         return out
 
     def end_task(self, x: Tensor | None = None) -> None:
-        """``x``: a fresh full batch of the task for the vital channels (the suite passes none: the last full batch)."""
+        """``x``: a fresh full batch of the task for the vital channels (the suite draws one, as ``lightcl learn``;
+        without it the learner uses the task's last full-size batch)."""
         self.learner.end_task(x)
-        self.flops += self.f_head * self.ctx.batch_size  # taps of a full batch -> vital channels
+        self.flops += self.f_head * (self.ctx.batch_size if x is None else len(x))  # taps -> vital channels
         if x is not None:
             self.flops += self.f_frozen * len(x)
         super().end_task()
@@ -63,6 +68,9 @@ class LightCLMethod(Method):
 
     def seen_indices(self) -> list[int]:
         return self.learner.seen_indices()
+
+    def to_index(self, y: Tensor) -> Tensor:
+        return self.learner.label_index(y.long().cpu()).to(self.device)
 
     def accounting(self) -> dict:
         from lightcl.bench.accounting import count_activations

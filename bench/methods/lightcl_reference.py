@@ -22,10 +22,11 @@ class LightCLReference(Method):
         super().__init__(ctx, **hp)
         self.check_hp(self.HP)
         from lightcl.bench.reference import ReferenceLightCL
-        from lightcl.export.checkpoint import load_checkpoint
         from lightcl.export.zoo import _split_index
 
-        model, _ = load_checkpoint(ctx.ckpt)
+        from .base import pretrained_backbone
+
+        model, _ = pretrained_backbone(ctx)  # the checkpoint, or composed from the export (bench update)
         model = model.to(self.device)
         self.k = _split_index(model, ctx.scenario.split)
         self.ref = ReferenceLightCL(model, self.k, ctx.num_classes, lr=float(self.opt("lr", 0.01)),

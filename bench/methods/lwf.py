@@ -26,13 +26,12 @@ def modified_kl_div(old: Tensor, new: Tensor) -> Tensor:
 
 class LwF(WholeModelMethod):
     name = "lwf"
-    HP = WholeModelMethod.HP + ("alpha", "softmax_temp")
     cost = 1.4
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.alpha = float(self.opt("alpha", 1.0))
-        self.temp = float(self.opt("softmax_temp", 2.0))
+        self.alpha = self.config.alpha
+        self.temp = self.config.softmax_temp
         self.teacher = None
         self.past: list[int] = []
 
@@ -44,10 +43,7 @@ class LwF(WholeModelMethod):
         x, yi = x.to(self.device), self.to_index(y)
         self.net.train()
         out = self.net(x)
-        seen = torch.tensor(self.seen_indices(), device=self.device)
-        pos = torch.full((self.ctx.num_classes,), -1, dtype=torch.long, device=self.device)
-        pos[seen] = torch.arange(len(seen), device=self.device)
-        ce = F.cross_entropy(out[:, seen], pos[yi])
+        ce = self.ce(out, yi, self.seen_indices())  # over the classes seen so far
         kd = torch.zeros((), device=self.device)
         if self.teacher is not None and self.past:
             past = torch.tensor(self.past, device=self.device)

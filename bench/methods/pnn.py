@@ -46,7 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, forward_flops, n_params, xavier_classifier
+from lightcl.engine.classifier import fresh_classifier
+
+from .base import Method, forward_flops, n_params
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -93,7 +95,7 @@ class Column(nn.Module):
             self.stages[s] = nn.Sequential(*backbone.blocks[start: ends[s] + 1])
             start = ends[s] + 1
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = xavier_classifier(backbone.feat_dim, num_classes, generator)
+        self.fc = fresh_classifier(backbone.feat_dim, num_classes, generator)
         self.n_old = int(n_old)
         self.laterals = nn.ModuleDict()
         if self.n_old:
@@ -105,7 +107,7 @@ class Column(nn.Module):
             c4 = stage_shapes["layer4"][0]
             self.laterals["fc"] = nn.Sequential(Alpha((c4 * self.n_old, 1, 1), generator),
                                                 _reinit(nn.Conv2d(c4 * self.n_old, c4, 1), generator), nn.ReLU(),
-                                                nn.Flatten(), xavier_classifier(c4, num_classes, generator))
+                                                nn.Flatten(), fresh_classifier(c4, num_classes, generator))
 
     def forward(self, x: Tensor, old: list[dict[str, Tensor]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and this column's stage outputs (what later columns take laterally)."""
@@ -141,11 +143,9 @@ class PNN(Method):
     trains = "one new column per task (+ laterals)"
     til_only = True
     cost = 2.0
-    HP = ("lr", "momentum", "weight_decay")
 
     def __init__(self, ctx, **hp: Any) -> None:
         super().__init__(ctx, **hp)
-        self.check_hp(self.HP)
         self.columns: list[Column] = []
         self.column_of: dict[int, int] = {}  # task id -> column index
         self.col_flops: list[float] = []  # forward FLOPs per sample of each column (laterals included)
@@ -187,9 +187,8 @@ class PNN(Method):
             self._stage_shapes = self._shapes(col)
         self.columns.append(col)
         self.column_of[int(task_id)] = len(self.columns) - 1
-        self.optimizer = torch.optim.SGD(col.parameters(), lr=float(self.opt("lr", 0.03)),
-                                         momentum=float(self.opt("momentum", 0.0)),
-                                         weight_decay=float(self.opt("weight_decay", 0.0)))
+        c = self.config
+        self.optimizer = torch.optim.SGD(col.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         probe = torch.zeros(2, *self.ctx.input_shape, device=self.device)
         self.col_flops.append(forward_flops(col, probe, forward=_Step(col, self._run_old)))
 
@@ -260,7 +259,7 @@ class PNN(Method):
         old = self._run_old(x)
         acts += sum(o[s].numel() for o in old for s in ("layer1", "layer2", "layer3"))
         acts += sum(o["layer4"].shape[0] * o["layer4"].shape[1] for o in old)
-        slots = 1 if float(self.opt("momentum", 0.0)) > 0 else 0
+        slots = 1 if self.config.momentum > 0 else 0
         return {"weights": sum(n_params(c.parameters()) for c in self.columns), "trainable": n_params(col.parameters()),
                 "optimizer_slots": slots, "extra_state": 0, "activations": acts, "buffer": 0, "samples_per_step": n,
                 "columns": len(self.columns)}

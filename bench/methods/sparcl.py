@@ -69,7 +69,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Reservoir, WholeModelMethod
+from lightcl.engine.reservoir import Reservoir
+
+from .base import WholeModelMethod
 
 
 def prunable(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -125,31 +127,28 @@ class SparCL(WholeModelMethod):
 
     trains = "whole model, 90% sparse"
     wants_ids = True
-    HP = WholeModelMethod.HP + ("buffer_size", "minibatch_size", "sparsity", "lower_bound", "upper_bound",
-                                "bound_points", "mask_update_every", "sp_lmd", "gradient_sparse", "sample_frequency",
-                                "remove_fraction", "remove_until", "use_cl_mask")
-
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.sparsity = float(self.opt("sparsity", 0.9))
+        c = self.config  # SparCLConfig: the bounds follow ``sparsity`` unless given
+        self.sparsity = c.sparsity
         s = self.sparsity
         self.trains = f"whole model, residual convs {100 * s:.0f}% sparse"
-        self.lower = [float(v) for v in self.opt("lower_bound", [s, s + 0.01, s])]
-        self.upper = [float(v) for v in self.opt("upper_bound", [s - 0.01, s, s])]
-        self.bound_points = [float(v) for v in self.opt("bound_points", [0.1, 0.9])]
+        self.lower = list(c.lower_bound)
+        self.upper = list(c.upper_bound)
+        self.bound_points = list(c.bound_points)
         if not (len(self.lower) == len(self.upper) == len(self.bound_points) + 1):
             from lightcl.engine.errors import InputError
 
             raise InputError(f"{self.name}: lower_bound/upper_bound need one entry more than bound_points")
-        self.every = float(self.opt("mask_update_every", 0.1))
-        self.sp_lmd = float(self.opt("sp_lmd", 0.5))
-        self.gradient_sparse = float(self.opt("gradient_sparse", 0.95))
-        self.sample_frequency = int(self.opt("sample_frequency", 30))
-        self.remove_fraction = float(self.opt("remove_fraction", 0.3))
-        self.remove_until = float(self.opt("remove_until", 0.4))
-        self.use_cl_mask = bool(self.opt("use_cl_mask", True))
-        self.buffer = Reservoir(int(self.opt("buffer_size", 15)), self.generator)
-        self.minibatch = int(self.opt("minibatch_size", 32))
+        self.every = c.mask_update_every
+        self.sp_lmd = c.sp_lmd
+        self.gradient_sparse = c.gradient_sparse
+        self.sample_frequency = c.sample_frequency
+        self.remove_fraction = c.remove_fraction
+        self.remove_until = c.remove_until
+        self.use_cl_mask = c.use_cl_mask
+        self.buffer = Reservoir(c.buffer_size, self.generator)
+        self.minibatch = c.minibatch_size
         self.np_rng = np.random.default_rng(int(ctx.seed))
         self.params = dict(prunable(self.net))
         self.module_of = {n: n.rsplit(".", 1)[0] for n in self.params}
@@ -287,10 +286,7 @@ class SparCL(WholeModelMethod):
     def ce_current(self, out: Tensor, yi: Tensor) -> Tensor:
         if not self.use_cl_mask:
             return self.ce(out, yi)
-        tidx = torch.tensor(self.task_indices(self.current_task), device=out.device)
-        pos = torch.full((out.shape[1],), -1, dtype=torch.long, device=out.device)
-        pos[tidx] = torch.arange(len(tidx), device=out.device)
-        return F.cross_entropy(out[:, tidx], pos[yi])
+        return self.ce(out, yi, self.task_indices(self.current_task))  # the current task's outputs only
 
     def observe(self, x: Tensor, y: Tensor, ids: Tensor | None = None) -> dict:
         info: dict = {}
@@ -356,13 +352,12 @@ class SparCL(WholeModelMethod):
 
 class SparCLER(SparCL):
     name = "sparcl-er"
-    HP = SparCL.HP + ("buffer_weight",)
     cost = 1.4
 
     def replay_loss(self, x, yi):
         b = self.buffer.sample(self.minibatch)
         ce = self.ce(self.net(b["x"]), b["y"])
-        w = float(self.opt("buffer_weight", 1.0))
+        w = self.config.buffer_weight
         return w * ce, len(b["x"]), {"ce_buffer": float(ce.detach())}
 
     def replayed_per_step(self) -> int:
@@ -371,7 +366,6 @@ class SparCLER(SparCL):
 
 class SparCLDERpp(SparCL):
     name = "sparcl-derpp"
-    HP = SparCL.HP + ("alpha", "beta")
     cost = 1.8
 
     def replay_loss(self, x, yi):
@@ -379,7 +373,7 @@ class SparCLDERpp(SparCL):
         mse = F.mse_loss(self.net(b1["x"]), b1["logits"])
         b2 = self.buffer.sample(self.minibatch)
         ce = self.ce(self.net(b2["x"]), b2["y"])
-        loss = float(self.opt("alpha", 0.1)) * mse + float(self.opt("beta", 0.5)) * ce
+        loss = self.config.alpha * mse + self.config.beta * ce
         return loss, len(b1["x"]) + len(b2["x"]), {"mse": float(mse.detach()), "ce_buffer": float(ce.detach())}
 
     def replayed_per_step(self) -> int:

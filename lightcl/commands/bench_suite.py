@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _args.add_backend(p, default="ort", help="extractor backend for lightcl / latent-replay")
     _args.add_device(p)
     p.add_argument("--data-path", default=None, help="explicit path of the continual-learning dataset")
+    p.add_argument("--method-config", default=None, metavar="PATH",
+                   help="METHOD.json (or a directory of them) in bench/configs' format, used instead of the cited "
+                        "config for the methods it covers; unknown keys are refused")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local (default): runs one after another here; ray: each method-seed a Ray task "
                         "(needs lightcl[ray]) declaring --threads CPUs (+1 GPU for cuda)")
@@ -53,14 +56,15 @@ def run(args: argparse.Namespace) -> int:
                       ("--backend", None if args.backend == "ort" else args.backend),
                       ("--device", None if args.device == "cpu" else args.device),
                       ("--executor", None if args.executor == "local" else args.executor),
-                      ("--address", args.address)):
+                      ("--address", args.address), ("--method-config", args.method_config)):
         if val is not None:
             command += f" {flag} {shlex.quote(str(val))}"
     command += f" --out {shlex.quote(args.out)}"
     res = run_suite(args.suite, args.out, methods=args.methods, seeds=args.seeds, epochs=args.epochs,
                     buffer=args.buffer, threads=args.threads or None, backend=args.backend, device=args.device,
                     data_path=args.data_path, progress=not args.quiet, plots=not args.no_plots, command=command,
-                    executor=args.executor, address=args.address, resume=not args.no_resume)
+                    executor=args.executor, address=args.address, resume=not args.no_resume,
+                    method_config=args.method_config)
     from lightcl.bench.report import main_table
 
     print()
