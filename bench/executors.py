@@ -1,6 +1,6 @@
 """Where the suite's method-seed runs execute: one after another on this machine, or as Ray tasks.
 
-Both executors call the same :func:`lightcl.bench.suite.run_worker`, which runs
+Both executors call the same :func:`run_suite_job`, which runs
 :func:`lightcl.bench.suite.run_one` through the benchmark's one subprocess harness
 (:func:`lightcl.bench.worker.run_worker`: fresh interpreter, progress lines, atomic JSON result,
 timeout, SIGTERM/SIGKILL cleanup), so every run is metered the same whichever executor started it. The Ray executor only
@@ -36,26 +36,39 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
+def run_suite_job(spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
+               timeout: float | None = None) -> dict:
+    """Run one method-seed (:func:`run_one`) in a fresh interpreter; returns its record (status 'failed' on error)."""
+    from lightcl.bench.worker import run_worker as run_in_worker
+
+    env = {}
+    if spec.get("threads"):
+        env = {var: str(spec["threads"]) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = run_in_worker("lightcl.bench.suite:run_one", spec, log_path=log_path, env=env, on_progress=on_progress,
+                        timeout=timeout)
+    if out.ok:
+        return out.result
+    error = "\n".join(out.tail) if out.tail and not out.timed_out else (out.error or "")
+    return {"method": spec["method"], "seed": spec["seed"], "status": "failed", "returncode": out.returncode,
+            "error": error, "wall_s": out.wall_s, "log": str(log_path)}
+
+
 OnDone = Callable[[Job, dict], None]
 OnTick = Callable[[Job, int], None]
 
 
 def run_local(jobs: list[Job], on_done: OnDone, on_tick: Optional[OnTick] = None) -> None:
     """Run the jobs one after another, each in its own subprocess (the default executor)."""
-    from lightcl.bench.suite import run_worker
-
     for job in jobs:
         tick = (lambda n, job=job: on_tick(job, n)) if on_tick else None
-        on_done(job, run_worker(job.spec, job.log_path, tick))
+        on_done(job, run_suite_job(job.spec, job.log_path, tick))
 
 
 def _ray_job(spec: dict, log_name: str) -> tuple[dict, str]:
     """Body of one Ray task: the ordinary subprocess worker, log returned to the driver as text."""
-    from lightcl.bench.suite import run_worker
-
     with tempfile.TemporaryDirectory(prefix="lightcl-ray-") as tmp:
         log = Path(tmp) / log_name
-        rec = run_worker(spec, log)
+        rec = run_suite_job(spec, log)
         text = log.read_text(errors="replace") if log.is_file() else ""
     rec["node"] = socket.gethostname()
     return rec, text

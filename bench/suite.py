@@ -303,23 +303,6 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
 
 
 # --------------------------------------------------------------------------- worker process
-def run_worker(spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
-               timeout: float | None = None) -> dict:
-    """Run one method-seed (:func:`run_one`) in a fresh interpreter; returns its record (status 'failed' on error)."""
-    from .worker import run_worker as run_in_worker
-
-    env = {}
-    if spec.get("threads"):
-        env = {var: str(spec["threads"]) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    out = run_in_worker("lightcl.bench.suite:run_one", spec, log_path=log_path, env=env, on_progress=on_progress,
-                        timeout=timeout)
-    if out.ok:
-        return out.result
-    error = "\n".join(out.tail) if out.tail and not out.timed_out else (out.error or "")
-    return {"method": spec["method"], "seed": spec["seed"], "status": "failed", "returncode": out.returncode,
-            "error": error, "wall_s": out.wall_s, "log": str(log_path)}
-
-
 # --------------------------------------------------------------------------- records on disk (resume)
 RECORDS_DIR = "records"
 

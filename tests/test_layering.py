@@ -48,12 +48,7 @@ HOST_BRANCH_OK = "lightcl.data"  # function-local only
 DYNAMIC_CALLS = {"import_module", "__import__"}
 # Cycles known and owned elsewhere, each with why and what ends it. An entry whose cycle is gone fails the test
 # (delete it then), and any other cycle fails as usual.
-KNOWN_CYCLES = {
-    frozenset({"lightcl.bench.executors", "lightcl.bench.suite"}):
-        "the executors call suite.run_worker (the subprocess worker harness) and the suite picks an executor; "
-        "the harness is being made one module for suite/latency/update (issue 11, bench/suite.py's owner): "
-        "once run_worker lives below both, this entry goes",
-}
+KNOWN_CYCLES: dict = {}
 
 
 @dataclass(frozen=True)
