@@ -25,9 +25,10 @@ class Head(nn.Module):
 
     ``config``: ``{"blocks": [{"name": "layer4.0", "type": "basic", "cin":..,"cout":..,"stride":..}, ...],
     "in_features": [C, H, W], "num_classes": K, "feat_dim": D}``; every block spec is rebuilt by
-    :func:`lightcl.engine.blocks.build_block` from its registered ``type`` (any backbone family). A block of a pruned export also carries
-    ``"mid"`` (its first conv's width) and ``"shortcut"`` where they differ from the dense defaults, and
-    ``feat_dim`` is the last block's pruned width: the head is rebuilt from these counts, no special case.
+    :func:`lightcl.engine.blocks.build_block` from its registered ``type`` (any backbone family). A block of
+    a pruned export also carries ``"mid"`` (its first conv's width) and ``"shortcut"`` where they differ
+    from the dense defaults, and ``feat_dim`` is the last block's pruned width: the head is rebuilt from
+    these counts, no special case.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
