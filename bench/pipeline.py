@@ -12,7 +12,7 @@ from typing import Callable
 
 from lightcl.data.datasets import load_dataset
 from lightcl.data.errors import DatasetNotFoundError
-from lightcl.engine.errors import LightCLError
+from lightcl.engine.errors import IntegrityError, LightCLError
 from lightcl.engine.paths import cache_dir
 
 from .scenarios import Scenario
@@ -37,7 +37,7 @@ def ensure_dataset(name: str, echo: Callable[[str], None] = print, allow_apt: bo
 
 def backbone_path(s: Scenario, seed: int = 0) -> Path:
     sub = f"-n{s.pretrain_subset}" if s.pretrain_subset else ""
-    return cache_dir() / "backbones" / f"{s.pretrain_dataset}-resnet18-w{s.width}-e{s.pretrain_epochs}{sub}-s{seed}"
+    return cache_dir() / "backbones" / f"{s.pretrain_dataset}-{s.arch}-w{s.width}-e{s.pretrain_epochs}{sub}-s{seed}"
 
 
 def ensure_backbone(s: Scenario, seed: int = 0, echo: Callable[[str], None] = print, progress: bool = True) -> Path:
@@ -52,19 +52,30 @@ def ensure_backbone(s: Scenario, seed: int = 0, echo: Callable[[str], None] = pr
     except LightCLError:
         pass
     ensure_dataset(s.pretrain_dataset, echo)
-    echo(f"backbone: pretraining resnet18 width {s.width} on {s.pretrain_dataset} for {s.pretrain_epochs} epochs"
+    echo(f"backbone: pretraining {s.arch} width {s.width} on {s.pretrain_dataset} for {s.pretrain_epochs} epochs"
          + (f" ({s.pretrain_subset} images)" if s.pretrain_subset else "") + " ...")
-    meta = pretrain(s.pretrain_dataset, path, width=s.width, epochs=s.pretrain_epochs, seed=seed,
+    meta = pretrain(s.pretrain_dataset, path, arch=s.arch, width=s.width, epochs=s.pretrain_epochs, seed=seed,
                     subset=s.pretrain_subset, progress=progress)
     per_epoch = sum(meta["epoch_seconds"]) / len(meta["epoch_seconds"])
     echo(f"backbone: test accuracy {meta['test_accuracy']:.3f}, {per_epoch:.0f} s/epoch -> {path}")
     return path
 
 
-def ensure_export(ckpt: Path, split: str = "layer3", int8: bool = False, echo: Callable[[str], None] = print,
+def ensure_export(ckpt: Path, split: str | None = None, int8: bool = False, echo: Callable[[str], None] = print,
                   progress: bool = True) -> Path:
+    """The cached export of ``ckpt`` split at ``split`` (None: the checkpoint's backbone's default split)."""
     from lightcl.engine.export_dir import load_export_meta
     from lightcl.export.onnx_export import export_checkpoint
+
+    if split is None:
+        from lightcl.engine.fileio import read_json
+        from lightcl.export.checkpoint import checkpoint_paths
+        from lightcl.export.zoo import default_split
+
+        try:
+            split = default_split(str(read_json(checkpoint_paths(ckpt)[1], "checkpoint metadata").get("arch")))
+        except ValueError as e:
+            raise IntegrityError(f"checkpoint {ckpt}: {e}") from None
 
     out = cache_dir() / "exports" / f"{ckpt.name}-{split}{'-int8' if int8 else ''}"
     try:

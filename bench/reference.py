@@ -7,7 +7,8 @@ the buffer alone; each step pushes the buffer through the whole model *first*, t
 loss = CE on the task's logit slice + beta x masked squared tap differences (logits unmasked); after
 each task the vital channels come from a full batch of the task through the train-mode model,
 OR-ed across tasks; prediction with ``model.eval()``. Taps as in their models.py: every block after
-the split, after its first conv+BN+ReLU and at its output, plus the logits.
+the split, after its first conv+BN+ReLU and at its output, plus the logits (the block types declare
+their taps; :func:`lightcl.engine.blocks.forward_block_taps` names them exactly as the engine's Head).
 
 Where it differs from their script: the buffer batch is the first batch the caller observes (theirs
 is a separate ``next(iter(loader))``: the same kind of draw); ``end_task(x)`` takes the fresh batch
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightcl.engine.blocks import BasicBlock
+from lightcl.engine.blocks import forward_block_taps
+from lightcl.engine.classifier import fresh_classifier
 from lightcl.engine.memory import FeaturePatternMemory
 
 
@@ -31,12 +33,7 @@ class ReferenceLightCL:
         self.model = model
         self.k = split_index  # blocks[0..k] frozen
         g = torch.Generator().manual_seed(seed)
-        fc = nn.Linear(model.fc.in_features, num_classes)
-        with torch.no_grad():
-            bound = (6.0 / (fc.in_features + fc.out_features)) ** 0.5
-            fc.weight.uniform_(-bound, bound, generator=g)
-            fc.bias.zero_()
-        model.fc = fc
+        model.fc = fresh_classifier(model.fc.in_features, num_classes, g, like=model.fc)
         for i, b in enumerate(model.blocks):
             for p in b.parameters():
                 p.requires_grad_(i > self.k)
@@ -50,11 +47,8 @@ class ReferenceLightCL:
     def forward_taps(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         taps = {}
         for i, (name, b) in enumerate(zip(self.model.block_names, self.model.blocks)):
-            if i > self.k and isinstance(b, BasicBlock):
-                h = b.first_conv(x)
-                taps[f"{name}.conv1"] = h
-                x = b.rest(x, h)
-                taps[name] = x
+            if i > self.k:
+                x = forward_block_taps(name, b, x, taps)
             else:
                 x = b(x)
         logits = self.model.fc(torch.flatten(self.model.pool(x), 1))

@@ -1,7 +1,8 @@
-"""Named scenarios (DESIGN.md): what to pretrain on, what to learn continually, and how long."""
+"""Named scenarios (DESIGN.md): which backbone, what to pretrain on, what to learn continually, and how long."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Optional
 
 from lightcl.engine.errors import InputError
 
@@ -17,11 +18,25 @@ class Scenario:
     pretrain_epochs: int
     epochs: int  # per task
     batch_size: int = 32
-    split: str = "layer3"
+    split: Optional[str] = None  # None: the backbone's default split (export/zoo.py registry entry)
     class_order_seed: int | None = None  # None = natural order 0..K-1 (as the authors' Split CIFAR-10)
     pretrain_subset: int | None = None  # pretrain on a seeded class-balanced subset (time budget)
     augment: bool = True  # random crop with padding 4 during continual training (Mammoth's seq-cifar10)
     description: str = ""
+    arch: str = "resnet18"  # a backbone of the zoo (lightcl.export.zoo.list_backbones())
+
+    def __post_init__(self) -> None:
+        from lightcl.export.zoo import backbone_entry
+
+        try:
+            entry = backbone_entry(self.arch)
+        except ValueError as e:
+            raise InputError(f"scenario {self.name!r}: {e}") from None
+        if self.split is None:
+            object.__setattr__(self, "split", entry.split)
+        elif self.split not in entry.split_points:
+            raise InputError(f"scenario {self.name!r}: unknown split point {self.split!r} for {self.arch}; "
+                             f"valid: {', '.join(entry.split_points)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,16 +58,24 @@ SCENARIOS: dict[str, Scenario] = {
     "paper-tinyimg": Scenario(
         "paper-tinyimg", "imagenet32", "tinyimagenet", 10, 20, width=64, pretrain_epochs=30, epochs=100,
         description="the paper's Tiny-ImageNet setting: 10 tasks x 20 classes, 100 epochs per task."),
+    "smoke-mobilenetv2": Scenario(
+        "smoke-mobilenetv2", "digits", "digits", 5, 2, width=16, pretrain_epochs=3, epochs=1, arch="mobilenetv2",
+        description="width-16 MobileNetV2 (alpha 0.25) pretrained on digits; Split digits 5x2, 1 epoch per task. "
+                    "The second backbone family end to end; seconds."),
 }
 
 
 def get_scenario(name: str, **overrides) -> Scenario:
+    """The named scenario with ``overrides`` (None values ignored); ``arch`` alone also resets the split to
+    that backbone's default."""
     if name not in SCENARIOS:
         raise InputError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     s = SCENARIOS[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("epochs", "batch_size", "n_tasks", "classes_per_task"):
+    for key in ("epochs", "batch_size", "n_tasks", "classes_per_task", "width"):
         v = overrides.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise InputError(f"{key} must be a positive integer, got {v!r}")
+    if "arch" in overrides and "split" not in overrides:
+        overrides["split"] = None  # another backbone: its own default split
     return replace(s, **overrides) if overrides else s

@@ -1,9 +1,9 @@
 """The frozen lower/middle layers as a plain torch module, rebuilt on the device from block specs.
 
 ``frozen.safetensors`` holds the weights of the frozen part plus, in its safetensors metadata, the
-JSON list of block specs (``{"name", "type", "cin", "cout", "stride"}``, plus ``"mid"``/``"shortcut"`` for
-a block of a pruned export) so the device can rebuild
-the network with :func:`lightcl.engine.blocks.build_block` alone: no exporter code, no pickle.
+JSON list of block specs (``{"name", "type", ...}``: each registered block type's own fields, e.g.
+``"cin"``, ``"cout"``, ``"stride"`` plus ``"mid"``/``"shortcut"`` for a basic block of a pruned export) so the
+device can rebuild the network with :func:`lightcl.engine.blocks.build_block` alone: no exporter code, no pickle.
 This is what the torch extractor backend runs (the reference, and the paper-faithful
 ``frozen_bn="train"`` mode); the ONNX file is the optimised copy of the same weights.
 """
@@ -23,7 +23,8 @@ FROZEN_FORMAT = "lightcl-frozen/1"
 
 
 class FrozenNet(nn.Module):
-    """Blocks ``stem``, ``layer1.0``, ... up to the split point, in order. ``forward`` chains them."""
+    """The backbone's blocks (``stem``, ``layer1.0``, ... or ``stem``, ``stage1.0``, ...) up to the split point, in
+    order. ``forward`` chains them."""
 
     def __init__(self, specs: list[dict[str, Any]]) -> None:
         super().__init__()

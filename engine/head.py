@@ -1,4 +1,4 @@
-"""The trainable deep part: residual blocks after the split point + pooling + classifier.
+"""The trainable deep part: the backbone's blocks after the split point + pooling + classifier.
 
 Rebuilt on the device from a JSON config, so ``head.safetensors`` alone (no pickle, no exporter
 code) is enough to train and predict.
@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import BasicBlock, build_block
+from .blocks import block_tap_names, build_block, forward_block_taps
+from .classifier import fresh_classifier, grown_classifier
 from .errors import IntegrityError, ShapeError, StateError
 
 HEAD_FORMAT = "lightcl-head/1"
@@ -23,9 +24,11 @@ class Head(nn.Module):
     """Deep layers + global average pool + linear classifier.
 
     ``config``: ``{"blocks": [{"name": "layer4.0", "type": "basic", "cin":..,"cout":..,"stride":..}, ...],
-    "in_features": [C, H, W], "num_classes": K, "feat_dim": D}``. A block of a pruned export also carries
-    ``"mid"`` (its first conv's width) and ``"shortcut"`` where they differ from the dense defaults, and
-    ``feat_dim`` is the last block's pruned width: the head is rebuilt from these counts, no special case.
+    "in_features": [C, H, W], "num_classes": K, "feat_dim": D}``; every block spec is rebuilt by
+    :func:`lightcl.engine.blocks.build_block` from its registered ``type`` (any backbone family). A block of
+    a pruned export also carries ``"mid"`` (its first conv's width) and ``"shortcut"`` where they differ
+    from the dense defaults, and ``feat_dim`` is the last block's pruned width: the head is rebuilt from
+    these counts, no special case.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -46,13 +49,12 @@ class Head(nn.Module):
         return self.fc.out_features
 
     def tap_names(self) -> list[str]:
-        """LightCL's feature taps, as in the authors' code: for every residual block of the head the
-        output of its first conv (after BN+ReLU) and the block's output; then the logits."""
+        """LightCL's feature taps, as in the authors' code: for every block of the head the internal taps its
+        type declares (a basic block: its first conv after BN+ReLU, ``<block>.conv1``) and the block's output;
+        then the logits. The rule lives in :func:`lightcl.engine.blocks.block_tap_names`."""
         names = []
         for name, block in zip(self.block_names, self.blocks):
-            if isinstance(block, BasicBlock):
-                names.append(f"{name}.conv1")
-            names.append(name)
+            names.extend(block_tap_names(name, block))
         names.append("logits")
         return names
 
@@ -60,14 +62,7 @@ class Head(nn.Module):
         taps: dict[str, Tensor] = {}
         x = f
         for name, block in zip(self.block_names, self.blocks):
-            if return_taps and isinstance(block, BasicBlock):
-                h = block.first_conv(x)
-                taps[f"{name}.conv1"] = h
-                x = block.rest(x, h)
-            else:
-                x = block(x)
-            if return_taps:
-                taps[name] = x
+            x = forward_block_taps(name, block, x, taps) if return_taps else block(x)
         logits = self.fc(torch.flatten(self.pool(x), 1))
         if return_taps:
             taps["logits"] = logits
@@ -77,31 +72,14 @@ class Head(nn.Module):
     def reset_classifier(self, num_classes: int, generator: torch.Generator | None = None) -> None:
         """Fresh classifier for the continual-learning classes (xavier weights, zero bias), as the
         authors replace the pretrained one."""
-        import warnings
-
-        with warnings.catch_warnings():  # an expandable classifier starts with 0 outputs
-            warnings.simplefilter("ignore", UserWarning)
-            fc = nn.Linear(self.fc.in_features, num_classes).to(self.fc.weight.device)
-        with torch.no_grad():
-            bound = (6.0 / (fc.in_features + fc.out_features)) ** 0.5
-            fc.weight.uniform_(-bound, bound, generator=generator)
-            fc.bias.zero_()
-        self.fc = fc
+        self.fc = fresh_classifier(self.fc.in_features, num_classes, generator, like=self.fc)
         self.config["num_classes"] = num_classes
 
     def expand_classes(self, num_classes: int, generator: torch.Generator | None = None) -> None:
         """Grow the classifier to ``num_classes`` outputs, keeping the learned rows (new rows: xavier)."""
-        old = self.fc
-        if num_classes <= old.out_features:
+        if num_classes <= self.fc.out_features:
             return
-        new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
-        with torch.no_grad():
-            bound = (6.0 / (new.in_features + new.out_features)) ** 0.5
-            new.weight.uniform_(-bound, bound, generator=generator)
-            new.bias.zero_()
-            new.weight[: old.out_features] = old.weight
-            new.bias[: old.out_features] = old.bias
-        self.fc = new
+        self.fc = grown_classifier(self.fc, num_classes, generator)
         self.config["num_classes"] = num_classes
 
     def check_features(self, f: Tensor) -> None:

@@ -50,7 +50,7 @@ from . import quantize  # called as quantize.X: tests patch the module's functio
 from .checkpoint import checkpoint_paths, load_checkpoint
 from .ort_run import ort_session, run_session
 from .tensorrt_build import build_plan, require_tensorrt
-from .zoo import split_backbone, split_points
+from .zoo import default_split, split_backbone, split_points
 
 INPUT_NAME, OUTPUT_NAME = "input", "features"
 EXAMPLE_BATCH = 2
@@ -246,14 +246,15 @@ def _check_finite_weights(model: torch.nn.Module, ckpt_path) -> None:
                          f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}); refusing to export it")
 
 
-def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "layer3", profile: str = "default",
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | None = None, profile: str = "default",
                       atol: float = 1e-4, int8: bool = False, calib_size: int = 256, min_agreement: float = 0.98,
                       force: bool = False, data_path: str | None = None, progress: bool = True,
                       tensorrt: bool = False, trt_precision: str | None = None, max_batch: int = 32,
                       workspace_mib: int = 1024, trt_cache_dir: str | Path | None = None,
                       int8_options: dict[str, Any] | None = None, sparsity: str | float | None = None,
                       recover_epochs: int | None = None) -> dict[str, Any]:
-    """Split ``ckpt_path`` at ``split`` and write an export directory at ``out_dir``; return its meta.
+    """Split ``ckpt_path`` at ``split`` (None: its backbone's default split) and write an export directory at
+    ``out_dir``; return its meta.
 
     Raises :class:`ParityError` when ONNX and torch differ by more than ``atol`` and
     :class:`AgreementError` when the int8 model's top-1 agreement with fp32 is below
@@ -300,6 +301,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str = "
 
         model, prune_rep = prune_for_export(model, ck, sparsity, recover_epochs=recover_epochs,
                                             data_path=data_path, say=say)
+    if split is None:  # the backbone's registry entry says where it splits by default
+        split = default_split(model.arch)
     try:
         frozen, head = split_backbone(model, split)
     except ValueError as e:

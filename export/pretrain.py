@@ -76,7 +76,7 @@ def pretrain(dataset: str, out: str | Path, arch: str = "resnet18", width: int =
     acc = evaluate(model, test, Preprocess(mean, std))
     meta = {
         "dataset": dataset, "epochs": epochs, "seed": seed, "subset": subset, "batch_size": batch_size, "lr": lr,
-        "classes": train.classes, "input_size": [3, 32, 32],
+        "classes": train.classes, "input_size": list(model.input_size),
         "normalization": {"mean": mean, "std": std, "scale": "0-1"},
         "test_accuracy": acc, "train_size": len(train), "test_size": len(test),
         "epoch_seconds": [round(t, 3) for t in epoch_times], "torch": torch.__version__,

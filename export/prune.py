@@ -96,6 +96,11 @@ class ConvEntry:
 
 def channel_groups(model: Backbone) -> tuple[list[ChannelGroup], list[ConvEntry]]:
     """The zoo's channel dependency graph: groups and every conv's (output group, input group)."""
+    unsupported = [(n, b) for n, b in zip(model.block_names, model.blocks) if not getattr(b, "prunable", False)]
+    if unsupported:  # the block type's capability (engine/blocks.py ``prunable``), not the arch's name
+        n, b = unsupported[0]
+        raise PruneError(f"pruning supports residual basic blocks only: {model.arch} block {n} is "
+                         f"{getattr(b, 'block_type', '') or type(b).__name__!r}")
     groups: list[ChannelGroup] = []
     convs: list[ConvEntry] = []
     cur: int | None = None

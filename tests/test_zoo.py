@@ -58,3 +58,27 @@ def test_head_taps_and_roundtrip(tmp_path):
     head.save(tmp_path / "h.safetensors")
     h2 = Head.load(tmp_path / "h.safetensors").eval()
     assert torch.equal(h2(f), logits)
+
+
+def test_register_backbone_entry_defaults(monkeypatch):
+    """A backbone registered the old way (name only) gets an entry: the default input size, the default
+    split = the last stage but one, and ``split_backbone`` without a split uses it."""
+    from lightcl.engine.blocks import BasicBlock, Stem
+    from lightcl.export import zoo
+
+    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
+
+    @zoo.register_backbone("tiny-test")
+    def tiny(num_classes=10, width=8, in_channels=3):
+        """Two stages."""
+        blocks = [("stem", Stem(in_channels, width)), ("a.0", BasicBlock(width, width)),
+                  ("b.0", BasicBlock(width, 2 * width, 2))]
+        return zoo.Backbone("tiny-test", blocks, feat_dim=2 * width, num_classes=num_classes, width=width)
+
+    e = zoo.backbone_entry("tiny-test")
+    assert e.input_size == zoo.DEFAULT_INPUT_SIZE and e.split == "a" and e.description == "Two stages."
+    m = zoo.create_backbone("tiny-test", width=8, in_channels=1)
+    assert m.input_size == (1, 32, 32)
+    _, head = split_backbone(m.eval())
+    assert head.config["split"] == "a" and [b["name"] for b in head.config["blocks"]] == ["b.0"]
+    assert zoo.default_split("resnet18") == "layer3"

@@ -2,7 +2,8 @@
 
 The whole model in train mode (frozen BN statistics drift, as ``model.train()`` in their code),
 the buffer holds the first 15 *images* of the new task's first batch and is pushed through the whole
-model at every step; trainable: the blocks after the split (layer4) + a fresh xavier classifier.
+model at every step; trainable: the blocks after the split (layer4 of a ResNet-18) + a fresh xavier classifier;
+the taps are the ones the block types declare (any backbone of the zoo).
 """
 from __future__ import annotations
 

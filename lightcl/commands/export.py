@@ -19,8 +19,9 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path prefix (CKPT.safetensors + CKPT.json)")
     p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
-    p.add_argument("--split", default="layer3", help="last frozen block or stage: stem, layer1..layer4, layer4.0 "
-                                                      "(default layer3)")
+    p.add_argument("--split", default=None, help="last frozen block or stage, e.g. resnet18: stem, layer1..layer4, "
+                                                  "layer4.0; mobilenetv2: stage1..stage7, stage6.1 (default: the "
+                                                  "backbone's, layer3 / stage5)")
     p.add_argument("--profile", default="default", choices=["default", "jetson-nano"],
                    help="default: dynamo exporter, opset 18; jetson-nano: legacy exporter, opset 13 (TensorRT 8.2)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs diff allowed between ONNX and PyTorch (1e-4)")

@@ -12,7 +12,7 @@ DESCRIPTION = ("Train a backbone from scratch on a dataset (seeded, progress bar
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="digits, mnist-5k, fashion-mnist, cifar10, cifar100, tinyimagenet, imagenet32, folder")
     p.add_argument("--data-path", default=None, help="explicit dataset location (first in the resolution order)")
-    p.add_argument("--arch", default="resnet18", help="backbone name in the zoo (default resnet18)")
+    p.add_argument("--arch", default="resnet18", help="backbone name in the zoo: resnet18 (default), mobilenetv2")
     p.add_argument("--width", type=int, default=64, help="base width: 64 = paper, 32 demo, 16 tests")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.05)
