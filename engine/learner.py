@@ -519,9 +519,17 @@ class LightCL:
         return load_state(cls, directory, extractor, device=device)
 
     def memory_report(self) -> dict:
-        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks."""
+        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks.
+
+        ``head_grads_bytes`` is the most gradient bytes the step holds at once: every trainable parameter's
+        with the plain step; with the per-parameter step (hooks active) one parameter's at a time, since each
+        gradient is applied and dropped as autograd accumulates it, so the largest one
+        (``bench update --ledger`` measures the same with gradient hooks)."""
         params = sum(p.numel() * p.element_size() for p in self.head.parameters())
+        grads = [p.numel() * p.element_size() for p in self.head.parameters() if p.requires_grad]
+        in_backward = bool(getattr(self.optimizer, "in_backward", False))
         opt = sum(v.numel() * v.element_size() for st in self.optimizer.state.values() for v in st.values()
                   if isinstance(v, Tensor))
-        return {"head_weights_bytes": params, "head_grads_bytes": params, "optimizer_bytes": opt,
-                "memory_bytes": self.memory.nbytes()}
+        return {"head_weights_bytes": params, "head_grads_bytes": max(grads, default=0) if in_backward else sum(grads),
+                "optimizer_bytes": opt, "memory_bytes": self.memory.nbytes(),
+                "optimizer_step": "per-parameter" if in_backward else "plain"}

@@ -68,3 +68,31 @@ def test_sparse_modes_need_a_pruned_export(digits_export):
     r = subprocess.run([sys.executable, "-m", "lightcl", "bench", "update", str(digits_export), "--modes",
                         "lightcl-sparse", "--ledger"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--sparse-export" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("step", ["per-parameter", "plain"])
+def test_memory_report_counts_the_gradients_actually_held(digits_export, step, tmp_path):
+    """memory_report's gradient bytes = what the gradient hooks measure during a real step."""
+    from lightcl.bench.accounting import GradientMeter
+    from lightcl.engine.export_dir import load_head
+    from lightcl.engine.extractors import load_extractor
+    from lightcl.engine.learner import LightCL
+
+    from safetensors.torch import load_file
+
+    from lightcl.bench.update import prepare_data
+
+    d = load_file(str(prepare_data(digits_export, 8, tmp_path / "b.safetensors")))
+    x, y = d["xa"], d["ya"]
+    learner = LightCL(load_extractor(digits_export, backend="torch"), load_head(digits_export), optimizer_step=step)
+    learner.begin_task(0, sorted(set(y.tolist())))
+    gm = GradientMeter(learner.head.parameters())
+    learner.observe(x, y)
+    gm.remove()
+    rep = learner.memory_report()
+    sizes = [p.numel() * p.element_size() for p in learner.head.parameters()]
+    assert rep["optimizer_step"] == step
+    assert rep["head_grads_bytes"] == gm.peak
+    assert rep["head_grads_bytes"] == (max(sizes) if step == "per-parameter" else sum(sizes))
+    assert rep["head_weights_bytes"] == sum(sizes)
+
