@@ -96,3 +96,43 @@ def test_memory_report_counts_the_gradients_actually_held(digits_export, step, t
     assert rep["head_grads_bytes"] == (max(sizes) if step == "per-parameter" else sum(sizes))
     assert rep["head_weights_bytes"] == sum(sizes)
 
+
+
+_MMAP_PROBE = r"""
+import ctypes, json, os, sys
+from lightcl.engine.allocator import apply_lean_malloc
+state = apply_lean_malloc()
+libc = ctypes.CDLL("libc.so.6")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+big = libc.malloc(4 << 20)   # mmapped either way; freeing it raises glibc's dynamic threshold to 4 MiB
+libc.free(big)
+before = libc.mallinfo2().hblkhd
+p = libc.malloc(1 << 20)     # 1 MiB: its own mapping only with a fixed 64 KiB threshold
+mapped = libc.mallinfo2().hblkhd - before >= (1 << 20)
+libc.free(p)
+print(json.dumps({"state": state, "mapped": mapped}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@pytest.mark.parametrize("env, lean", [({}, True), ({"LIGHTCL_MALLOC": "system"}, False),
+                                       ({"MALLOC_ARENA_MAX": "4"}, False)])
+def test_lean_malloc_is_the_default_and_can_be_turned_off(env, lean):
+    """The engine's allocator default really changes glibc's behaviour (a 1 MiB block after a freed 4 MiB one
+    is its own mapping, returned on free), and leaves it alone when opted out or when the user set malloc."""
+    import json
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LIGHTCL_MALLOC"}
+    r = subprocess.run([sys.executable, "-c", _MMAP_PROBE], capture_output=True, text=True, timeout=120,
+                       env={**base, **env})
+    if r.returncode != 0 and "mallinfo2" in r.stderr:
+        pytest.skip("glibc < 2.33 (no mallinfo2)")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["state"]["lean"] is lean and out["mapped"] is lean, out
