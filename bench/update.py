@@ -13,6 +13,12 @@ Modes (same data, same head):
                          per-parameter step saves), ``lightcl-noarena`` onnxruntime without its CPU arena
 - ``lightcl-lean``, ``lightcl-sparse-lean``, ``finetune-lean`` (opt-in) no onnxruntime arena, and the
                          process's glibc malloc with a fixed mmap threshold and two arenas (``LEAN_ENV``)
+- ``lightcl-system``, ``lightcl-sparse-system``, ``lightcl-int8-system`` (opt-in) the engine without its lean
+                         allocator (``LIGHTCL_MALLOC=system``, onnxruntime arena on): what the engine was
+
+Engine modes apply the engine's allocator default (engine/allocator.py) where ``load_extractor`` will
+(before the session is created) and run a learning extractor without onnxruntime's arena.
+Each mode also reports process CPU ms and minor page faults per step, and the step's phases.
 
 Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
 or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
