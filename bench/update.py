@@ -13,6 +13,13 @@ Modes (same data, same head):
                          per-parameter step saves), ``lightcl-noarena`` onnxruntime without its CPU arena
 - ``lightcl-lean``, ``lightcl-sparse-lean``, ``finetune-lean`` (opt-in) no onnxruntime arena, and the
                          process's glibc malloc with a fixed mmap threshold and two arenas (``LEAN_ENV``)
+- ``lightcl-system``, ``lightcl-sparse-system``, ``lightcl-int8-system`` (opt-in) the engine with glibc's
+                         malloc forced (``LIGHTCL_MALLOC=system``) and onnxruntime's arena on
+
+Engine modes apply the engine's allocator policy (engine/allocator.py: glibc's defaults unless
+``LIGHTCL_MALLOC=lean`` is set, e.g. ``LIGHTCL_MALLOC=lean lightcl bench update ...``) where ``load_extractor``
+does (before the session is created) and run a learning extractor without onnxruntime's arena.
+Each mode also reports process CPU ms and minor page faults per step, and the step's phases.
 
 Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
 or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
@@ -42,28 +49,41 @@ from lightcl.bench.methods.base import compose_backbone  # noqa: F401  (moved th
 
 MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8", "lightcl-sparse",
          "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena", "lightcl-lean", "lightcl-lean-plain",
-         "lightcl-sparse-lean", "finetune-lean")
+         "lightcl-sparse-lean", "finetune-lean", "lightcl-system", "lightcl-sparse-system", "lightcl-int8-system")
 DEFAULT_MODES = MODES[:4]
 
 
+# The onnxruntime options of a *learning* extractor: no CPU memory arena (the arena keeps the largest run's
+# buffers for the life of the session; measured in docs/results/ledger.md). Passed explicitly here until the
+# ort backend takes it as its learning default.
+LEARNING_ORT = {"arena": False}
+# the engine before its lean defaults: onnxruntime's arena on, glibc's own malloc behaviour (LIGHTCL_MALLOC=system)
+SYSTEM_ORT = {"arena": True}
+
 # mode -> (extractor backend, which export, learner options, extractor options)
 ENGINE_MODES: dict[str, tuple[str, str, dict, dict]] = {
-    "lightcl": ("ort", "dense", {}, {}),
-    "lightcl-plain": ("ort", "dense", {"optimizer_step": "plain"}, {}),
+    "lightcl": ("ort", "dense", {}, LEARNING_ORT),
+    "lightcl-system": ("ort", "dense", {}, SYSTEM_ORT),
+    "lightcl-plain": ("ort", "dense", {"optimizer_step": "plain"}, LEARNING_ORT),
     "lightcl-noarena": ("ort", "dense", {}, {"arena": False}),
     "lightcl-lean": ("ort", "dense", {}, {"arena": False}),
     "lightcl-lean-plain": ("ort", "dense", {"optimizer_step": "plain"}, {"arena": False}),
     "lightcl-torch": ("torch", "dense", {}, {}),
-    "lightcl-int8": ("ort-int8", "dense", {}, {}),
-    "lightcl-sparse": ("ort", "sparse", {}, {}),
+    "lightcl-int8": ("ort-int8", "dense", {}, LEARNING_ORT),
+    "lightcl-int8-system": ("ort-int8", "dense", {}, SYSTEM_ORT),
+    "lightcl-sparse": ("ort", "sparse", {}, LEARNING_ORT),
+    "lightcl-sparse-system": ("ort", "sparse", {}, SYSTEM_ORT),
     "lightcl-sparse-lean": ("ort", "sparse", {}, {"arena": False}),
-    "lightcl-sparse-int8": ("ort-int8", "sparse", {}, {}),
+    "lightcl-sparse-int8": ("ort-int8", "sparse", {}, LEARNING_ORT),
 }
-# glibc malloc for a lean process: a fixed mmap threshold (no dynamic raise: every block >= 64 KiB is its
-# own mapping, returned to the OS when freed) and two arenas instead of one per thread.
+# glibc malloc for a lean process set from the environment (what engine/allocator.py now does from inside
+# the process): a fixed mmap threshold and two arenas.
 LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
+SYSTEM_ENV = {"LIGHTCL_MALLOC": "system"}
 MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-lean-plain": LEAN_ENV,
-                                       "lightcl-sparse-lean": LEAN_ENV, "finetune-lean": LEAN_ENV}
+                                       "lightcl-sparse-lean": LEAN_ENV, "finetune-lean": LEAN_ENV,
+                                       "lightcl-system": SYSTEM_ENV, "lightcl-sparse-system": SYSTEM_ENV,
+                                       "lightcl-int8-system": SYSTEM_ENV}
 LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
                "activations", "buffer_masks", "step_inputs")
 
@@ -136,7 +156,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     stage("data")
     ca, cb = sorted(set(ya.tolist())), sorted(set(yb.tolist()))
     n_classes = max(ca + cb) + 1
-    times = []
+    # wall, process CPU (all threads) and minor page faults per step: CPU and faults depend on the machine's
+    # load much less than wall time; faults are what a fixed mmap threshold costs (fresh pages every step)
+    times, cpu_times, faults = [], [], []
     ledger: dict[str, float] = {}
     if mode in ENGINE_MODES:
         backend, which, lopts, xopts = ENGINE_MODES[mode]
@@ -149,7 +171,12 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         if backend != "torch":
             opts["spin"] = False
         opts.update(xopts)
+        from lightcl.engine.allocator import apply_lean_malloc, release_free_heap
+
+        # the engine's default as a learner/extractor is created (LIGHTCL_MALLOC=system in *-system modes)
+        malloc = apply_lean_malloc()
         ext = load_extractor(edir, backend=backend, **opts)
+        release_free_heap()  # the session's one-time temporaries (a no-op unless the lean allocator is on)
         stage("extractor")
         with torch.no_grad():
             f0 = ext(torch.cat([xb, xb[:15]]))
@@ -164,12 +191,15 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         method.end_task()
         method.begin_task(1, cb)
         for i in range(warmup + steps):
-            t = time.perf_counter()
+            t, c, f = time.perf_counter(), time.process_time(), _minor_faults()
             learner.observe(xb, yb)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
+                cpu_times.append((time.process_time() - c) * 1000)
+                faults.append(_minor_faults() - f)
         peak = peak_mib()  # before the accounting below allocates anything
         stage("after_steps")
+        phases = _engine_phases(learner, xb, yb, min(steps, 5))
         head = learner.head
         gm = GradientMeter(head.parameters())
         with SavedTensorMeter(list(head.parameters())) as sm:
@@ -193,7 +223,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         trainable = sum(p.numel() for p in head.parameters())
         acts = count_activations(head, feats)
         info = {**ext.info(), "optimizer_step": learner.config.optimizer_step, "export": str(edir),
-                "sparsity": (meta.get("sparsity") or {}).get("weight_sparsity")}
+                "sparsity": (meta.get("sparsity") or {}).get("weight_sparsity"), "malloc": malloc}
         if backend == "ort-int8":  # first-class only where the export's agreement check passed
             i8 = meta.get("int8") or {}
             info["int8"] = {"top1_agreement": i8.get("top1_agreement"), "min_agreement": i8.get("min_agreement"),
@@ -231,12 +261,15 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             acts = count_activations(model, xb)
         trainable = sum(p.numel() for p in trainable_params)
         for i in range(warmup + steps):
-            t = time.perf_counter()
+            t, c, f = time.perf_counter(), time.process_time(), _minor_faults()
             step()
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
+                cpu_times.append((time.process_time() - c) * 1000)
+                faults.append(_minor_faults() - f)
         peak = peak_mib()
         stage("after_steps")
+        phases = _module_phases(step, model, k, min(steps, 5))
         gm = GradientMeter(trainable_params)
         with SavedTensorMeter(list(model.parameters())) as sm:
             step()
@@ -259,12 +292,104 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     return {
         "mode": mode, "steps": steps, "batch": int(len(xb)),
         "step_ms": statistics.median(times), "step_ms_p90": times[int(0.9 * (len(times) - 1))],
-        "step_ms_mean": statistics.fmean(times),
+        "step_ms_mean": statistics.fmean(times), "step_cpu_ms": statistics.median(cpu_times),
+        "step_minor_faults": int(statistics.median(faults)),
         "idle_rss_mib": idle, "peak_rss_mib": peak, "peak_rss_delta_mib": delta,
         "theoretical_mib": theoretical_mib(weights, trainable, acts),
         "weights": weights, "trainable_params": trainable, "activations": acts, "extractor": info,
-        "ledger_mib": ledger, "stages_mib": stages,
+        "ledger_mib": ledger, "stages_mib": stages, "phases_ms": phases,
     }
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _median_phases(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]} if samples else {}
+
+
+def _engine_phases(learner, xb, yb, n: int) -> dict[str, float]:
+    """Where the engine's step goes (median ms of ``n`` extra steps, after the timed ones): the extractor,
+    the head's forward passes (buffer + batch), the optimizer's updates (inside backward with the
+    per-parameter step), and the rest (loss, backward, bookkeeping). Wrappers time the real ``observe``."""
+    clock = time.perf_counter
+    acc = {"extract": 0.0, "head_forward": 0.0, "optimizer": 0.0}
+    extract, opt = learner.extract, learner.optimizer
+    update = getattr(opt, "_update", None)
+
+    def timed_extract(x):
+        t = clock()
+        try:
+            return extract(x)
+        finally:
+            acc["extract"] += clock() - t
+
+    t_fwd = [0.0]
+    h1 = learner.head.register_forward_pre_hook(lambda m, a: t_fwd.__setitem__(0, clock()))
+    h2 = learner.head.register_forward_hook(lambda m, a, o: acc.__setitem__("head_forward", acc["head_forward"]
+                                                                            + clock() - t_fwd[0]))
+    learner.extract = timed_extract
+    if update is not None:  # PerParameterSGD: each parameter's update, during backward
+        def timed_update(p):
+            t = clock()
+            update(p)
+            acc["optimizer"] += clock() - t
+        opt._update = timed_update
+    else:
+        step = opt.step
+
+        def timed_step(*a, **kw):
+            t = clock()
+            step(*a, **kw)
+            acc["optimizer"] += clock() - t
+        opt.step = timed_step
+    samples = []
+    try:
+        for _ in range(n):
+            for k in acc:
+                acc[k] = 0.0
+            t = clock()
+            learner.observe(xb, yb)
+            total = clock() - t
+            samples.append({"total": total * 1e3, **{k: v * 1e3 for k, v in acc.items()},
+                            "backward_rest": (total - sum(acc.values())) * 1e3})
+    finally:
+        del learner.extract
+        h1.remove()
+        h2.remove()
+        if update is not None:
+            del opt._update
+        else:
+            del opt.step
+    return _median_phases(samples)
+
+
+def _module_phases(step, model, k: int, n: int) -> dict[str, float]:
+    """The same split for a whole-model step: the frozen blocks' forward (``blocks[:k+1]``), the rest of the
+    forward, and backward + optimizer (what remains)."""
+    clock = time.perf_counter
+    acc = {"frozen_forward": 0.0}
+    mark = [0.0]
+    hs = [model.blocks[0].register_forward_pre_hook(lambda m, a: mark.__setitem__(0, clock())),
+          model.blocks[k].register_forward_hook(lambda m, a, o: acc.__setitem__(
+              "frozen_forward", acc["frozen_forward"] + clock() - mark[0]))]
+    samples = []
+    try:
+        for _ in range(n):
+            for key in acc:
+                acc[key] = 0.0
+            t = clock()
+            step()
+            total = clock() - t
+            samples.append({"total": total * 1e3, "frozen_forward": acc["frozen_forward"] * 1e3,
+                            "rest": (total - acc["frozen_forward"]) * 1e3})
+    finally:
+        for h in hs:
+            h.remove()
+    return _median_phases(samples)
 
 
 def _frozen_params(export_dir):
@@ -350,11 +475,17 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
         ratios["step_lightcl_over_reference"] = by["lightcl"]["step_ms"] / by["lightcl-reference"]["step_ms"]
     ft = by.get("finetune", {}).get("peak_rss_delta_mib")
     for m in ("lightcl-sparse", "lightcl-sparse-int8", "lightcl-int8", "lightcl-plain", "lightcl-noarena",
-              "lightcl-lean", "lightcl-lean-plain", "lightcl-sparse-lean"):
+              "lightcl-lean", "lightcl-lean-plain", "lightcl-sparse-lean", "lightcl-system", "lightcl-sparse-system",
+              "lightcl-int8-system"):
         if m in by and ft:
             ratios[f"rss_{m}_over_finetune"] = by[m]["peak_rss_delta_mib"] / max(1e-9, ft)
-    if "lightcl-sparse" in by and "lightcl-reference" in by:
-        ratios["step_lightcl-sparse_over_reference"] = by["lightcl-sparse"]["step_ms"] / by["lightcl-reference"]["step_ms"]
+    ftl = by.get("finetune-lean", {}).get("peak_rss_delta_mib")
+    for m in ("lightcl", "lightcl-sparse", "lightcl-lean", "lightcl-sparse-lean"):
+        if m in by and ftl:
+            ratios[f"rss_{m}_over_finetune-lean"] = by[m]["peak_rss_delta_mib"] / max(1e-9, ftl)
+    for m in ("lightcl-sparse", "lightcl-int8", "lightcl-sparse-int8", "lightcl-system", "lightcl-torch"):
+        if m in by and "lightcl-reference" in by:
+            ratios[f"step_{m}_over_reference"] = by[m]["step_ms"] / by["lightcl-reference"]["step_ms"]
     env = collect()
     env["threads"] = threads
     return {"results": results, "ratios": ratios, "env": env, "sparse_export": sparse_export,
@@ -383,12 +514,17 @@ def format_ledger(res: dict) -> str:
 
 
 def format_table(res: dict) -> str:
-    lines = [f"{'mode':18s} {'step ms':>9s} {'p90 ms':>8s} {'peak RSS delta MiB':>19s} {'theoretical MiB':>16s}"]
+    lines = [f"{'mode':22s} {'step ms':>9s} {'p90 ms':>8s} {'CPU ms':>8s} {'faults':>7s} {'peak RSS delta MiB':>19s} "
+             f"{'theoretical MiB':>16s}"]
     for r in res["results"]:
-        lines.append(f"{r['mode']:18s} {r['step_ms']:9.1f} {r['step_ms_p90']:8.1f} {r['peak_rss_delta_mib']:19.1f} "
-                     f"{r['theoretical_mib']:16.1f}")
+        lines.append(f"{r['mode']:22s} {r['step_ms']:9.1f} {r['step_ms_p90']:8.1f} {r.get('step_cpu_ms', float('nan')):8.1f} "
+                     f"{r.get('step_minor_faults', -1):7d} {r['peak_rss_delta_mib']:19.1f} {r['theoretical_mib']:16.1f}")
     for k, v in res["ratios"].items():
         lines.append(f"{k}: {v:.3f}")
+    for r in res["results"]:
+        ph = r.get("phases_ms")
+        if ph:
+            lines.append(f"{r['mode']} step phases (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()))
     for r in res["results"]:
         i8 = (r.get("extractor") or {}).get("int8")
         if i8 and i8.get("forced"):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .allocator import apply_lean_malloc
 from .errors import InputError, IntegrityError, LightCLError, NonFiniteError, ShapeError, UnknownClassError, UnknownTaskError
 from .head import Head
 from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
@@ -112,6 +113,7 @@ class LightCL:
             raise InputError(f"unknown LightCL option(s) {unknown}; known: {sorted(known)}")
         self.config = LightCLConfig(**options)
         self.config.validate()
+        apply_lean_malloc()  # LIGHTCL_MALLOC=lean (engine/allocator.py); a no-op by default
         check_learner_args(extractor, head, self.config)
         if optimizer is not None and not callable(optimizer):
             raise InputError("optimizer must be a factory: params -> torch.optim.Optimizer")
@@ -773,12 +775,20 @@ class LightCL:
                           loss_components=loss_components)
 
     def memory_report(self) -> dict:
-        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks."""
+        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks.
+
+        ``head_grads_bytes`` is the most gradient bytes the step holds at once: every trainable parameter's
+        with the plain step; with the per-parameter step (hooks active) one parameter's at a time, since each
+        gradient is applied and dropped as autograd accumulates it, so the largest one
+        (``bench update --ledger`` measures the same with gradient hooks)."""
         params = sum(p.numel() * p.element_size() for p in self.head.parameters())
+        grads = [p.numel() * p.element_size() for p in self.head.parameters() if p.requires_grad]
+        in_backward = bool(getattr(self.optimizer, "in_backward", False))
         opt = sum(v.numel() * v.element_size() for st in self.optimizer.state.values() for v in st.values()
                   if isinstance(v, Tensor))
-        return {"head_weights_bytes": params, "head_grads_bytes": params, "optimizer_bytes": opt,
-                "memory_bytes": self.memory.nbytes()}
+        return {"head_weights_bytes": params, "head_grads_bytes": max(grads, default=0) if in_backward else sum(grads),
+                "optimizer_bytes": opt, "memory_bytes": self.memory.nbytes(),
+                "optimizer_step": "per-parameter" if in_backward else "plain"}
 
 
 STATE_KEYS = ("config", "tasks", "class_index", "current_task", "finished_tasks", "pending_capture", "counters",

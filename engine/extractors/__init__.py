@@ -112,8 +112,10 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
     missing one, :class:`MissingDependencyError` (exit code 3) when an explicitly requested
     runtime is not installed or does not get the device.
     """
+    from ..allocator import apply_lean_malloc
     from ..export_dir import load_export_meta
 
+    apply_lean_malloc()  # LIGHTCL_MALLOC=lean: before any runtime allocates (a no-op by default)
     check_name(backend)
     if not isinstance(export_dir, (str, os.PathLike)):
         raise InputError(f"export_dir must be a path, got {type(export_dir).__name__}")

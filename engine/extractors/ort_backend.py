@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..allocator import release_free_heap
 from ..errors import InputError, IntegrityError, MissingDependencyError, StateError
 from ..export_dir import export_file
 from ..fileio import read_buffer
@@ -168,6 +169,7 @@ class OrtExtractor(BaseExtractor):
         t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(model_bytes, so, providers=self.requested)
+            release_free_heap()  # the session's one-time temporaries (only with LIGHTCL_MALLOC=lean)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             first = " ".join(str(e).split())[:200]
             if self.on_gpu:

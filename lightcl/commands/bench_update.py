@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default=None,
                    help="comma-separated (default lightcl,lightcl-torch,lightcl-reference,finetune, + lightcl-sparse "
                         "with --sparse-export); also lightcl-int8 / lightcl-sparse-int8 (exports made with --int8), "
-                        "lightcl-plain (plain torch.optim.SGD step), lightcl-noarena (onnxruntime without its arena)")
+                        "lightcl-plain (plain torch.optim.SGD step), lightcl-noarena (onnxruntime without its arena), "
+                        "lightcl-system / lightcl-sparse-system / lightcl-int8-system (the engine without its lean "
+                        "allocator: glibc defaults, onnxruntime arena on)")
     p.add_argument("--sparse-export", default=None, metavar="DIR",
                    help="a pruned export of the same checkpoint (lightcl export --sparsity ...) for lightcl-sparse*")
     p.add_argument("--ledger", action="store_true",
