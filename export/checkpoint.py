@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from lightcl.engine.errors import IntegrityError, StateError
 from lightcl.engine.fileio import read_json, sha256_file, write_bytes_atomic, write_json_atomic

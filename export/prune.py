@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from lightcl.engine.blocks import BasicBlock, Stem
 from lightcl.engine.errors import InputError

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from hostile_util import report_hostile_counts  # noqa: F401  (autouse: writes the case counts)
 from hostile_util import (COUNTS, cli, count, images, make_state, resign_export, resign_state, sha, tree_bytes,
                           watchdog)

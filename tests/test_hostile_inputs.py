@@ -17,7 +17,7 @@ import torch
 from hostile_util import report_hostile_counts  # noqa: F401  (autouse: writes the case counts)
 from hostile_util import COUNTS, cli, count, images, make_state, resign_export, resign_state, sha, tree_bytes
 
-from lightcl.engine.errors import InputError, IntegrityError, LightCLError, ShapeError
+from lightcl.engine.errors import InputError, IntegrityError, LightCLError
 from lightcl.engine.export_dir import load_export_meta, load_head
 from lightcl.engine.extractors import load_extractor
 from lightcl.engine.learner import LightCL
@@ -38,7 +38,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 # ---------------------------------------------------------------- exhaustion
 def test_threads_are_bounded_by_the_machine(env, digits_ckpt, tmp_path):
-    e, s = env["export"], env["state"]
+    e = env["export"]
     huge = 100000
     before = threading.active_count()
     cases = [
