@@ -225,3 +225,13 @@ def test_cli_pretrain_export_learn_mobilenetv2(tmp_path):
     r = _cli("export", "ck/mb16", "--out", "exp2", "--sparsity", "0.5", cwd=tmp_path)
     assert r.returncode != 0 and "pruning supports residual basic blocks only" in r.stderr
     assert not (tmp_path / "exp2").exists()
+
+
+def test_info_lists_every_registered_backbone_with_its_default_config():
+    from lightcl.commands.info import _backbones
+    from lightcl.export.zoo import backbone_entry, list_backbones
+
+    got = _backbones()
+    assert sorted(got) == list_backbones()
+    for name, cfg in got.items():
+        assert cfg["default_split"] == backbone_entry(name).split and cfg["default_split"] in cfg["split_points"]

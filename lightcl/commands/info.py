@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import argparse
-
-from lightcl.commands import _args
 import json
 
+from lightcl.commands import _args
+
 DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package provides it), tensorrt; "
-               "the execution providers that really work (a tiny session per provider); CUDA devices; CPUs.")
+               "the execution providers that really work (a tiny session per provider); the registered extractor "
+               "backends and backbones; CUDA devices; CPUs.")
+
+
+def _backbones() -> dict:
+    """Registered backbones and their default configs (host-side registry; absent on a device-only install)."""
+    try:
+        from lightcl.export.zoo import backbone_entry, list_backbones
+    except ImportError as e:
+        return {"unavailable": str(e)}
+    return {name: backbone_entry(name).default_cfg() for name in list_backbones()}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
     info = collect()
     info["execution_providers"] = working_providers()
     info["extractor_backends"] = extractor_backends()
+    info["backbones"] = _backbones()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    rows = [(k, v) for k, v in info.items() if k not in ("execution_providers", "cuda_devices", "extractor_backends")]
+    rows = [(k, v) for k, v in info.items() if k not in ("execution_providers", "cuda_devices", "extractor_backends", "backbones")]
     for k, v in rows:
         print(f"{k:22s} {v if v is not None else 'not installed'}")
     print("execution providers:")
@@ -32,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
     print("extractor backends:")
     for name, status in info["extractor_backends"].items():
         print(f"  {name:28s} {status}")
+    print("backbones:")
+    for name, cfg in info["backbones"].items():
+        if name == "unavailable":
+            print(f"  {cfg}")
+            continue
+        print(f"  {name:28s} input {'x'.join(map(str, cfg['input_size']))}, default split {cfg['default_split']}, "
+              f"width {cfg['default_width']}; splits: {', '.join(cfg['split_points'])}")
     print("cuda devices:" + ("" if info["cuda_devices"] else " none"))
     for d in info["cuda_devices"]:
         print(f"  [{d['index']}] {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)")
