@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightcl.engine.errors import InputError
 
@@ -73,12 +73,9 @@ def units_of(model, level: str = "stage") -> list[tuple[str, list[int]]]:
 
 
 def _fresh_fc(model, n: int, gen: torch.Generator) -> None:
-    fc = nn.Linear(model.fc.in_features, n)
-    with torch.no_grad():
-        bound = (6.0 / (fc.in_features + n)) ** 0.5
-        fc.weight.uniform_(-bound, bound, generator=gen)
-        fc.bias.zero_()
-    model.fc = fc
+    from lightcl.engine.classifier import fresh_classifier
+
+    model.fc = fresh_classifier(model.fc.in_features, n, gen)
 
 
 def finetune(model, data, idx: np.ndarray, positions: Sequence[int], labels_to_pos: Tensor, pre, epochs: int,

@@ -88,12 +88,9 @@ def run_ray(jobs: list[Job], on_done: OnDone, address: Optional[str] = None, num
     ``address``: an existing cluster (``auto``, ``ray://host:10001``, ``host:6379``); ``None`` starts a
     local instance with ``num_cpus`` CPUs (default: all) that is shut down at the end.
     """
-    from lightcl.engine.errors import MissingDependencyError
+    from lightcl.engine.optional import require
 
-    try:
-        import ray
-    except ImportError:
-        raise MissingDependencyError("--executor ray needs Ray: pip install 'lightcl[ray]'") from None
+    ray = require("ray", needed_for="--executor ray", install="pip install 'lightcl[ray]'")
     import logging
 
     own = not ray.is_initialized()

@@ -19,11 +19,11 @@ this procedure to float precision (tests/test_faithful.py pins it against a sepa
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightcl.engine.blocks import forward_block_taps
 from lightcl.engine.classifier import fresh_classifier
+from lightcl.engine.losses import sliced_cross_entropy
 from lightcl.engine.memory import FeaturePatternMemory
 
 
@@ -73,8 +73,7 @@ class ReferenceLightCL:
             _, taps = self.forward_taps(self.memory.features)
             fp = self.memory.penalty(taps, self.beta)
         logits, _ = self.forward_taps(x)
-        lut = {c: i for i, c in enumerate(classes)}
-        ce = F.cross_entropy(logits[:, classes], torch.tensor([lut[int(v)] for v in y]))
+        ce = sliced_cross_entropy(logits, torch.as_tensor(y, dtype=torch.long), classes)
         loss = ce + fp
         loss.backward()
         self.optimizer.step()

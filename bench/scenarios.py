@@ -1,4 +1,4 @@
-"""Named scenarios (DESIGN.md): which backbone, what to pretrain on, what to learn continually, and how long."""
+"""Named scenarios (docs/benchmarks.md): which backbone, what to pretrain on, what to learn continually, and how long."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace

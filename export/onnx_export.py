@@ -40,10 +40,11 @@ from typing import Any, Callable
 import torch
 
 from lightcl.data.tasks import real_images
-from lightcl.engine.errors import InputError, LightCLError, MissingDependencyError, StateError
+from lightcl.engine.errors import InputError, LightCLError, StateError
 from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME, OLD_FORMATS, frozen_id_of, owned_names
 from lightcl.engine.extractors.ort_backend import import_onnxruntime
 from lightcl.engine.fileio import atomic_directory, read_json, recover_directory, sha256_file, write_json_atomic
+from lightcl.engine.optional import require
 from lightcl.engine.frozen import load_frozen, save_frozen
 
 from . import quantize  # called as quantize.X: tests patch the module's functions
@@ -117,11 +118,8 @@ def export_onnx(frozen: torch.nn.Module, path: str | Path, profile: str = "defau
     t0 = time.perf_counter()
     with _quiet_exporter():
         if prof["exporter"] == "dynamo":
-            try:
-                import onnxscript  # noqa: F401  (the dynamo exporter's backend)
-            except ImportError as e:
-                raise MissingDependencyError(f"profile 'default' needs onnxscript for torch.onnx.export(dynamo=True) "
-                                             f"({e}); pip install onnxscript") from None
+            require("onnxscript", needed_for="profile 'default' (torch.onnx.export(dynamo=True))",
+                    install="pip install onnxscript")
             batch = torch.export.Dim("batch", min=1, max=1 << 16)
             torch.onnx.export(frozen, (example,), str(path), dynamo=True, opset_version=prof["opset"],
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_FILES = sorted(
     [p for p in (ROOT / "engine").rglob("*.py")]
     + [ROOT / f for f in ("lightcl/__init__.py", "lightcl/__main__.py", "lightcl/cli.py", "lightcl/commands/__init__.py",
-                          "lightcl/commands/predict.py", "examples/robot_loop.py", "data/__init__.py", "data/errors.py")])
+                          "lightcl/commands/predict.py", "lightcl/commands/_args.py", "lightcl/commands/_safety.py",
+                          "examples/robot_loop.py", "data/__init__.py", "data/errors.py")])
 MIN_PYTHON = "3.8"
 HOST_MODULES = ("lightcl.bench", "lightcl.export", "onnx", "onnxscript", "sklearn", "mlxtend")
 

@@ -45,12 +45,10 @@ def printable(name: str) -> str:
 def _read_images(path: Path, size: int):
     import numpy as np
 
-    from lightcl.engine.errors import InputError, MissingDependencyError
+    from lightcl.engine.errors import InputError
+    from lightcl.engine.optional import require
 
-    try:
-        from PIL import Image
-    except ImportError:
-        raise MissingDependencyError("--images needs Pillow: pip install pillow (or lightcl[device])") from None
+    Image = require("PIL.Image", needed_for="--images", install="pip install pillow (or lightcl[device])")
 
     exts = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp"}
     if not path.exists() and not path.is_symlink():
