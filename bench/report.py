@@ -113,6 +113,12 @@ def main_table(results: dict) -> str:
             row += ([("n/a" if p[1] is None else f"{p[1]:.2f}"), f"{p[2]:.2f}", f"{p[3] / 1e12:,.0f}", f"{p[4]:.1f}"]
                     if p else ["-", "-", "-", "-"])
         rows.append("| " + " | ".join(row) + " |")
+    # methods the suite found not applicable to this backbone: a row that says so (the reason is listed
+    # under "Skipped and failed runs"), never a blank or a number
+    for sk in results.get("skipped", []):
+        if sk.get("status") == "not applicable" and sk["method"] not in agg:
+            rows.append("| " + " | ".join([f"`{sk['method']}`", "not applicable (see below)", "0"]
+                                          + ["n/a"] * (len(head) - 3)) + " |")
     return "\n".join(rows)
 
 
@@ -161,7 +167,7 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         f"`{s['cl_dataset']}`, batch {s['batch_size']}, **{results['epochs']} epoch(s) per task**, "
         f"random-crop augmentation {'on' if s.get('augment') else 'off'}, class order "
         f"{'natural' if s.get('class_order_seed') is None else 'seeded ' + str(s.get('class_order_seed'))}",
-        f"- pretrained start (every method): ResNet-18 width {b.get('width')} pretrained on `{b.get('dataset')}` for "
+        f"- pretrained start (every method): {s.get('arch') or 'resnet18'} width {b.get('width')} pretrained on `{b.get('dataset')}` for "
         f"{b.get('epochs')} epochs (test accuracy {100 * (b.get('test_accuracy') or 0):.1f}%), `{Path(b.get('path', '')).name}`; "
         f"LightCL / latent replay use its export split at `{s.get('split')}` (extractor backend `{results.get('backend')}`)",
         f"- seeds: {results['seeds']} (seed = data order + every method's own randomness); runs finished: {n_ok}"

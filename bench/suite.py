@@ -403,9 +403,16 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
             echo(f"suite: {m}: not built yet (skipped)")
         else:
             runnable.append(m)
+    # methods that cannot run on this backbone (Method.not_applicable: e.g. no block they can sparsify) are
+    # recorded with their reason, like unbuilt ones, and the others run
+    runnable = _applicable(runnable, str(ckpt), skipped, echo)
     if not runnable:
         from lightcl.bench.methods import MethodNotBuilt
+        from lightcl.bench.methods.base import MethodNotApplicable
 
+        if any(sk.get("status") == "not applicable" for sk in skipped):
+            why = "; ".join(f"{sk['method']}: {sk['reason']}" for sk in skipped)
+            raise MethodNotApplicable(f"nothing to run: {why}")
         raise MethodNotBuilt(f"nothing to run: {', '.join(names)} not built yet")
     # Shared, cached artefacts a method needs (lightcl-sparse: its pruned export) are built here, once,
     # before any worker starts: a worker must not meter their build (pruning + recovery fine-tune) as
@@ -518,6 +525,24 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     results["wall_s"] = time.perf_counter() - t_suite
     write_all(results, out, plots=plots)
     return results
+
+
+def _applicable(names: list[str], ckpt: str, skipped: list[dict], echo) -> list[str]:
+    """``names`` less the methods whose ``not_applicable(model)`` gives a reason on the pretrained backbone;
+    those go to ``skipped`` as ``{"method", "reason", "status": "not applicable"}`` (the report lists them)."""
+    from lightcl.export.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    keep = []
+    for m in names:
+        reason = _cls(m).not_applicable(model)
+        if reason:
+            skipped.append({"method": m, "status": "not applicable",
+                            "reason": f"not applicable to {model.arch}: {reason}"})
+            echo(f"suite: {m}: not applicable to {model.arch} (skipped): {reason}")
+        else:
+            keep.append(m)
+    return keep
 
 
 def _cls(name: str):

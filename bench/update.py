@@ -141,7 +141,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         torch.set_num_threads(threads)
     from lightcl.bench.meters import malloc_trim, peak_mib, rss_mib, warm_up
 
-    warm_up((3, 32, 32))  # the same idle baseline as the suite: libraries initialised, freed heap returned
+    # the same idle baseline as the suite (its warm-up runs at the export's input shape): libraries
+    # initialised, freed heap returned
+    warm_up(tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
     malloc_trim()
     idle = rss_mib()
     MiB = float(1 << 20)

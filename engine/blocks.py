@@ -10,7 +10,9 @@ Extension points are data, not if-chains:
 * every block says which of its internal outputs are LightCL feature taps (``tap_suffixes`` +
   ``forward_taps``); :func:`block_tap_names` and :func:`forward_block_taps` turn that into the tap names
   the head, the pattern memory and the authors' reference loop use (one rule, here);
-* ``prunable`` says whether ``lightcl.export.prune`` knows the type's channel dependencies.
+* ``prunable`` says whether ``lightcl.export.prune`` knows the type's channel dependencies;
+* ``maskable_weights()`` names the conv weights (relative to the block) that *weight*-sparsity methods
+  (SparCL's masks) may mask: a block family opts in by listing them, so no method guesses by name.
 
 Adding a block type: subclass :class:`Block`, decorate it with ``@register_block("name")``, implement
 ``spec``/``from_spec`` (and ``tap_suffixes``/``forward_taps`` when it has internal taps).
@@ -90,6 +92,8 @@ class Block(nn.Module):
     ``tap_suffixes()``: names of the internal outputs that are LightCL feature taps (the block's output
     is always one); ``forward_taps(x)`` returns ``(output, {suffix: tensor})`` computed exactly as
     ``forward`` computes the output. ``prunable``: the structured pruner knows this type's channel graph.
+    ``maskable_weights()``: the conv weights (``"conv1.weight"``, relative to the block) that unstructured
+    weight-sparsity methods may mask; ``()`` (the default): none, the block stays dense.
     """
 
     block_type: ClassVar[str] = ""
@@ -102,6 +106,9 @@ class Block(nn.Module):
 
     def forward_taps(self, x: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         return self(x), {}
+
+    def maskable_weights(self) -> Tuple[str, ...]:
+        return ()
 
     def spec(self) -> Dict[str, Any]:
         raise NotImplementedError
@@ -162,6 +169,10 @@ class BasicBlock(Block):
 
     def tap_suffixes(self) -> Tuple[str, ...]:
         return ("conv1",)
+
+    def maskable_weights(self) -> Tuple[str, ...]:
+        """Both 3x3 convs, not the 1x1 shortcut (SparCL's resnet18_0.90.yaml: 16 layers)."""
+        return ("conv1.weight", "conv2.weight")
 
     def forward_taps(self, x: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         h = self.first_conv(x)
@@ -295,6 +306,11 @@ class InvertedResidual(Block):
 
     def tap_suffixes(self) -> Tuple[str, ...]:
         return ("expand",) if self.expand != 1 else ("dw",)
+
+    def maskable_weights(self) -> Tuple[str, ...]:
+        """The 1x1 expansion and projection convs (nearly all of the block's weights); the depthwise conv
+        (9 weights per channel) stays dense, as the BasicBlock's 1x1 shortcut does."""
+        return (("expand_conv.weight",) if self.expand != 1 else ()) + ("project_conv.weight",)
 
     def forward_taps(self, x: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         h = self._first(x)

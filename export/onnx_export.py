@@ -51,7 +51,7 @@ from . import quantize  # called as quantize.X: tests patch the module's functio
 from .checkpoint import checkpoint_paths, load_checkpoint
 from .ort_run import ort_session, run_session
 from .tensorrt_build import build_plan, require_tensorrt
-from .zoo import default_split, split_backbone, split_points
+from .zoo import DEFAULT_INPUT_SIZE, default_split, split_backbone, split_points
 
 INPUT_NAME, OUTPUT_NAME = "input", "features"
 EXAMPLE_BATCH = 2
@@ -106,9 +106,16 @@ def _quiet_exporter():
 
 
 def export_onnx(frozen: torch.nn.Module, path: str | Path, profile: str = "default",
-                input_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
-    """Export ``frozen`` (eval mode) to ``path`` with the profile's exporter; return what was done."""
+                input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Export ``frozen`` (eval mode) to ``path`` with the profile's exporter; return what was done.
+    ``input_shape`` None: the zoo's default ``[H, W]`` with the first block's input channels (callers with a
+    checkpoint pass its ``input_size``)."""
     import onnx
+
+    if input_shape is None:
+        blocks = getattr(frozen, "blocks", None)
+        cin = getattr(blocks[0], "cin", DEFAULT_INPUT_SIZE[0]) if blocks is not None and len(blocks) else DEFAULT_INPUT_SIZE[0]
+        input_shape = (int(cin), *DEFAULT_INPUT_SIZE[1:])
 
     if profile not in PROFILES:
         raise InputError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")

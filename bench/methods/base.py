@@ -29,11 +29,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightcl.engine.classifier import fresh_classifier
-from lightcl.engine.errors import InputError
+from lightcl.engine.errors import InputError, LightCLError
 from lightcl.engine.losses import sliced_cross_entropy
 from lightcl.engine.reservoir import Reservoir  # noqa: F401  (the one reservoir rule; methods import it here)
 
 from .configs import make_config
+
+
+def _default_input_shape() -> tuple[int, int, int]:
+    from lightcl.export.zoo import DEFAULT_INPUT_SIZE
+
+    return tuple(DEFAULT_INPUT_SIZE)
+
+
+class MethodNotApplicable(LightCLError):
+    """The method cannot run on this backbone (e.g. no block it knows how to sparsify): the suite records
+    it as not applicable, with this line as the reason, and runs the others."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -46,7 +59,8 @@ class MethodContext:
     export_dir: str | None  # the split export of that checkpoint (engine methods)
     num_classes: int
     seed: int = 0
-    input_shape: tuple[int, int, int] = (3, 32, 32)
+    # the callers pass the export's ``input_shape``; the default is the zoo's (one place, export/zoo.py)
+    input_shape: tuple[int, int, int] = field(default_factory=_default_input_shape)
     backend: str = "ort"  # extractor backend for engine methods
     threads: int | None = None
     device: str = "cpu"
@@ -73,7 +87,9 @@ def compose_backbone(export_dir: str | Path):
     head = load_head(export_dir)
     named = [(s["name"], build_block(s)) for s in frozen.specs] + [(b["name"], build_block(b))
                                                                     for b in head.config["blocks"]]
-    model = Backbone(meta.get("arch", "resnet18"), named, feat_dim=head.fc.in_features, num_classes=head.num_classes,
+    # the export names its arch (the head config too); exports older than the zoo held only ResNet-18
+    arch = meta.get("arch") or head.config.get("arch") or "resnet18"
+    model = Backbone(arch, named, feat_dim=head.fc.in_features, num_classes=head.num_classes,
                      width=int(meta["width"]), input_size=tuple(meta["input_shape"]))
     k = len(frozen.blocks) - 1
     for i, b in enumerate(frozen.blocks):
@@ -153,6 +169,12 @@ class Method:
         self.current_task: int | None = None
         self.flops = 0.0
         self.steps = 0
+
+    @classmethod
+    def not_applicable(cls, model: nn.Module) -> str | None:
+        """Why this method cannot run on the pretrained ``model`` (a ``Backbone``), or None (the default: it
+        can). The suite asks before starting any worker and records the reason instead of a failure."""
+        return None
 
     # --- hyperparameters
     def opt(self, key: str, default: Any = None) -> Any:

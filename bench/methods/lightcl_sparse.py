@@ -64,6 +64,18 @@ class LightCLSparse(LightCLMethod):
     HP = [f.name for f in dataclasses.fields(LightCLConfig)] + list(SPARSE_HP)
 
     @classmethod
+    def not_applicable(cls, model) -> str | None:
+        """The structured pruner's refusal (a block type whose channel graph it does not know, e.g. the
+        inverted residual), as a reason: the suite records it and runs the other methods."""
+        from lightcl.export.prune import PruneError, channel_groups
+
+        try:
+            channel_groups(model)
+        except PruneError as e:
+            return str(e)
+        return None
+
+    @classmethod
     def prepare(cls, ckpt: str, split: str, hyperparameters: dict, echo=print, progress: bool = False) -> Path:
         """Build (or find cached) the pruned export before the suite's workers start."""
         sparsity = hyperparameters.get("sparsity", "authors")

@@ -13,6 +13,10 @@ pretrained weights, as every method of the paper's Table 1 does) with a fresh cl
 * into the classifier: the earlier columns' pooled stage-4 features through ``Alpha -> 1x1 conv
   -> ReLU -> linear``, added to the column's logits.
 
+The stages are the backbone's own (:func:`column_stages`, from its stage-level split points): ResNet-18's
+four (``layer1``..``layer4``, as above), MobileNetV2's seven (``stage1``..``stage7``, stem and last conv
+joined to the first and last); laterals feed every stage after the first and the classifier alike.
+
 When task ``t`` ends its column is *frozen*: eval mode, ``requires_grad`` off, never touched again
 (a test pins that it is bit-identical after later tasks). Training a new column runs the old
 ones forward in eval mode without gradients; the optimiser (plain SGD, Mammoth ``models/pnn.py``:
@@ -51,6 +55,29 @@ from lightcl.engine.classifier import fresh_classifier
 from .base import Method, forward_flops, n_params
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+"""ResNet-18's stages (what :func:`column_stages` gives for it; kept for readers and tests)."""
+
+
+def column_stages(backbone: nn.Module) -> list[tuple[str, int, int]]:
+    """The backbone's stages as ``(name, first block index, last block index)``, from its stage-level split
+    points (:func:`lightcl.export.zoo.split_points`): a stage is a split point that groups numbered blocks
+    (``layer1`` = ``layer1.0``, ``layer1.1``; ``stage3`` = ``stage3.0`` ..). Lone blocks before the first
+    stage (a stem) join the first stage, lone blocks after the last (MobileNetV2's ``last_conv``) join the
+    last: ResNet-18 gives layer1 (stem + layer1.*) .. layer4, exactly the Mammoth columns."""
+    from lightcl.export.zoo import split_points
+
+    names = list(backbone.block_names)
+    grouped = [p for p in split_points(backbone) if "." not in p and any(n.startswith(p + ".") for n in names)]
+    if not grouped:
+        raise ValueError(f"pnn: {getattr(backbone, 'arch', '?')} has no stage of numbered blocks "
+                         f"(blocks: {', '.join(names)})")
+    ends = [max(i for i, n in enumerate(names) if n.split(".")[0] == s) for s in grouped]
+    out, start = [], 0
+    for k, (s, end) in enumerate(zip(grouped, ends)):
+        last = len(names) - 1 if k == len(grouped) - 1 else end
+        out.append((s, start, last))
+        start = last + 1
+    return out
 
 
 class Alpha(nn.Module):
@@ -86,25 +113,23 @@ class Column(nn.Module):
         super().__init__()
         import copy
 
-        names = backbone.block_names
-        # block index ranges: everything up to the end of layer1 is "stage 1" (stem included)
-        ends = {s: max(i for i, n in enumerate(names) if n.split(".")[0] == s) for s in STAGES}
+        # block index ranges (column_stages): the stem belongs to the first stage
         self.stages = nn.ModuleDict()
-        start = 0
-        for s in STAGES:
-            self.stages[s] = nn.Sequential(*backbone.blocks[start: ends[s] + 1])
-            start = ends[s] + 1
+        for s, first, last in column_stages(backbone):
+            self.stages[s] = nn.Sequential(*backbone.blocks[first: last + 1])
+        self.stage_names: list[str] = list(self.stages.keys())
+        names = self.stage_names
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = fresh_classifier(backbone.feat_dim, num_classes, generator)
         self.n_old = int(n_old)
         self.laterals = nn.ModuleDict()
         if self.n_old:
-            for prev, s in zip(STAGES[:-1], STAGES[1:]):
+            for prev, s in zip(names[:-1], names[1:]):
                 c, h, w = stage_shapes[prev]
                 stage_copy = _reinit(copy.deepcopy(self.stages[s]), generator)
                 conv = _reinit(nn.Conv2d(c * self.n_old, c, 1), generator)
                 self.laterals[s] = nn.Sequential(Alpha((c * self.n_old, h, w), generator), conv, nn.ReLU(), stage_copy)
-            c4 = stage_shapes["layer4"][0]
+            c4 = stage_shapes[names[-1]][0]
             self.laterals["fc"] = nn.Sequential(Alpha((c4 * self.n_old, 1, 1), generator),
                                                 _reinit(nn.Conv2d(c4 * self.n_old, c4, 1), generator), nn.ReLU(),
                                                 nn.Flatten(), fresh_classifier(c4, num_classes, generator))
@@ -113,15 +138,16 @@ class Column(nn.Module):
         """Logits and this column's stage outputs (what later columns take laterally)."""
         feats: dict[str, Tensor] = {}
         h = x
-        for i, s in enumerate(STAGES):
+        names = self.stage_names
+        for i, s in enumerate(names):
             h = self.stages[s](h)
             if i > 0 and self.n_old:
-                lat = self.laterals[s](torch.cat([o[STAGES[i - 1]] for o in old], 1))
+                lat = self.laterals[s](torch.cat([o[names[i - 1]] for o in old], 1))
                 h = F.relu(h + lat)
             feats[s] = h
         out = self.fc(torch.flatten(self.pool(h), 1))
         if self.n_old:
-            pooled = torch.cat([self.pool(o["layer4"]) for o in old], 1)
+            pooled = torch.cat([self.pool(o[names[-1]]) for o in old], 1)
             out = out + self.laterals["fc"](pooled)
         return out, feats
 
@@ -257,8 +283,9 @@ class PNN(Method):
         acts = count_activations(step, x)
         # the earlier columns' outputs that feed the laterals are kept for the backward pass
         old = self._run_old(x)
-        acts += sum(o[s].numel() for o in old for s in ("layer1", "layer2", "layer3"))
-        acts += sum(o["layer4"].shape[0] * o["layer4"].shape[1] for o in old)
+        names = col.stage_names
+        acts += sum(o[s].numel() for o in old for s in names[:-1])
+        acts += sum(o[names[-1]].shape[0] * o[names[-1]].shape[1] for o in old)
         slots = 1 if self.config.momentum > 0 else 0
         return {"weights": sum(n_params(c.parameters()) for c in self.columns), "trainable": n_params(col.parameters()),
                 "optimizer_slots": slots, "extra_state": 0, "activations": acts, "buffer": 0, "samples_per_step": n,

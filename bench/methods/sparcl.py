@@ -75,15 +75,26 @@ from .base import WholeModelMethod
 
 
 def prunable(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """conv1/conv2 weights of the residual blocks (SparCL's resnet18_0.90.yaml: 16 layers)."""
-    names = getattr(net, "block_names", None) or []
-    out = []
-    for name, p in net.named_parameters():
-        parts = name.split(".")
-        if parts[0] == "blocks" and len(parts) == 4 and parts[2] in ("conv1", "conv2") and parts[3] == "weight":
-            if names and names[int(parts[1])].startswith("layer"):
-                out.append((name, p))
-    return out
+    """The conv weights SparCL masks: those each block declares with ``Block.maskable_weights()``
+    (:mod:`lightcl.engine.blocks`). The ResNet basic block declares conv1/conv2 and the stem none, which
+    is SparCL's resnet18_0.90.yaml (16 layers); MobileNetV2's inverted residual declares its 1x1 convs.
+    In ``named_parameters`` order (the mask and RNG order of every earlier run)."""
+    wanted = set()
+    for i, b in enumerate(getattr(net, "blocks", None) or []):
+        declared = getattr(b, "maskable_weights", None)
+        for w in (declared() if callable(declared) else ()):
+            wanted.add(f"blocks.{i}.{w}")
+    return [(name, p) for name, p in net.named_parameters() if name in wanted]
+
+
+def not_applicable(net: nn.Module) -> str | None:
+    """Why SparCL cannot run on ``net`` (no block declares maskable weights), or None: it never runs dense
+    while saying it is sparse."""
+    if prunable(net):
+        return None
+    kinds = sorted({getattr(b, "block_type", "") or type(b).__name__ for b in getattr(net, "blocks", None) or []})
+    return (f"no block of {getattr(net, 'arch', type(net).__name__)} declares weights SparCL may mask "
+            f"(block types: {', '.join(kinds) or 'none'}; see Block.maskable_weights)")
 
 
 def topk_mask(score: Tensor, sparsity: float) -> Tensor:
@@ -127,12 +138,17 @@ class SparCL(WholeModelMethod):
 
     trains = "whole model, 90% sparse"
     wants_ids = True
+
+    @classmethod
+    def not_applicable(cls, model: nn.Module) -> str | None:
+        return not_applicable(model)
+
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
         c = self.config  # SparCLConfig: the bounds follow ``sparsity`` unless given
         self.sparsity = c.sparsity
         s = self.sparsity
-        self.trains = f"whole model, residual convs {100 * s:.0f}% sparse"
+        self.trains = f"whole model, residual convs {100 * s:.0f}% sparse"  # the blocks' declared convs
         self.lower = list(c.lower_bound)
         self.upper = list(c.upper_bound)
         self.bound_points = list(c.bound_points)
@@ -151,6 +167,10 @@ class SparCL(WholeModelMethod):
         self.minibatch = c.minibatch_size
         self.np_rng = np.random.default_rng(int(ctx.seed))
         self.params = dict(prunable(self.net))
+        if not self.params:
+            from .base import MethodNotApplicable
+
+            raise MethodNotApplicable(f"{self.name}: {not_applicable(self.net)}")
         self.module_of = {n: n.rsplit(".", 1)[0] for n in self.params}
         probe = torch.zeros(2, *ctx.input_shape, device=self.device)
         self.layer_flops = layer_flops(self.net, probe)

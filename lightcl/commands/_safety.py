@@ -85,13 +85,16 @@ def export_bytes_per_sample(export_dir, train: bool = True) -> int | None:
     return acts * (3 if train else 1)
 
 
-def backbone_bytes_per_sample(arch: str, width: int, input_size=(3, 32, 32)) -> int | None:
-    """Training memory per sample of a whole backbone (pretrain, analyze)."""
+def backbone_bytes_per_sample(arch: str, width: int, input_size=None) -> int | None:
+    """Training memory per sample of a whole backbone (pretrain, analyze); ``input_size`` None: the arch's
+    registered one (host-only: the zoo is imported here, lazily, as building the backbone needs it)."""
     import torch
 
-    from lightcl.export.zoo import create_backbone
+    from lightcl.export.zoo import backbone_entry, create_backbone
 
     try:
+        if input_size is None:
+            input_size = backbone_entry(arch).input_size
         if not 0 < int(width) <= 1024 or not all(0 < int(v) <= 4096 for v in input_size):
             return None  # absurd: the verb's own checks refuse it
         model = create_backbone(arch, width=int(width), in_channels=int(input_size[0]))
