@@ -201,7 +201,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         stage("after_steps")
         phases = _engine_phases(learner, xb, yb, min(steps, 5))
         head = learner.head
-        gm = GradientMeter(head.parameters())
+        gm = GradientMeter(head.parameters(), forward_of=head)
         with SavedTensorMeter(list(head.parameters())) as sm:
             learner.observe(xb, yb)
         gm.remove()
@@ -255,7 +255,10 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             acts = count_activations(head_mods, f) + (len(xb) + 15) * n_classes
             del f
         else:  # finetune, finetune-lean (the same, in a process with LEAN_ENV's allocator): the `sgd` method
+            from lightcl.export.zoo import _split_index
+
             model, opt = method.net, method.optimizer
+            k = _split_index(model, ctx.scenario.split)  # for the phases: the blocks an extractor would run
             trainable_params = list(model.parameters())
             buffer_bytes = 0
             acts = count_activations(model, xb)
@@ -270,7 +273,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         peak = peak_mib()
         stage("after_steps")
         phases = _module_phases(step, model, k, min(steps, 5))
-        gm = GradientMeter(trainable_params)
+        gm = GradientMeter(trainable_params, forward_of=model)
         with SavedTensorMeter(list(model.parameters())) as sm:
             step()
         gm.remove()
@@ -298,6 +301,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         "theoretical_mib": theoretical_mib(weights, trainable, acts),
         "weights": weights, "trainable_params": trainable, "activations": acts, "extractor": info,
         "ledger_mib": ledger, "stages_mib": stages, "phases_ms": phases,
+        # gradients kept from the previous step into the metered step's forward (0 for a loop that zeroes
+        # them before the forward, as every mode here should): a hidden extra at the peak if not 0
+        "gradients_carried_mib": gm.carried / MiB,
     }
 
 
