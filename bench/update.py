@@ -23,7 +23,8 @@ Each mode also reports process CPU ms and minor page faults per step, and the st
 
 Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
 or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
-weights, the most gradient bytes alive at once (post-accumulate-grad hooks), optimizer state,
+weights, the most gradient bytes alive at once (post-accumulate-grad hooks; gradients still held from the
+previous step when the forward starts are reported apart, ``gradients_carried_mib``), optimizer state,
 activations saved for backward (saved-tensor hooks), buffer + masks, the step's inputs and features,
 and what remains unexplained (allocator, libraries) = peak RSS delta - the rest. The meters run on
 one extra step after the timed ones, so they cost the timing nothing.
