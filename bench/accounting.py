@@ -56,15 +56,29 @@ class SavedTensorMeter:
 class GradientMeter:
     """The most gradient bytes alive at once during backward, from post-accumulate-grad hooks: at each
     parameter's accumulation, the gradients still held plus this one (an optimizer hook that ran
-    first and dropped it still had it a moment ago). With a plain step the last call sees them all."""
+    first and dropped it still had it a moment ago). With a plain step the last call sees them all.
 
-    def __init__(self, params) -> None:
+    ``carried`` (with ``forward_of``, the module the step runs forward): the most gradient bytes held as a
+    forward of that module starts, i.e. kept from the previous step into this step's forward (a loop that
+    zeroes them after the forward, not before it); they sit beside the forward's activations at the peak,
+    and no backward hook sees them."""
+
+    def __init__(self, params, forward_of: "nn.Module | None" = None) -> None:
         self.params = list(params)
         self.peak = 0
+        self.carried = 0
         self._handles = [p.register_post_accumulate_grad_hook(self._probe) for p in self.params]
+        if forward_of is not None:
+            self._handles.append(forward_of.register_forward_pre_hook(self._at_forward))
+
+    def _alive(self) -> int:
+        return sum(q.grad.numel() * q.grad.element_size() for q in self.params if q.grad is not None)
+
+    def _at_forward(self, _module, _args) -> None:
+        self.carried = max(self.carried, self._alive())
 
     def _probe(self, p: torch.Tensor) -> None:
-        alive = sum(q.grad.numel() * q.grad.element_size() for q in self.params if q.grad is not None)
+        alive = self._alive()
         if p.grad is None:
             alive += p.numel() * p.element_size()
         self.peak = max(self.peak, alive)

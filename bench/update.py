@@ -23,7 +23,8 @@ Each mode also reports process CPU ms and minor page faults per step, and the st
 
 Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
 or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
-weights, the most gradient bytes alive at once (post-accumulate-grad hooks), optimizer state,
+weights, the most gradient bytes alive at once (post-accumulate-grad hooks; gradients still held from the
+previous step when the forward starts are reported apart, ``gradients_carried_mib``), optimizer state,
 activations saved for backward (saved-tensor hooks), buffer + masks, the step's inputs and features,
 and what remains unexplained (allocator, libraries) = peak RSS delta - the rest. The meters run on
 one extra step after the timed ones, so they cost the timing nothing.
@@ -203,7 +204,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         stage("after_steps")
         phases = _engine_phases(learner, xb, yb, min(steps, 5))
         head = learner.head
-        gm = GradientMeter(head.parameters())
+        gm = GradientMeter(head.parameters(), forward_of=head)
         with SavedTensorMeter(list(head.parameters())) as sm:
             learner.observe(xb, yb)
         gm.remove()
@@ -257,7 +258,10 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             acts = count_activations(head_mods, f) + (len(xb) + 15) * n_classes
             del f
         else:  # finetune, finetune-lean (the same, in a process with LEAN_ENV's allocator): the `sgd` method
+            from lightcl.export.zoo import _split_index
+
             model, opt = method.net, method.optimizer
+            k = _split_index(model, ctx.scenario.split)  # for the phases: the blocks an extractor would run
             trainable_params = list(model.parameters())
             buffer_bytes = 0
             acts = count_activations(model, xb)
@@ -272,7 +276,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         peak = peak_mib()
         stage("after_steps")
         phases = _module_phases(step, model, k, min(steps, 5))
-        gm = GradientMeter(trainable_params)
+        gm = GradientMeter(trainable_params, forward_of=model)
         with SavedTensorMeter(list(model.parameters())) as sm:
             step()
         gm.remove()
@@ -300,6 +304,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         "theoretical_mib": theoretical_mib(weights, trainable, acts),
         "weights": weights, "trainable_params": trainable, "activations": acts, "extractor": info,
         "ledger_mib": ledger, "stages_mib": stages, "phases_ms": phases,
+        # gradients kept from the previous step into the metered step's forward (0 for a loop that zeroes
+        # them before the forward, as every mode here should): a hidden extra at the peak if not 0
+        "gradients_carried_mib": gm.carried / MiB,
     }
 
 
