@@ -259,6 +259,12 @@ class WholeModelMethod(Method):
     def optimizer_slots(self) -> int:
         return 1 if self.config.momentum > 0 else 0
 
+    def drop_gradients(self) -> None:
+        """Drop the previous step's gradients before the forward (the canonical zero_grad, forward, backward, step
+        loop): kept until ``step`` they sit beside the forward's activations at the peak (+42.6 MiB of measured
+        peak at width 64, docs/results/ledger.md pass 3). Same numbers either way: ``step`` zeroes again."""
+        self.optimizer.zero_grad(set_to_none=True)
+
     def step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -30,6 +30,7 @@ class DERpp(WholeModelMethod):
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)
+        self.drop_gradients()
         self.net.train()
         out = self.net(x)
         ce = self.ce(out, yi)

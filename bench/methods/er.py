@@ -26,6 +26,7 @@ class ER(WholeModelMethod):
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)
+        self.drop_gradients()
         xb, yb = x, yi
         if len(self.buffer):
             b = self.buffer.sample(self.minibatch)

@@ -42,6 +42,7 @@ class EWC(WholeModelMethod):
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)
+        self.drop_gradients()
         self.net.train()
         ce = self.ce(self.net(x), yi)
         pen = self.penalty()

@@ -63,6 +63,7 @@ class FDR(WholeModelMethod):
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)
+        self.drop_gradients()
         if self._n_pending < self.buffer_size:
             keep = x[: self.buffer_size - self._n_pending].detach().clone()
             self._pending.append(keep)

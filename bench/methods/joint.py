@@ -33,6 +33,7 @@ class Joint(WholeModelMethod):
 
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)
+        self.drop_gradients()
         if self._n_train is None or self._stored < self._n_train:
             k = len(x) if self._n_train is None else min(len(x), self._n_train - self._stored)
             self._cur_x.append(x[:k].detach().clone())

@@ -12,11 +12,7 @@ class SGD(WholeModelMethod):
     def observe(self, x: Tensor, y: Tensor) -> dict:
         x, yi = x.to(self.device), self.to_index(y)
         self.net.train()
-        # the canonical loop (zero_grad, forward, backward, step): the previous step's gradients are dropped
-        # *before* the forward, not after it (``step`` zeroes again, a no-op then). Zeroing after the forward
-        # kept one full set of gradients alive beside the forward's activations: +42.6 MiB of peak RSS at
-        # width 64 (`lightcl bench update`'s finetune, docs/results/ledger.md pass 3). Same numbers either way.
-        self.optimizer.zero_grad(set_to_none=True)
+        self.drop_gradients()  # before the forward: the last step's gradients are not carried into the peak
         loss = self.ce(self.net(x), yi)
         self.step(loss)
         self.train_flops(len(x))
