@@ -170,10 +170,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
             from lightcl.engine.errors import InputError
 
             raise InputError(f"mode {mode} needs a pruned export (--sparse-export DIR)")
-        opts = {"threads": threads} if threads else {}
-        if backend != "torch":
-            opts["spin"] = False
-        opts.update(xopts)
+        from lightcl.engine.extractors import options_for
+
+        opts = {**options_for(backend, threads=threads or None, spin=False), **xopts}
         from lightcl.engine.allocator import apply_lean_malloc, release_free_heap
 
         # the engine's default as a learner/extractor is created (LIGHTCL_MALLOC=system in *-system modes)
@@ -210,10 +209,9 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         gm.remove()
         meta = load_export_meta(edir, verify=False)
         frozen_params = _frozen_params(edir)
-        if backend == "torch":
-            fw = _bytes(frozen_params)
-        else:
-            fw = _onnx_initializer_bytes(Path(edir) / ("frozen.int8.onnx" if backend == "ort-int8" else "frozen.onnx"))
+        # the weights the extractor really holds: its own file's (ONNX initializers, int8 included) or torch's tensors
+        fw = (_onnx_initializer_bytes(Path(edir) / ext.file) if str(ext.file).endswith(".onnx")
+              else _bytes(frozen_params))
         ledger = {"frozen_weights": fw / MiB, "frozen_session": stages["extractor"] - fw / MiB,
                   "run_buffers": stages["extractor_run"] - stages["extractor"],
                   "head_weights": _bytes(head.parameters()) / MiB, "gradients": gm.peak / MiB,
