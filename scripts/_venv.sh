@@ -27,7 +27,7 @@ if [ ! -f "$STAMP" ] || ! grep -qxF -- "$WANT" "$STAMP"; then
   fi
   echo "[lightcl] installing lightcl[$EXTRAS]" >&2
   "$VENV/bin/pip" install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
-  "$VENV/bin/python" -c "import lightcl.engine, lightcl.export, lightcl.bench" 
+  "$VENV/bin/python" -c "import lightcl.engine, lightcl.data, lightcl.export, lightcl.bench"
   echo "$WANT" >> "$STAMP"
   echo "[lightcl] install took $(( $(date +%s) - t0 )) s" >&2
 fi
