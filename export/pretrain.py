@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightcl.data.datasets import FLIP_OK, hflip_ok, load_dataset, seeded_split  # noqa: F401  (FLIP_OK: old name)
+from lightcl.data.datasets import hflip_ok, load_dataset, seeded_split
 from lightcl.data.tasks import TensorData
 from lightcl.data.transforms import Preprocess
 
@@ -49,8 +49,8 @@ def pretrain(dataset: str, out: str | Path, arch: str = "resnet18", width: int =
     train = TensorData(train_ds)
     test = TensorData(load_dataset(dataset, "test", data_path))
     mean, std = train.stats()
-    pre = Preprocess(mean, std, size=32, crop_padding=4, hflip=hflip_ok(dataset))
     model = create_backbone(arch, num_classes=len(train.classes), width=width)
+    pre = Preprocess(mean, std, size=model.input_size[-1], crop_padding=4, hflip=hflip_ok(dataset))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, epochs * steps_per_epoch)

@@ -265,7 +265,7 @@ def recover(model: Backbone, dataset: str, normalization: dict, epochs: int = DE
     import numpy as np
     import torch.nn.functional as F
 
-    from lightcl.data.datasets import FLIP_OK, load_dataset
+    from lightcl.data.datasets import hflip_ok, load_dataset
     from lightcl.data.tasks import TensorData
     from lightcl.data.transforms import Preprocess
 
@@ -288,7 +288,7 @@ def recover(model: Backbone, dataset: str, normalization: dict, epochs: int = DE
     if epochs <= 0:
         rep.update(test_accuracy_recovered=before, seconds=0.0, steps=0)
         return rep
-    aug = Preprocess(mean, std, size=32, crop_padding=4, hflip=dataset in FLIP_OK)
+    aug = Preprocess(mean, std, size=model.input_size[-1], crop_padding=4, hflip=hflip_ok(dataset))
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     t0, steps = time.perf_counter(), 0
