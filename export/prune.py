@@ -34,10 +34,10 @@ Two modes:
 ``round_channels=N`` (off by default, so ``"authors"`` keeps the authors' counts exactly) rounds every
 group's kept count to a multiple of ``N`` (:func:`round_keep`), ranking by the same importance.
 Why: onnxruntime's x86 CPU layout optimisation (the NCHWc transformer, block 8 on AVX2 and 16 on
-AVX-512) converts only convolutions whose channel counts are multiples of the block; the authors'
-counts at width 64 (52, 103, 78, 103) are not, and the pruned graph then runs 7 of its 15 convolutions
-on the generic path (docs/results/sparse-latency.md). With a numeric ``S`` the bisection runs on the
-rounded counts, so ``S`` is still met.
+AVX-512) converts only convolutions whose input channels are multiples of the block and pads their
+output channels up to one; with the authors' counts at width 64 (52, 103, 78, 103) the pruned graph
+runs 8 of its 15 convolutions on the generic path and pads the rest (docs/results/sparse-latency.md).
+With a numeric ``S`` the bisection runs on the rounded counts, so ``S`` is still met.
 """
 from __future__ import annotations
 

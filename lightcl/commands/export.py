@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --sparsity: round every kept channel count to a multiple of N (nearest, at least N, "
                         "never more than the layer has; same importance ranking). Off by default ('authors' keeps "
                         "the authors' counts); 16 (8 on AVX2-only CPUs) puts every pruned conv on onnxruntime's "
-                        "fast NCHWc path on x86; see docs/sparse.md")
+                        "fast NCHWc path on x86 with no channel padding; see docs/sparse.md")
     p.add_argument("--recover-epochs", type=int, default=None,
                    help="with --sparsity: recovery fine-tune epochs on the pretraining data (default 2, lr 0.05; 0 = none)")
     p.add_argument("--data-path", default=None, help="where the checkpoint's dataset is (for parity/calibration)")
