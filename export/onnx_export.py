@@ -271,7 +271,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     (:mod:`lightcl.export.prune`), then fine-tunes ``recover_epochs`` epochs (default
     ``prune.DEFAULT_RECOVER_EPOCHS``) on the pretraining data; ``meta["sparsity"]`` reports both.
     ``round_channels`` (with ``sparsity``) rounds every kept channel count to a multiple of it.
-    ``calib_size`` "auto" (default): :func:`quantize.auto_calib_size` (more images for a pruned export).
+    ``calib_size`` "auto" (default): :func:`quantize.resolve_calib_size` (1024 images for a pruned export, 256 dense).
     """
     say = _progress(progress)
     if profile not in PROFILES:
