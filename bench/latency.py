@@ -136,8 +136,12 @@ def _cpu_model() -> str:
 def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort"), batches: Sequence[int] = (1, 32),
                 iters: int | None = None, seconds: float | None = None, warmup: int | None = None,
                 threads: int | None = None, device: str = "cpu", spin: bool = False,
-                graph_optimization: str | None = None, timeout_s: float = 900.0, progress: bool = True) -> dict:
-    """Time every (backend, batch) in a fresh subprocess; return ``{"results": [...], "env": {...}}``."""
+                graph_optimization: str | None = None, timeout_s: float = 900.0, progress: bool = True,
+                compare: Sequence[str | Path] = ()) -> dict:
+    """Time every (backend, batch) in a fresh subprocess; return ``{"results": [...], "env": {...}}``.
+    ``compare``: more export directories timed in the same run, interleaved (for every (backend, batch),
+    each export in turn, so a shared machine's load drifts alike for all); each of their results gets
+    ``p50_vs_first_export``, its p50 over the first export's at the same (backend, batch)."""
     from lightcl.engine.errors import InputError
     from lightcl.engine.export_dir import load_export_meta
 
@@ -156,10 +160,13 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
         raise InputError(f"--warmup must be >= 0, got {warmup}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
-    export_dir = Path(export_dir).absolute()
-    meta = load_export_meta(export_dir, verify=True)  # fail here, once, rather than in every worker
-    if "ort-int8" in backends and "frozen.int8.onnx" not in meta["files"]:
-        raise InputError(f"{export_dir} has no frozen.int8.onnx: export with --int8 to bench ort-int8")
+    dirs = [Path(d).absolute() for d in (export_dir, *compare)]
+    export_dir = dirs[0]
+    for d in dirs:
+        meta_d = load_export_meta(d, verify=True)  # fail here, once, rather than in every worker
+        if "ort-int8" in backends and "frozen.int8.onnx" not in meta_d["files"]:
+            raise InputError(f"{d} has no frozen.int8.onnx: export with --int8 to bench ort-int8")
+    meta = load_export_meta(export_dir, verify=False)
     threads = int(threads or physical_cores())
     if iters is None and seconds is None:
         seconds = DEFAULT_SECONDS
@@ -171,14 +178,15 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
     omp_policy = os.environ.get("OMP_WAIT_POLICY", "ACTIVE" if spin else "PASSIVE")
     worker_env = {"OMP_WAIT_POLICY": omp_policy}
     results: list[dict] = []
-    configs = [(b, int(n)) for b in backends for n in batches]
+    configs = [(b, int(n), i) for b in backends for n in batches for i in range(len(dirs))]
     t_all = time.perf_counter()
-    for k, (backend, batch) in enumerate(configs, 1):
-        spec = {"export_dir": str(export_dir), "backend": backend, "batch": batch, "iters": iters, "seconds": seconds,
+    for k, (backend, batch, i) in enumerate(configs, 1):
+        spec = {"export_dir": str(dirs[i]), "backend": backend, "batch": batch, "iters": iters, "seconds": seconds,
                 "warmup": warmup, "threads": threads, "device": device, "spin": spin,
                 "graph_optimization": graph_optimization}
         if progress:
-            print(f"[latency] {k}/{len(configs)} {backend} batch {batch} ...", file=sys.stderr, end="", flush=True)
+            what = f" {dirs[i].name}" if len(dirs) > 1 else ""
+            print(f"[latency] {k}/{len(configs)}{what} {backend} batch {batch} ...", file=sys.stderr, end="", flush=True)
         t0 = time.perf_counter()
         run = run_worker("lightcl.bench.latency:measure", spec, env=worker_env, timeout=timeout_s)
         if run.ok:
@@ -187,13 +195,15 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
             res = {"backend": backend, "batch": batch, "error": run.error,
                    "exit_code": -1 if run.timed_out else run.returncode}
         res["wall_s"] = round(time.perf_counter() - t0, 3)
+        if len(dirs) > 1:
+            res.update(export=dirs[i].name, export_dir=str(dirs[i]), export_index=i)
         results.append(res)
         if progress:
             msg = f" p50 {res['p50_ms']:.3f} ms" if "p50_ms" in res else f" FAILED: {res['error']}"
             print(msg, file=sys.stderr, flush=True)
     _add_ratios(results)
     return {"results": results, "env": environment(threads),
-            "config": {"export_dir": str(export_dir), "backends": list(backends), "batches": [int(b) for b in batches],
+            "config": {"export_dir": str(export_dir), "compare": [str(d) for d in dirs[1:]], "backends": list(backends), "batches": [int(b) for b in batches],
                        "iters": iters, "seconds": seconds, "warmup": warmup, "threads": threads, "device": device,
                        "spin": spin, "omp_wait_policy": omp_policy, "graph_optimization": graph_optimization or "all",
                        "arch": meta.get("arch"), "width": meta.get("width"), "split": meta.get("split"),
@@ -202,17 +212,22 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
 
 
 def _add_ratios(results: list[dict]) -> None:
-    """p50 relative to torch (same batch) and int8 relative to ort fp32 (same batch)."""
-    p50 = {(r["backend"], r["batch"]): r["p50_ms"] for r in results if "p50_ms" in r}
+    """p50 relative to torch (same batch) and int8 relative to ort fp32 (same batch), within one export;
+    with several exports, also each one's p50 over the first export's (same backend and batch)."""
+    p50 = {(r.get("export_index", 0), r["backend"], r["batch"]): r["p50_ms"] for r in results if "p50_ms" in r}
     for r in results:
         if "p50_ms" not in r:
             continue
-        t = p50.get(("torch", r["batch"]))
+        e = r.get("export_index", 0)
+        t = p50.get((e, "torch", r["batch"]))
         if t:
             r["p50_vs_torch"] = r["p50_ms"] / t
-        f = p50.get(("ort", r["batch"]))
+        f = p50.get((e, "ort", r["batch"]))
         if f and r["backend"] == "ort-int8":
             r["p50_vs_ort_fp32"] = r["p50_ms"] / f
+        first = p50.get((0, r["backend"], r["batch"]))
+        if e > 0 and first:
+            r["p50_vs_first_export"] = r["p50_ms"] / first
 
 
 def format_table(report: dict) -> str:
@@ -221,8 +236,15 @@ def format_table(report: dict) -> str:
             ("peak RSS MiB", "{:.0f}"), ("vs torch", "{:.2f}x")]
     keys = ["backend", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "session_create_ms",
             "first_run_ms", "peak_rss_mib", "p50_vs_torch"]
+    many = any("export" in r for r in report["results"])
+    if many:  # several exports in one run: name each row's export
+        cols = [("export", "{}")] + cols + [("vs first", "{:.2f}x")]
+        keys = ["export"] + keys + ["p50_vs_first_export"]
     rows = []
     for r in report["results"]:
+        if "error" in r and many:
+            rows.append([r.get("export", ""), r["backend"], str(r["batch"]), "error: " + r["error"]] + [""] * (len(cols) - 4))
+            continue
         if "error" in r:
             rows.append([r["backend"], str(r["batch"]), "error: " + r["error"]] + [""] * (len(cols) - 3))
             continue
@@ -235,8 +257,9 @@ def format_table(report: dict) -> str:
               for i, c in enumerate(cols)]
     lines = ["  ".join(c[0].rjust(w) for c, w in zip(cols, widths))]
     for row in rows:
-        if row[2].startswith("error"):
-            lines.append("  ".join([row[0].rjust(widths[0]), row[1].rjust(widths[1]), row[2]]))
+        n = 3 if many else 2
+        if row[n].startswith("error"):
+            lines.append("  ".join([v.rjust(w) for v, w in zip(row[:n], widths)] + [row[n]]))
         else:
             lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths)))
     e = report["env"]
@@ -244,5 +267,11 @@ def format_table(report: dict) -> str:
                  f"{e.get('onnxruntime')}; each configuration in its own process")
     for r in report["results"]:
         if "p50_vs_ort_fp32" in r:
-            lines.append(f"ort-int8 / ort fp32 p50 at batch {r['batch']}: {r['p50_vs_ort_fp32']:.2f}x")
+            lines.append(f"{r['export'] + ': ' if many else ''}ort-int8 / ort fp32 p50 at batch {r['batch']}: "
+                         f"{r['p50_vs_ort_fp32']:.2f}x")
+    first = next((r["export"] for r in report["results"] if r.get("export_index") == 0), None)
+    for r in report["results"]:
+        if "p50_vs_first_export" in r:
+            lines.append(f"{r['export']} / {first} p50 at {r['backend']} batch {r['batch']}: "
+                         f"{r['p50_vs_first_export']:.2f}x")
     return "\n".join(lines)

@@ -252,12 +252,12 @@ def _check_finite_weights(model: torch.nn.Module, ckpt_path) -> None:
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | None = None, profile: str = "default",
-                      atol: float = 1e-4, int8: bool = False, calib_size: int = 256, min_agreement: float = 0.98,
+                      atol: float = 1e-4, int8: bool = False, calib_size: int | str = "auto", min_agreement: float = 0.98,
                       force: bool = False, data_path: str | None = None, progress: bool = True,
                       tensorrt: bool = False, trt_precision: str | None = None, max_batch: int = 32,
                       workspace_mib: int = 1024, trt_cache_dir: str | Path | None = None,
                       int8_options: dict[str, Any] | None = None, sparsity: str | float | None = None,
-                      recover_epochs: int | None = None) -> dict[str, Any]:
+                      recover_epochs: int | None = None, round_channels: int | None = None) -> dict[str, Any]:
     """Split ``ckpt_path`` at ``split`` (None: its backbone's default split) and write an export directory at
     ``out_dir``; return its meta.
 
@@ -270,6 +270,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     ``sparsity`` ("authors" or a float in (0, 1)) prunes output channels physically before the split
     (:mod:`lightcl.export.prune`), then fine-tunes ``recover_epochs`` epochs (default
     ``prune.DEFAULT_RECOVER_EPOCHS``) on the pretraining data; ``meta["sparsity"]`` reports both.
+    ``round_channels`` (with ``sparsity``) rounds every kept channel count to a multiple of it.
+    ``calib_size`` "auto" (default): :func:`quantize.resolve_calib_size` (1024 images for a pruned export, 256 dense).
     """
     say = _progress(progress)
     if profile not in PROFILES:
@@ -278,17 +280,21 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         raise InputError(f"--atol must be > 0, got {atol}")
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
+    calib_size = quantize.resolve_calib_size(calib_size, pruned=sparsity is not None)
     if int8 and calib_size < 1:
         raise InputError(f"--calib-size must be >= 1, got {calib_size}")
     if sparsity is not None:
-        from .prune import DEFAULT_RECOVER_EPOCHS, PruneError, parse_sparsity
+        from .prune import DEFAULT_RECOVER_EPOCHS, PruneError, parse_round_channels, parse_sparsity
 
         sparsity = parse_sparsity(sparsity)
+        round_channels = parse_round_channels(round_channels)
         recover_epochs = DEFAULT_RECOVER_EPOCHS if recover_epochs is None else int(recover_epochs)
         if recover_epochs < 0:
             raise PruneError(f"--recover-epochs must be >= 0, got {recover_epochs}")
     elif recover_epochs is not None:
         raise InputError("--recover-epochs needs --sparsity")
+    elif round_channels is not None:
+        raise InputError("--round-channels needs --sparsity")
     trt_mod = None
     if tensorrt:
         trt_mod = require_tensorrt()  # fails fast, exit 3, before any work
@@ -305,7 +311,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         from .prune import prune_for_export
 
         model, prune_rep = prune_for_export(model, ck, sparsity, recover_epochs=recover_epochs,
-                                            data_path=data_path, say=say)
+                                            data_path=data_path, say=say, round_channels=round_channels)
     if split is None:  # the backbone's registry entry says where it splits by default
         split = default_split(model.arch)
     try:
@@ -427,7 +433,8 @@ def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
     if meta.get("sparsity"):
         sp = meta["sparsity"]
         rec = sp.get("recovery") or {}
-        lines.append(f"  pruned ({sp['mode']}): weight sparsity {sp['weight_sparsity']:.4f}, {sp['params_kept']:,} of "
+        rounded = f", kept channels rounded to multiples of {sp['round_channels']}" if sp.get("round_channels") else ""
+        lines.append(f"  pruned ({sp['mode']}{rounded}): weight sparsity {sp['weight_sparsity']:.4f}, {sp['params_kept']:,} of "
                      f"{sp['params_dense']:,} parameters kept; pretraining test accuracy "
                      f"{rec.get('test_accuracy_pruned', float('nan')):.4f} pruned -> "
                      f"{rec.get('test_accuracy_recovered', float('nan')):.4f} after {rec.get('epochs', 0)} recovery epoch(s)")

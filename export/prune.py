@@ -30,6 +30,14 @@ Two modes:
   reaches ``S`` (bisection); importance = L1 norm of each filter (Li et al., "Pruning Filters for
   Efficient ConvNets", ICLR 2017), summed over a residual group's producers (DepGraph's group
   importance, Fang et al., CVPR 2023).
+
+``round_channels=N`` (off by default, so ``"authors"`` keeps the authors' counts exactly) rounds every
+group's kept count to a multiple of ``N`` (:func:`round_keep`), ranking by the same importance.
+Why: onnxruntime's x86 CPU layout optimisation (the NCHWc transformer, block 8 on AVX2 and 16 on
+AVX-512) converts only convolutions whose input channels are multiples of the block and pads their
+output channels up to one; with the authors' counts at width 64 (52, 103, 78, 103) the pruned graph
+runs 8 of its 15 convolutions on the generic path and pads the rest (docs/results/sparse-latency.md).
+With a numeric ``S`` the bisection runs on the rounded counts, so ``S`` is still met.
 """
 from __future__ import annotations
 
@@ -55,6 +63,35 @@ RECOVER_LR = 0.05
 
 class PruneError(InputError):
     """A sparsity that cannot be applied (outside (0, 1), or it would empty a layer)."""
+
+
+def parse_round_channels(value: Any) -> int | None:
+    """``None`` (no rounding) or an int >= 1; anything else is a :class:`PruneError`. The upper bound
+    depends on the model (:func:`plan_pruning`: at most its smallest channel group)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise PruneError(f"--round-channels must be an integer >= 1, got {value!r}")
+    if not isinstance(value, int):
+        try:
+            import operator
+
+            value = operator.index(value)  # numpy integers; floats and strings are refused
+        except TypeError:
+            raise PruneError(f"--round-channels must be an integer >= 1, got {value!r}") from None
+    if value < 1:
+        raise PruneError(f"--round-channels must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def round_keep(k: int, size: int, n: int | None) -> int:
+    """``k`` kept channels of a ``size``-channel group rounded to a multiple of ``n``: the nearest
+    multiple (halves round up), at least ``n``, at most the largest multiple of ``n`` that fits in
+    ``size``; a group kept whole (``k == size``) stays whole. ``n`` None or 1: ``k`` unchanged.
+    Needs ``n <= size`` (checked by :func:`plan_pruning`)."""
+    if not n or n == 1 or k >= size:
+        return min(k, size)
+    return max(n, min((size // n) * n, int(math.floor(k / n + 0.5)) * n))
 
 
 def parse_sparsity(value: Any) -> str | float:
@@ -150,10 +187,17 @@ def _authors_keep(size: int, ratio: float) -> int:
     return min(size, int(size * (1.0 - ratio) + 0.5) + 1)
 
 
-def plan_pruning(model: Backbone, sparsity: str | float) -> dict[str, Any]:
-    """Which channels each group keeps (indices in ascending order) and why; touches nothing."""
+def plan_pruning(model: Backbone, sparsity: str | float, round_channels: int | None = None) -> dict[str, Any]:
+    """Which channels each group keeps (indices in ascending order) and why; touches nothing.
+    ``round_channels``: each group's kept count rounded to a multiple of it (:func:`round_keep`)."""
     sparsity = parse_sparsity(sparsity)
+    n_round = parse_round_channels(round_channels)
     groups, convs = channel_groups(model)
+    if n_round is not None:
+        small = min(groups, key=lambda g: g.size)
+        if n_round > small.size:
+            raise PruneError(f"--round-channels {n_round} is larger than the smallest channel group of {model.arch} "
+                             f"width {model.width} ({small.name}: {small.size} channels); use at most {small.size}")
     sd = model.state_dict()
     last = next(i for i, g in enumerate(groups) if "fc" in g.consumers)
     dense = _weights_kept([g.size for g in groups], convs, last, model.num_classes)
@@ -161,20 +205,25 @@ def plan_pruning(model: Backbone, sparsity: str | float) -> dict[str, Any]:
         missing = sorted({g.stage for g in groups} - set(AUTHORS_RATIOS))
         if missing:
             raise PruneError(f"the authors' ratios name no stage {', '.join(missing)} of {model.arch}")
-        keep = [_authors_keep(g.size, AUTHORS_RATIOS[g.stage]) for g in groups]
+        unrounded = [_authors_keep(g.size, AUTHORS_RATIOS[g.stage]) for g in groups]
+        keep = [round_keep(k, g.size, n_round) for k, g in zip(unrounded, groups)]
         scores = [torch.stack([sd[f"{c}.weight"].float().mean(dim=(1, 2, 3)) for c, _ in g.producers]).mean(0)
                   for g in groups]
         importance = "signed mean of each filter's weights (authors), averaged over a residual group's producers"
         ratio = None
     else:
-        def keep_at(r: float) -> list[int]:
-            return [max(1, int(round(g.size * (1.0 - r)))) for g in groups]
+        def keep_at(r: float, rounded: bool = True) -> list[int]:
+            k = [max(1, int(round(g.size * (1.0 - r)))) for g in groups]
+            return [round_keep(v, g.size, n_round) for v, g in zip(k, groups)] if rounded else k
 
         def sp(r: float) -> float:
             return 1.0 - _weights_kept(keep_at(r), convs, last, model.num_classes) / dense
 
         if sp(1.0) < sparsity:
             small = min(groups, key=lambda g: g.size)
+            if n_round:
+                raise PruneError(f"sparsity {sparsity:g} is out of reach with --round-channels {n_round}: keeping "
+                                 f"{n_round} channels per group reaches only {sp(1.0):.4f}")
             raise PruneError(f"sparsity {sparsity:g} would remove every channel of a layer (e.g. {small.name}): "
                              f"keeping one channel per layer reaches only {sp(1.0):.4f}")
         lo, hi = 0.0, 1.0
@@ -183,6 +232,7 @@ def plan_pruning(model: Backbone, sparsity: str | float) -> dict[str, Any]:
             lo, hi = (lo, mid) if sp(mid) >= sparsity else (mid, hi)
         ratio = hi
         keep = keep_at(ratio)
+        unrounded = keep_at(ratio, rounded=False)
         scores = [torch.stack([sd[f"{c}.weight"].float().abs().sum(dim=(1, 2, 3)) for c, _ in g.producers]).sum(0)
                   for g in groups]
         importance = "L1 norm of each filter (Li et al. 2017), summed over a residual group's producers"
@@ -191,10 +241,20 @@ def plan_pruning(model: Backbone, sparsity: str | float) -> dict[str, Any]:
             raise PruneError(f"pruning would remove every channel of {g.name}")
     kept_idx = [torch.sort(torch.topk(s, k).indices).values for s, k in zip(scores, keep)]
     kept = _weights_kept(keep, convs, last, model.num_classes)
-    return {"mode": "authors" if sparsity == "authors" else "global-l1", "target": None if sparsity == "authors"
+    plan = {"mode": "authors" if sparsity == "authors" else "global-l1", "target": None if sparsity == "authors"
             else sparsity, "channel_ratio": ratio, "ratios": dict(AUTHORS_RATIOS) if sparsity == "authors" else None,
             "importance": importance, "groups": groups, "convs": convs, "keep_idx": kept_idx,
-            "weights_dense": dense, "weights_kept": kept, "weight_sparsity": 1.0 - kept / dense}
+            "weights_dense": dense, "weights_kept": kept, "weight_sparsity": 1.0 - kept / dense,
+            "round_channels": n_round}
+    if sparsity != "authors":
+        plan["target_met"] = bool(plan["weight_sparsity"] >= sparsity)
+    if n_round is not None:
+        plan["round_rule"] = (f"kept count rounded to the nearest multiple of {n_round} (halves up), at least "
+                              f"{n_round}, at most the largest multiple that fits the group; same importance ranking"
+                              + ("; the bisection on the channel fraction runs on the rounded counts"
+                                 if sparsity != "authors" else ""))
+        plan["weight_sparsity_unrounded"] = 1.0 - _weights_kept(unrounded, convs, last, model.num_classes) / dense
+    return plan
 
 
 @torch.no_grad()
@@ -239,14 +299,16 @@ def apply_pruning(model: Backbone, plan: dict[str, Any]) -> Backbone:
     return new
 
 
-def prune_backbone(model: Backbone, sparsity: str | float) -> tuple[Backbone, dict[str, Any]]:
+def prune_backbone(model: Backbone, sparsity: str | float, round_channels: int | None = None
+                   ) -> tuple[Backbone, dict[str, Any]]:
     """Plan and apply; the report is JSON-clean (for meta.json)."""
-    plan = plan_pruning(model, sparsity)
+    plan = plan_pruning(model, sparsity, round_channels=round_channels)
     pruned = apply_pruning(model, plan)
     params_dense = sum(p.numel() for p in model.parameters())
     params_kept = sum(p.numel() for p in pruned.parameters())
     rep = {k: plan[k] for k in ("mode", "target", "channel_ratio", "ratios", "importance", "weights_dense",
-                                "weights_kept", "weight_sparsity")}
+                                "weights_kept", "weight_sparsity", "round_channels")}
+    rep.update({k: plan[k] for k in ("target_met", "round_rule", "weight_sparsity_unrounded") if k in plan})
     rep["channel_ratio"] = None if rep["channel_ratio"] is None else round(rep["channel_ratio"], 6)
     rep["groups"] = {g.name: [int(ix.numel()), g.size] for g, ix in zip(plan["groups"], plan["keep_idx"])}
     rep["blocks"] = [{"name": n, **b.spec()} for n, b in zip(pruned.block_names, pruned.blocks)]
@@ -309,15 +371,16 @@ def recover(model: Backbone, dataset: str, normalization: dict, epochs: int = DE
 
 
 def prune_for_export(model: Backbone, ck: dict, sparsity: str | float, recover_epochs: int = DEFAULT_RECOVER_EPOCHS,
-                     data_path: str | None = None, say: Callable[[str], None] | None = None
-                     ) -> tuple[Backbone, dict[str, Any]]:
+                     data_path: str | None = None, say: Callable[[str], None] | None = None,
+                     round_channels: int | None = None) -> tuple[Backbone, dict[str, Any]]:
     """Prune a loaded checkpoint for ``export_checkpoint``, then recover; ``(pruned model, report)``."""
     if recover_epochs < 0:
         raise PruneError(f"--recover-epochs must be >= 0, got {recover_epochs}")
     sparsity = parse_sparsity(sparsity)
-    pruned, rep = prune_backbone(copy.deepcopy(model).eval(), sparsity)
+    pruned, rep = prune_backbone(copy.deepcopy(model).eval(), sparsity, round_channels=round_channels)
     if say:
-        say(f"pruned ({rep['mode']}): weight sparsity {rep['weight_sparsity']:.4f}, "
+        say(f"pruned ({rep['mode']}{f', channels rounded to multiples of {round_channels}' if round_channels else ''})"
+            f": weight sparsity {rep['weight_sparsity']:.4f}, "
             f"{rep['params_kept']:,} of {rep['params_dense']:,} parameters kept")
     rep["test_accuracy_dense"] = ck.get("test_accuracy")
     if ck.get("dataset") and ck.get("normalization"):
@@ -332,5 +395,6 @@ def prune_for_export(model: Backbone, ck: dict, sparsity: str | float, recover_e
     return pruned, rep
 
 
-__all__ = ["AUTHORS_RATIOS", "DEFAULT_RECOVER_EPOCHS", "PruneError", "parse_sparsity", "channel_groups",
+__all__ = ["AUTHORS_RATIOS", "DEFAULT_RECOVER_EPOCHS", "PruneError", "parse_sparsity", "parse_round_channels",
+           "round_keep", "channel_groups",
            "plan_pruning", "apply_pruning", "prune_backbone", "recover", "prune_for_export"]

@@ -32,6 +32,12 @@ from lightcl.engine.optional import require
 from .ort_run import ort_session, run_session
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DENSE_CALIB_SIZE = 256
+"""``--calib-size auto`` for a dense export: real images for int8 calibration."""
+PRUNED_CALIB_SIZE = 1024
+"""``--calib-size auto`` for a pruned export (``--sparsity``). Why more: a recovered pruned model at
+~55 % accuracy has many fp32 near-ties, which the agreement check counts one image (0.4 %) at a time;
+measured on the pruned width-64 digits export (docs/results/sparse-latency.md, "int8 calibration")."""
 _ORT_INSTALL = "pip install 'lightcl[ort]'"
 
 
@@ -39,6 +45,21 @@ def _quantization():
     """onnxruntime's quantization tools, or MissingDependencyError (exit 3) naming the extra."""
     return require("onnxruntime.quantization", needed_for="--int8 (onnxruntime's quantization tools)",
                    install=_ORT_INSTALL)
+
+
+def resolve_calib_size(value: int | str | None, pruned: bool) -> int:
+    """``"auto"`` (or None): :data:`PRUNED_CALIB_SIZE` for a pruned export, :data:`DENSE_CALIB_SIZE`
+    otherwise; an explicit int is kept as it is (the caller checks it is >= 1)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return PRUNED_CALIB_SIZE if pruned else DENSE_CALIB_SIZE
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    raise InputError(f"--calib-size must be 'auto' or an integer, got {value!r}")
 
 
 def make_calibration_reader(input_name: str, x: torch.Tensor, batch_size: int = 32, progress: bool = False):

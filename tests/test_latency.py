@@ -66,3 +66,30 @@ def test_table_and_ratios():
     assert res[1]["p50_vs_torch"] == 0.5 and res[2]["p50_vs_ort_fp32"] == 0.5
     table = format_table({"results": res, "env": {"threads": 2}})
     assert "0.50x" in table and "error: MissingDependencyError" in table
+
+
+def test_several_exports_in_one_run_ratios_and_table():
+    row = {"p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0, "images_per_s": 1.0, "session_create_ms": 1.0,
+           "first_run_ms": 1.0, "peak_rss_mib": 1.0}
+    res = [{**row, "backend": "ort", "batch": 32, "p50_ms": 4.0, "export": "dense", "export_index": 0},
+           {**row, "backend": "ort", "batch": 32, "p50_ms": 1.0, "export": "sparse", "export_index": 1},
+           {**row, "backend": "ort-int8", "batch": 32, "p50_ms": 2.0, "export": "dense", "export_index": 0},
+           {**row, "backend": "ort-int8", "batch": 32, "p50_ms": 0.5, "export": "sparse", "export_index": 1}]
+    _add_ratios(res)
+    assert res[1]["p50_vs_first_export"] == 0.25 and "p50_vs_first_export" not in res[0]
+    assert res[3]["p50_vs_ort_fp32"] == 0.5 and res[3]["p50_vs_first_export"] == 0.25  # int8 vs its own fp32
+    table = format_table({"results": res, "env": {"threads": 2}})
+    assert "sparse / dense p50 at ort batch 32: 0.25x" in table and "sparse: ort-int8 / ort fp32" in table
+
+
+def test_latency_cli_two_exports_interleaved(export_dir, tmp_path, capsys):
+    from lightcl.cli import main
+
+    out = tmp_path / "two.json"
+    rc = main(["bench", "latency", str(export_dir), str(export_dir), "--backend", "ort", "--batch", "1",
+               "--iters", "2", "--threads", "1", "--json", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr()
+    rep = json.loads(out.read_text())
+    assert [(r["batch"], r["export_index"]) for r in rep["results"]] == [(1, 0), (1, 1)]
+    assert all(r["p50_vs_first_export"] > 0 for r in rep["results"] if r["export_index"] == 1)
+    assert rep["config"]["compare"] == [str(export_dir)]

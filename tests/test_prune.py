@@ -170,3 +170,105 @@ def test_cli_bad_sparsity_writes_nothing(digits_ckpt, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "--sparsity" in r.stderr, r.stderr
     r = _cli("export", str(digits_ckpt), "--out", str(out), "--sparsity", "0.99999", "--quiet")
     assert r.returncode != 0 and not out.exists() and "every channel" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ --round-channels (SIMD-friendly kept counts)
+def test_round_keep_rule():
+    from lightcl.export.prune import round_keep
+
+    assert [round_keep(k, 64, 16) for k in (52, 56, 24, 23, 1, 63)] == [48, 64, 32, 16, 16, 64]
+    assert round_keep(103, 128, 16) == 96 and round_keep(78, 256, 16) == 80 and round_keep(120, 128, 16) == 128
+    assert round_keep(64, 64, 16) == 64  # a group kept whole stays whole
+    assert round_keep(15, 20, 8) == 16 and round_keep(19, 20, 8) == 16  # never more than the layer has
+    assert round_keep(52, 64, None) == round_keep(52, 64, 1) == 52
+
+
+def test_authors_counts_rounded_and_default_unchanged():
+    model = create_backbone("resnet18", width=64)
+    rep = prune_backbone(model, "authors", round_channels=16)[1]
+    assert {v[0] for v in rep["groups"].values()} == {48, 96, 80}
+    assert rep["groups"]["stem+layer1.0+layer1.1"] == [48, 64] and rep["groups"]["layer4.0+layer4.1"] == [96, 512]
+    assert rep["round_channels"] == 16 and 0.91 <= rep["weight_sparsity"] <= 0.92
+    assert abs(rep["weight_sparsity_unrounded"] - prune_backbone(model, "authors")[1]["weight_sparsity"]) < 1e-12
+    rep8 = prune_backbone(model, "authors", round_channels=8)[1]
+    assert all(k % 8 == 0 for k, _ in rep8["groups"].values()) and 0.89 <= rep8["weight_sparsity"] <= 0.91
+    assert prune_backbone(model, "authors")[1]["round_channels"] is None
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_numeric_sparsity_with_rounding_still_meets_target(n):
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", width=16).eval()
+    _random_bn(model)
+    for s in (0.5, 0.8):
+        plan = plan_pruning(model, s, round_channels=n)
+        sizes = [ix.numel() for ix in plan["keep_idx"]]
+        assert all(k % n == 0 for k in sizes), sizes
+        assert plan["target_met"] and s <= plan["weight_sparsity"] <= s + 0.08, plan["weight_sparsity"]
+        # bisection on the rounded counts: the next smaller channel fraction falls short of s
+        assert plan_pruning(model, s, round_channels=n)["channel_ratio"] == plan["channel_ratio"]
+    # the rounded model is still exactly the masked dense model
+    plan = plan_pruning(model, 0.5, round_channels=n)
+    pruned, _ = prune_backbone(model, 0.5, round_channels=n)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(pruned(x), _masked_dense(model, plan)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, match", [(0, ">= 1"), (-16, ">= 1"), (2.5, "integer"), (True, "integer"),
+                                        ("16", "integer"), (10 ** 9, "smallest channel group"),
+                                        (32, "smallest channel group")])
+def test_bad_round_channels(bad, match):
+    with pytest.raises(PruneError, match=match):
+        plan_pruning(create_backbone("resnet18", width=16), "authors", round_channels=bad)
+
+
+def test_sparsity_out_of_reach_with_rounding_is_refused():
+    with pytest.raises(PruneError, match="out of reach with --round-channels 16"):
+        plan_pruning(create_backbone("resnet18", width=16), 0.95, round_channels=16)
+
+
+def test_calib_size_auto():
+    from lightcl.engine.errors import InputError
+    from lightcl.export.quantize import DENSE_CALIB_SIZE, PRUNED_CALIB_SIZE, resolve_calib_size
+
+    assert resolve_calib_size("auto", pruned=True) == PRUNED_CALIB_SIZE > DENSE_CALIB_SIZE
+    assert resolve_calib_size("auto", pruned=False) == DENSE_CALIB_SIZE == 256
+    assert resolve_calib_size(64, pruned=True) == 64 and resolve_calib_size("32", pruned=False) == 32
+    for bad in ("many", 2.5, True):
+        with pytest.raises(InputError, match="--calib-size"):
+            resolve_calib_size(bad, pruned=True)
+
+
+def test_rounded_export_cli_parity_int8_and_auto_calibration(digits_ckpt, tmp_path):
+    out, js = tmp_path / "r8", tmp_path / "r8.json"
+    r = _cli("export", str(digits_ckpt), "--out", str(out), "--split", "layer3", "--sparsity", "authors",
+             "--round-channels", "8", "--recover-epochs", "0", "--int8", "--quiet", "--json", str(js))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta == json.loads(js.read_text())
+    sp = meta["sparsity"]
+    assert sp["round_channels"] == 8 and all(k % 8 == 0 for k, _ in sp["groups"].values()), sp["groups"]
+    assert sp["groups"]["stem+layer1.0+layer1.1"] == [16, 16]  # authors' 14 of 16 rounds to 16
+    assert meta["parity"]["passed"] and meta["feature_shape"][0] % 8 == 0
+    # int8 passed its own agreement check (no --force), calibrated on the pruned default of 1024 images
+    assert meta["int8"]["top1_agreement"] >= 0.98 and not meta["int8"]["forced"]
+    assert meta["int8"]["quantization"]["calib_images"] == 1024
+    assert "kept channels rounded to multiples of 8" in r.stdout  # the summary line
+
+
+def test_bad_round_channels_cli_and_api_write_nothing(digits_ckpt, tmp_path):
+    from lightcl.engine.errors import InputError
+    from lightcl.export.onnx_export import export_checkpoint
+
+    out = tmp_path / "x"
+    for kw, match in [(dict(round_channels=16), "needs --sparsity"),
+                      (dict(sparsity="authors", round_channels=0), ">= 1"),
+                      (dict(sparsity="authors", round_channels=10 ** 9), "smallest channel group")]:
+        with pytest.raises(InputError, match=match):
+            export_checkpoint(digits_ckpt, out, progress=False, recover_epochs=0 if "sparsity" in kw else None, **kw)
+        assert not out.exists()
+    r = _cli("export", str(digits_ckpt), "--out", str(out), "--sparsity", "authors", "--round-channels", "1000000000")
+    assert r.returncode == 1 and not out.exists(), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--round-channels" in r.stderr, r.stderr
+    r = _cli("export", str(digits_ckpt), "--out", str(out), "--round-channels", "8.5")
+    assert r.returncode == 2 and not out.exists() and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -18,7 +18,9 @@ def _csv(s: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("export_dir", metavar="DIR", help="export directory (lightcl export ... --out DIR)")
+    p.add_argument("export_dir", metavar="DIR", nargs="+",
+                   help="export directory (lightcl export ... --out DIR); several: timed in one run, interleaved "
+                        "per (backend, batch), each with its p50 over the first DIR's")
     _args.add_backend(p, default="torch,ort", multiple=True, help="extractor backends to time")
     _args.add_batch(p, flag="--batch", default="1,32", type=str, metavar="B1,B2", help="comma list of batch sizes")
     g = p.add_mutually_exclusive_group()
@@ -49,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
 
     check_threads(args.threads)
-    check_output(args.json, dirs=[args.export_dir])
-    per = export_bytes_per_sample(args.export_dir, train=False)
-    for b in batches:
-        check_batch(b, "--batch", per)
-    report = run_latency(args.export_dir, backends, batches, iters=args.iters, seconds=args.seconds,
+    check_output(args.json, dirs=list(args.export_dir))
+    for d in args.export_dir:
+        per = export_bytes_per_sample(d, train=False)
+        for b in batches:
+            check_batch(b, "--batch", per)
+    report = run_latency(args.export_dir[0], backends, batches, compare=args.export_dir[1:], iters=args.iters, seconds=args.seconds,
                          warmup=args.warmup, threads=args.threads, device=args.device, spin=args.spin,
                          graph_optimization=args.graph_optimization, progress=not args.quiet)
     print(format_table(report))
