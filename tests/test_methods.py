@@ -208,3 +208,27 @@ def test_forward_flops_counts_conv_and_linear():
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5))
     f = forward_flops(net, torch.zeros(2, 3, 8, 8))
     assert f == 2 * (4 * 8 * 8) * (3 * 3 * 3) + 2 * 5 * 4
+
+
+def test_lightcl_sparse_round_channels_is_its_own_cached_export(digits_ckpt):
+    """The suite's ``round_channels`` option reaches the export (counts are multiples of it, recorded in meta),
+    is part of the cache key (the authors' counts are a different export), and a cached export is reused."""
+    from lightcl.bench.methods.lightcl_sparse import ensure_sparse_export
+    from lightcl.engine.export_dir import load_export_meta
+
+    rounded = ensure_sparse_export(digits_ckpt, "layer3", "authors", 0, round_channels=8)
+    sp = load_export_meta(rounded)["sparsity"]
+    assert sp["round_channels"] == 8
+    assert all(int(k) % 8 == 0 for k in _kept_counts(sp))
+    stamp = (rounded / "meta.json").stat().st_mtime_ns
+    assert ensure_sparse_export(digits_ckpt, "layer3", "authors", 0, round_channels=8) == rounded
+    assert (rounded / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    plain = ensure_sparse_export(digits_ckpt, "layer3", "authors", 0)
+    assert plain != rounded and load_export_meta(plain)["sparsity"]["round_channels"] is None
+
+
+def _kept_counts(sp: dict) -> list:
+    """meta.json["sparsity"]["groups"]: {group: [kept, total]}."""
+    out = [kept for kept, _total in sp["groups"].values()]
+    assert out
+    return out

@@ -178,10 +178,12 @@ def _default_recover_epochs() -> int:
 
 @dataclass
 class LightCLSparseConfig(LightCLConfig):
-    """The learner's options + the pruning's: ``sparsity`` ("authors" or a number) and the recovery epochs."""
+    """The learner's options + the pruning's: ``sparsity`` ("authors" or a number), the recovery epochs and
+    ``round_channels`` (None: the authors' counts; 16: multiples of 16, docs/results/sparse-latency.md)."""
 
     sparsity: Any = "authors"
     recover_epochs: int = field(default_factory=_default_recover_epochs)
+    round_channels: Optional[int] = None
 
 
 # method name -> its config class (every registered method has one; tests/test_method_configs.py checks)

@@ -24,33 +24,39 @@ from lightcl.engine.learner import LightCLConfig
 from .base import forward_flops
 from .lightcl import LightCLMethod
 
-SPARSE_HP = ("sparsity", "recover_epochs")
+SPARSE_HP = ("sparsity", "recover_epochs", "round_channels")
 
 
-def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs: int, progress: bool = False) -> Path:
-    """The pruned export of ``ckpt`` (cached; rebuilt when the checkpoint or the pruning changed)."""
+def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs: int, progress: bool = False,
+                         round_channels: int | None = None) -> Path:
+    """The pruned export of ``ckpt`` (cached; rebuilt when the checkpoint or the pruning changed).
+    ``round_channels``: kept channel counts rounded to a multiple of it (``lightcl export --round-channels``)."""
     from lightcl.engine.paths import cache_dir
     from lightcl.engine.export_dir import load_export_meta
     from lightcl.engine.fileio import read_json
     from lightcl.export.checkpoint import checkpoint_paths
     from lightcl.export.onnx_export import export_checkpoint
-    from lightcl.export.prune import parse_sparsity
+    from lightcl.export.prune import parse_round_channels, parse_sparsity
 
     sparsity = parse_sparsity(sparsity)
+    round_channels = parse_round_channels(round_channels)
     ckpt = Path(ckpt)
     want_sha = read_json(checkpoint_paths(ckpt)[1], "checkpoint metadata").get("sha256")
-    out = cache_dir() / "exports" / f"{ckpt.name}-{split}-sparse-{sparsity}-r{int(recover_epochs)}"
+    rounded = f"-c{round_channels}" if round_channels else ""
+    out = cache_dir() / "exports" / f"{ckpt.name}-{split}-sparse-{sparsity}{rounded}-r{int(recover_epochs)}"
     try:
         meta = load_export_meta(out)
         sp = meta.get("sparsity") or {}
         if (meta["checkpoint"]["weights_sha256"] == want_sha and meta["split"] == split
                 and (sp.get("mode") == "authors") == (sparsity == "authors")
                 and (sparsity == "authors" or sp.get("target") == sparsity)
-                and (sp.get("recovery") or {}).get("epochs") == int(recover_epochs)):
+                and (sp.get("recovery") or {}).get("epochs") == int(recover_epochs)
+                and sp.get("round_channels") == round_channels):
             return out
     except (LightCLError, KeyError, TypeError):
         pass
-    export_checkpoint(ckpt, out, split=split, progress=progress, sparsity=sparsity, recover_epochs=recover_epochs)
+    export_checkpoint(ckpt, out, split=split, progress=progress, sparsity=sparsity, recover_epochs=recover_epochs,
+                      round_channels=round_channels)
     return out
 
 
@@ -80,8 +86,12 @@ class LightCLSparse(LightCLMethod):
         """Build (or find cached) the pruned export before the suite's workers start."""
         sparsity = hyperparameters.get("sparsity", "authors")
         recover_epochs = int(hyperparameters.get("recover_epochs", 2))
-        echo(f"lightcl-sparse: pruned export (sparsity {sparsity}, {recover_epochs} recovery epochs; cached) ...")
-        return ensure_sparse_export(ckpt, split, sparsity, recover_epochs, progress=progress)
+        round_channels = hyperparameters.get("round_channels")
+        rounded = f", channels rounded to multiples of {round_channels}" if round_channels else ""
+        echo(f"lightcl-sparse: pruned export (sparsity {sparsity}{rounded}, {recover_epochs} recovery epochs; "
+             "cached) ...")
+        return ensure_sparse_export(ckpt, split, sparsity, recover_epochs, progress=progress,
+                                    round_channels=round_channels)
 
     def __init__(self, ctx, **hp) -> None:
         from lightcl.engine.frozen import load_frozen
@@ -89,7 +99,8 @@ class LightCLSparse(LightCLMethod):
 
         sparsity = hp.pop("sparsity", "authors")
         recover_epochs = int(hp.pop("recover_epochs", 2))
-        out = ensure_sparse_export(ctx.ckpt, ctx.scenario.split, sparsity, recover_epochs)
+        round_channels = hp.pop("round_channels", None)
+        out = ensure_sparse_export(ctx.ckpt, ctx.scenario.split, sparsity, recover_epochs, round_channels=round_channels)
         meta = load_export_meta(out)
         net, _ = load_frozen(export_file(out, meta, "frozen.safetensors"))
         shape = tuple(int(v) for v in meta["input_shape"][-3:])
@@ -97,7 +108,7 @@ class LightCLSparse(LightCLMethod):
                    "frozen_flops": forward_flops(net, torch.zeros(2, *shape))}
         del net
         self.sparse_meta = meta["sparsity"]
-        self.sparse_options = {"sparsity": sparsity, "recover_epochs": recover_epochs}
+        self.sparse_options = {"sparsity": sparsity, "recover_epochs": recover_epochs, "round_channels": round_channels}
         super().__init__(dataclasses.replace(ctx, export_dir=str(out), extra=figures), **hp)
 
     def describe(self) -> dict:
@@ -105,5 +116,6 @@ class LightCLSparse(LightCLMethod):
         d["hyperparameters"] = {**d["hyperparameters"], **self.sparse_options}
         sp = self.sparse_meta
         d["sparsity"] = {k: sp.get(k) for k in ("mode", "target", "weight_sparsity", "params_kept", "params_dense",
-                                                "params_kept_fraction", "recovery", "test_accuracy_dense")}
+                                                "params_kept_fraction", "recovery", "test_accuracy_dense",
+                                                "round_channels")}
         return d
