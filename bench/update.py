@@ -94,7 +94,7 @@ MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-lean-p
                                        "lightcl-int8-system": SYSTEM_ENV}
 LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
                "activations", "buffer_masks", "step_inputs", "malloc_other", "torch_temporaries", "malloc_free",
-               "library_pages")
+               "library_pages", "peak_elsewhere")
 
 
 def _bytes(params) -> int:
@@ -173,6 +173,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     # wall, process CPU (all threads) and minor page faults per step: CPU and faults depend on the machine's
     # load much less than wall time; faults are what a fixed mmap threshold costs (fresh pages every step)
     times, cpu_times, faults = [], [], []
+    hwm: list[float] = []
     keep = bool(os.environ.get("LIGHTCL_LEDGER_SAMPLES"))  # keep every ledger sample in the result (debugging)
     if mode in ENGINE_MODES:
         backend, which, lopts, xopts = ENGINE_MODES[mode]
@@ -214,6 +215,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                 times.append((time.perf_counter() - t) * 1000)
                 cpu_times.append((time.process_time() - c) * 1000)
                 faults.append(_minor_faults() - f)
+            hwm.append(peak_mib())  # after the step's figures: which step raised the process's peak
         peak_timed = peak_mib()
         head = learner.head
         gm = GradientMeter(head.parameters(), forward_of=head)
@@ -300,6 +302,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                 times.append((time.perf_counter() - t) * 1000)
                 cpu_times.append((time.process_time() - c) * 1000)
                 faults.append(_minor_faults() - f)
+            hwm.append(peak_mib())  # after the step's figures: which step raised the process's peak
         peak_timed = peak_mib()
         gm = GradientMeter(trainable_params, forward_of=model)
         sm = SavedTensorMeter(list(model.parameters()))
@@ -325,7 +328,11 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         info = {"backend": "torch", "threads": torch.get_num_threads()}
     times.sort()
     delta = peak - idle
-    ledger, at_peak = partition_peak(delta, constant, s0, sampler.peak, m_idle, free_base, idle_parts, idle)
+    ledger, at_peak = partition_peak(delta, constant, s0, sampler.peak, m_idle, free_base, idle_parts, idle,
+                                     rss_max=sampler.rss_peak.get("rss_rss") if sampler.rss_peak else None)
+    # the step by whose end the process had reached its peak (0 = the first warm-up step; len(hwm) = the metered one)
+    at_peak["peak_step"] = next((i for i, v in enumerate(hwm) if v >= peak - 1e-9), len(hwm))
+    at_peak["steps_before_meter"] = len(hwm)
     at_peak["gradients_max_mib"] = gm.peak / MiB  # the most alive at once in the step (hooks), for comparison
     at_peak["activations_saved_mib"] = sm.nbytes / MiB  # all saved in the step; the row is what is alive at the peak
     at_peak["samples"] = sampler.count
@@ -386,7 +393,7 @@ class _sampled_calls:
 
 
 def partition_peak(delta: float, constant: dict, s0: dict, at: dict, m_idle: "dict | None", free_base: int,
-                   idle_parts: dict, idle_rss: float) -> "tuple[dict, dict]":
+                   idle_parts: dict, idle_rss: float, rss_max: "float | None" = None) -> "tuple[dict, dict]":
     """The ledger: the peak RSS delta (MiB above the idle process) split into measured parts, none counted twice.
 
     ``constant``: the parts alive through the whole step (weights, session, optimizer state, buffer, inputs),
@@ -404,8 +411,11 @@ def partition_peak(delta: float, constant: dict, s0: dict, at: dict, m_idle: "di
       heap a freed tensor, an onnxruntime run buffer or a session's load temporaries leave behind; onnxruntime's
       run buffers are freed after extraction, so at the head's peak they sit here and nowhere else);
     - ``library_pages``: resident pages of mapped files (``RssFile``) paged in since idle (library code/data);
+    - ``peak_elsewhere``: the process's peak minus the highest RSS sampled in the metered step (``rss_max``): the
+      peak was reached in another step (often a warm-up step, or a step whose heap layout the metered one did not
+      reproduce), so no sample can take it apart; named, not hidden in ``unexplained``;
     - ``unexplained``: the rest, i.e. memory that is neither malloc's nor a file's: Python's own arenas (mmapped),
-      thread stacks, libraries' private mmaps; and the part of the peak that fell between two samples.
+      thread stacks, libraries' private mmaps; and the RSS between the footprint's peak sample and RSS's own.
 
     The malloc in-use rows are taken at one moment (``at``), so they add up, unlike maxima of each part taken at
     different moments. Without mallinfo (not glibc) the malloc rows are ``None`` ("not available") and the
@@ -424,6 +434,7 @@ def partition_peak(delta: float, constant: dict, s0: dict, at: dict, m_idle: "di
     else:
         rows["malloc_other"] = rows["torch_temporaries"] = rows["malloc_free"] = None
     rows["library_pages"] = (at["rss_file"] - idle_parts["file"]) if "rss_file" in at and "file" in idle_parts else None
+    rows["peak_elsewhere"] = max(0.0, delta - (rss_max - idle_rss)) if rss_max is not None else None
     rows["unexplained"] = delta - sum(v for v in rows.values() if v is not None)
     rows["peak_rss_delta"] = delta
     rows["unexplained_share"] = rows["unexplained"] / delta if delta > 0 else 0.0
@@ -632,6 +643,7 @@ LEDGER_LABELS = {"frozen_weights": "frozen weights", "frozen_session": "runtime 
                  "step_inputs": "step inputs + kept features", "malloc_other": "other malloc in use before the step",
                  "torch_temporaries": "step temporaries (malloc in use)", "malloc_free": "freed heap kept by malloc",
                  "library_pages": "library pages (file-backed RSS)",
+                 "peak_elsewhere": "peak reached outside the metered step",
                  "unexplained": "unexplained (non-malloc anon, between samples)",
                  "peak_rss_delta": "peak RSS delta (measured)"}
 
@@ -662,7 +674,8 @@ def format_ledger(res: dict) -> str:
     for r, a in zip(rs, at):
         if a:
             lines.append(f"{r['mode']}: peak sampled at {a.get('where')} ({a.get('samples')} samples; malloc "
-                         f"accounting: {a.get('malloc_source', 'n/a')})")
+                         f"accounting: {a.get('malloc_source', 'n/a')}); the process's peak was reached by the end of step "
+                         f"{a.get('peak_step')} ({a.get('steps_before_meter')} = the metered step, 0 = the first warm-up)")
     return "\n".join(lines)
 
 

@@ -144,10 +144,11 @@ def test_partition_without_mallinfo_leaves_malloc_rows_out():
     s0 = {"where": "step start", "gradients": 0, "activations": 0, "malloc": None}
     at = {"where": "grad#1", "gradients": 1 << 20, "activations": 2 << 20, "malloc": None, "rss_rss": 60.0,
           "rss_file": 15.0}
-    rows, where = partition_peak(20.0, constant, s0, at, None, 0, {"file": 12.0, "anon": 30.0}, 50.0)
+    rows, where = partition_peak(20.0, constant, s0, at, None, 0, {"file": 12.0, "anon": 30.0}, 50.0, rss_max=65.0)
     assert rows["malloc_free"] is None and rows["torch_temporaries"] is None and rows["malloc_other"] is None
     assert rows["library_pages"] == 3.0 and rows["gradients"] == 1.0 and rows["activations"] == 2.0
-    assert rows["unexplained"] == pytest.approx(20.0 - 7.0 - 3.0 - 3.0)
+    assert rows["peak_elsewhere"] == 5.0  # the peak (20) above the metered step's highest RSS (65 - 50)
+    assert rows["unexplained"] == pytest.approx(20.0 - 7.0 - 3.0 - 3.0 - 5.0)
     assert where["rss_delta_mib"] == 10.0 and where["malloc_footprint_delta_mib"] is None
     res = {"results": [{"mode": "lightcl", "ledger_mib": rows, "theoretical_mib": 1.0, "ledger_at": where}]}
     assert "n/a" in format_ledger(res)
