@@ -146,6 +146,7 @@ class StepSampler:
         self.peak: "dict | None" = None
         self.rss_peak: "dict | None" = None
         self.last = "start"  # the last hook point passed: where a timer sample falls
+        self._last_grads = 0
         self._lock = threading.Lock()
         self._stop: "threading.Event | None" = None
         self._thread: "threading.Thread | None" = None
@@ -183,9 +184,10 @@ class StepSampler:
         return hook
 
     def grad_bytes(self) -> int:
+        """``.grad`` bytes held now; on the thread that runs the step only (see :meth:`sample`)."""
         total = 0
         for p in self.params:
-            g = p.grad  # read once: the timer thread may race the optimizer setting it to None
+            g = p.grad
             if g is not None:
                 total += g.numel() * g.element_size()
         return total
@@ -193,12 +195,17 @@ class StepSampler:
     def sample(self, where: str, timer: bool = False) -> dict:
         from lightcl.bench.meters import rss_parts
 
+        # The timer thread never reads ``p.grad``: the autograd engine sets it from C++ without the GIL, and copying
+        # that tensor handle at the same moment races its reference count (seen: glibc "corrupted unsorted chunks").
+        # A timer sample takes the gradient bytes of the last hook sample; a gradient made since then and not yet
+        # handed to its parameter counts as a step temporary (it is one, until accumulated).
+        grads = self._last_grads if timer else self.grad_bytes()
         s = {"where": f"timer after {self.last}" if timer else where,
              **{f"rss_{k}": v for k, v in rss_parts().items()}, "malloc": self._mallinfo(),
-             "gradients": self.grad_bytes(), "activations": self.saved.alive_bytes() if self.saved else 0}
+             "gradients": grads, "activations": self.saved.alive_bytes() if self.saved else 0}
         with self._lock:
             if not timer:
-                self.last = where
+                self.last, self._last_grads = where, grads
             self.count += 1
             if self.keep_samples:
                 self.samples.append(s)
