@@ -129,8 +129,9 @@ class StepSampler:
     accounting (:func:`lightcl.bench.meters.mallinfo`), and the gradient and saved-activation bytes alive then.
 
     ``peak``: the sample where malloc's footprint (``arena + hblkhd``: heap got from the OS + blocks mmapped on
-    their own) is largest (ties: the most bytes in use), or, without mallinfo, where RSS is largest. Malloc's footprint decides because the
-    ledger splits the peak by malloc's own numbers, which are only consistent with each other at one moment.
+    their own) is largest (ties: the most bytes in use), or, without mallinfo, where RSS is largest. Malloc's
+    footprint decides because the ledger splits the peak by malloc's own numbers, which are only consistent with
+    each other at one moment. ``rss_peak``: the sample where RSS is largest.
     """
 
     def __init__(self, modules: "list[nn.Module]", params, saved: "SavedTensorMeter | None" = None,

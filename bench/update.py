@@ -674,8 +674,9 @@ def format_ledger(res: dict) -> str:
     for r, a in zip(rs, at):
         if a:
             lines.append(f"{r['mode']}: peak sampled at {a.get('where')} ({a.get('samples')} samples; malloc "
-                         f"accounting: {a.get('malloc_source', 'n/a')}); the process's peak was reached by the end of step "
-                         f"{a.get('peak_step')} ({a.get('steps_before_meter')} = the metered step, 0 = the first warm-up)")
+                         f"accounting: {a.get('malloc_source', 'n/a')}); the process's peak was reached by the end "
+                         f"of step {a.get('peak_step')} ({a.get('steps_before_meter')} = the metered step, "
+                         "0 = the first warm-up)")
     return "\n".join(lines)
 
 

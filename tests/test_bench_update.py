@@ -1,11 +1,12 @@
 import json
+import platform
 import subprocess
 import sys
 
 import pytest
 import torch
 
-GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
 def test_bench_update_runs_every_mode_in_its_own_process(digits_export, tmp_path):
