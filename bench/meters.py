@@ -97,3 +97,70 @@ def warm_up(input_shape) -> None:
     except Exception:  # onnxruntime missing or unusable: the engine methods will say so themselves
         pass
     del net, opt, x, loss
+
+
+# --------------------------------------------------------------------------- malloc's own accounting
+_MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                    "keepcost")
+_mallinfo_fn = None  # (callable, source) once looked up; (None, reason) when not available
+
+
+def _mallinfo_lookup():
+    """glibc's ``mallinfo2`` (>= 2.33, size_t fields) or the older ``mallinfo`` (int fields: wrap past 2 GiB), or
+    ``(None, reason)`` on a libc without either (musl, macOS, Windows)."""
+    global _mallinfo_fn
+    if _mallinfo_fn is not None:
+        return _mallinfo_fn
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl has mallinfo with a different meaning)
+    except (OSError, AttributeError):
+        _mallinfo_fn = (None, "not available (not glibc)")
+        return _mallinfo_fn
+    for name, ctype in (("mallinfo2", ctypes.c_size_t), ("mallinfo", ctypes.c_int)):
+        fn = getattr(libc, name, None)
+        if fn is None:
+            continue
+
+        class _Info(ctypes.Structure):
+            _fields_ = [(f, ctype) for f in _MALLINFO_FIELDS]
+
+        fn.restype = _Info
+        fn.argtypes = []
+        _mallinfo_fn = (fn, name)
+        return _mallinfo_fn
+    _mallinfo_fn = (None, "not available (glibc without mallinfo)")
+    return _mallinfo_fn
+
+
+def mallinfo_source() -> str:
+    """Which call :func:`mallinfo` uses: ``mallinfo2``, ``mallinfo`` or ``not available (...)``."""
+    return _mallinfo_lookup()[1]
+
+
+def mallinfo() -> "dict[str, int] | None":
+    """glibc's own accounting of its heap, bytes, summed over every arena (``man 3 mallinfo2``): ``arena`` (heap
+    bytes got from the OS with brk/mmap'd heaps), ``hblkhd`` (bytes in blocks mmapped on their own),
+    ``uordblks`` (heap bytes in use), ``fordblks`` (heap bytes free: freed and kept by malloc). ``None`` where
+    not available. Free bytes may include pages ``malloc_trim`` already gave back (they stay in the free lists,
+    not resident), so callers take free bytes as a delta from a sample taken right after a trim."""
+    fn, _ = _mallinfo_lookup()
+    if fn is None:
+        return None
+    mi = fn()
+    return {f: int(getattr(mi, f)) for f in _MALLINFO_FIELDS}
+
+
+def rss_parts() -> "dict[str, float]":
+    """Resident memory by kind, MiB, from /proc/self/status (Linux >= 4.5): ``anon`` (heap, mmapped blocks,
+    stacks), ``file`` (pages of mapped files: libraries' code and data), ``shmem``; ``rss`` the total. Empty on
+    other systems."""
+    out = {}
+    for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"), ("shmem", "RssShmem")):
+        v = _status_kib(field)
+        if v is not None:
+            out[key] = v / 1024.0
+    return out

@@ -21,13 +21,19 @@ Engine modes apply the engine's allocator policy (engine/allocator.py: glibc's d
 does (before the session is created) and run a learning extractor without onnxruntime's arena.
 Each mode also reports process CPU ms and minor page faults per step, and the step's phases.
 
-Every mode also measures a *ledger* of its peak (``ledger_mib``): frozen weights (ONNX initializers
-or torch tensors), the runtime session and its run buffers (RSS deltas at load and first run), head
-weights, the most gradient bytes alive at once (post-accumulate-grad hooks; gradients still held from the
-previous step when the forward starts are reported apart, ``gradients_carried_mib``), optimizer state,
-activations saved for backward (saved-tensor hooks), buffer + masks, the step's inputs and features,
-and what remains unexplained (allocator, libraries) = peak RSS delta - the rest. The meters run on
-one extra step after the timed ones, so they cost the timing nothing.
+Every mode also measures a *ledger* of its peak (``ledger_mib``): a partition of the peak RSS delta taken at one
+moment of one extra, metered step after the timed ones (so the timing pays nothing): the sample where glibc
+malloc's footprint is largest, among samples taken at every module's forward, every autograd node of the head
+in backward, every gradient accumulation, around the extractor and the optimizer, and every millisecond from a
+thread (inside onnxruntime's run and torch's kernels). Rows: frozen weights (ONNX initializers or torch
+tensors), the runtime session and what its runs keep (malloc's in-use growth across its load and first run),
+head weights, gradients and saved activations alive at that moment (gradient hooks, saved-tensor holders),
+optimizer state, buffer + masks, the step's inputs, other malloc memory in use before the step, the step's
+temporaries (malloc's in-use growth no tensor row explains: oneDNN scratch, autograd's intermediate
+gradients), the freed heap malloc keeps (``mallinfo2`` ``fordblks``), library pages (file-backed RSS), and what
+remains unexplained (non-malloc memory: Python's arenas, thread stacks; the part of the peak reached outside the
+sampled moment). :func:`partition_peak` says how each is measured and why none is counted twice. Without glibc the
+malloc rows are "not available" (``None``).
 
 Peak RSS is measured above the worker's RSS right after its imports (the idle process), so the
 interpreter and libraries do not count; theoretical memory follows the paper's accounting.
@@ -41,6 +47,7 @@ both on the whole model composed from the export. Each runs through the one work
 """
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -86,7 +93,8 @@ MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-lean-p
                                        "lightcl-system": SYSTEM_ENV, "lightcl-sparse-system": SYSTEM_ENV,
                                        "lightcl-int8-system": SYSTEM_ENV}
 LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
-               "activations", "buffer_masks", "step_inputs")
+               "activations", "buffer_masks", "step_inputs", "malloc_other", "torch_temporaries", "malloc_free",
+               "library_pages", "peak_elsewhere")
 
 
 def _bytes(params) -> int:
@@ -133,20 +141,23 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     import torch
     from safetensors.torch import load_file
 
-    from lightcl.bench.accounting import GradientMeter, SavedTensorMeter, count_activations, theoretical_mib
+    from lightcl.bench.accounting import (GradientMeter, SavedTensorMeter, StepSampler, count_activations,
+                                          theoretical_mib)
     from lightcl.bench.methods import create_method
     from lightcl.engine.export_dir import load_export_meta
     from lightcl.engine.extractors import load_extractor
 
     if threads:
         torch.set_num_threads(threads)
-    from lightcl.bench.meters import malloc_trim, peak_mib, rss_mib, warm_up
+    from lightcl.bench.meters import mallinfo, mallinfo_source, malloc_trim, peak_mib, rss_mib, rss_parts, warm_up
 
     # the same idle baseline as the suite (its warm-up runs at the export's input shape): libraries
     # initialised, freed heap returned
     warm_up(tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
     malloc_trim()
     idle = rss_mib()
+    idle_parts, m_idle = rss_parts(), mallinfo()
+    free_base = m_idle["fordblks"] if m_idle else 0  # free bytes right after the last trim (not resident)
     MiB = float(1 << 20)
     stages: dict[str, float] = {}
 
@@ -162,7 +173,8 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
     # wall, process CPU (all threads) and minor page faults per step: CPU and faults depend on the machine's
     # load much less than wall time; faults are what a fixed mmap threshold costs (fresh pages every step)
     times, cpu_times, faults = [], [], []
-    ledger: dict[str, float] = {}
+    hwm: list[float] = []
+    keep = bool(os.environ.get("LIGHTCL_LEDGER_SAMPLES"))  # keep every ledger sample in the result (debugging)
     if mode in ENGINE_MODES:
         backend, which, lopts, xopts = ENGINE_MODES[mode]
         edir = export_dir if which == "dense" else sparse_export
@@ -177,14 +189,18 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
 
         # the engine's default as a learner/extractor is created (LIGHTCL_MALLOC=system in *-system modes)
         malloc = apply_lean_malloc()
+        m_pre_load = mallinfo()
         ext = load_extractor(edir, backend=backend, **opts)
-        release_free_heap()  # the session's one-time temporaries (a no-op unless the lean allocator is on)
+        trimmed = release_free_heap()  # the session's one-time temporaries (a no-op unless the lean allocator is on)
         stage("extractor")
+        m_load = mallinfo()
+        if trimmed and m_load:
+            free_base = m_load["fordblks"]
         with torch.no_grad():
             f0 = ext(torch.cat([xb, xb[:15]]))
-        feat_bytes = f0.numel() * f0.element_size()
         del f0
         stage("extractor_run")
+        m_run = mallinfo()
         method = create_method("lightcl", _context(edir, n_classes, len(xb), threads, extractor=ext), **lopts)
         learner = method.learner
         stage("head")
@@ -199,26 +215,41 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                 times.append((time.perf_counter() - t) * 1000)
                 cpu_times.append((time.process_time() - c) * 1000)
                 faults.append(_minor_faults() - f)
-        peak = peak_mib()  # before the accounting below allocates anything
-        stage("after_steps")
-        phases = _engine_phases(learner, xb, yb, min(steps, 5))
+            hwm.append(peak_mib())  # after the step's figures: which step raised the process's peak
+        peak_timed = peak_mib()
         head = learner.head
         gm = GradientMeter(head.parameters(), forward_of=head)
-        with SavedTensorMeter(list(head.parameters())) as sm:
+        sm = SavedTensorMeter(list(head.parameters()))
+        sampler = StepSampler([head], head.parameters(), sm, keep_samples=keep)
+        const_bytes = (xb.numel() * xb.element_size() + yb.numel() * yb.element_size()
+                       + _nbytes(getattr(learner, "_last_features", None)))
+        gc.collect()
+        s0 = sampler.sample("step start")
+        sampler.start_timer()
+        with _sampled_calls(sampler, learner, ("extract",)), _sampled_calls(sampler, learner.optimizer, ("step",)), sm:
             learner.observe(xb, yb)
         gm.remove()
+        sampler.remove()
+        # the peak the ledger splits: the timed steps' and the metered one's (one more of the same step), read
+        # before the accounting below allocates anything
+        peak = peak_mib()
+        stage("after_steps")
+        phases = _engine_phases(learner, xb, yb, min(steps, 5))
         meta = load_export_meta(edir, verify=False)
         frozen_params = _frozen_params(edir)
         # the weights the extractor really holds: its own file's (ONNX initializers, int8 included) or torch's tensors
         fw = (_onnx_initializer_bytes(Path(edir) / ext.file) if str(ext.file).endswith(".onnx")
               else _bytes(frozen_params))
-        ledger = {"frozen_weights": fw / MiB, "frozen_session": stages["extractor"] - fw / MiB,
-                  "run_buffers": stages["extractor_run"] - stages["extractor"],
-                  "head_weights": _bytes(head.parameters()) / MiB, "gradients": gm.peak / MiB,
-                  "optimizer_state": sum(v.numel() * v.element_size() for st in learner.optimizer.state.values()
-                                         for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
-                  "activations": sm.nbytes / MiB, "buffer_masks": learner.memory.nbytes() / MiB,
-                  "step_inputs": (xb.numel() * xb.element_size() + feat_bytes) / MiB}
+        if m_pre_load:  # malloc's in-use bytes across the load and the first run: what the session keeps
+            session = (_inuse(m_load) - _inuse(m_pre_load)) / MiB - fw / MiB
+            run_kept = (_inuse(m_run) - _inuse(m_load)) / MiB
+        else:  # RSS deltas (they also hold freed heap and pages of onnxruntime's library)
+            session, run_kept = stages["extractor"] - fw / MiB, stages["extractor_run"] - stages["extractor"]
+        constant = {"frozen_weights": fw / MiB, "frozen_session": session, "run_buffers": run_kept,
+                    "head_weights": _bytes(head.parameters()) / MiB,
+                    "optimizer_state": sum(v.numel() * v.element_size() for st in learner.optimizer.state.values()
+                                           for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
+                    "buffer_masks": learner.memory.nbytes() / MiB, "step_inputs": const_bytes / MiB}
         feats = learner.extract(torch.cat([xb, xb[:learner.config.buffer_size]]))
         weights = sum(p.numel() for p in head.parameters()) + sum(p.numel() for p in frozen_params)
         trainable = sum(p.numel() for p in head.parameters())
@@ -271,41 +302,147 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                 times.append((time.perf_counter() - t) * 1000)
                 cpu_times.append((time.process_time() - c) * 1000)
                 faults.append(_minor_faults() - f)
+            hwm.append(peak_mib())  # after the step's figures: which step raised the process's peak
+        peak_timed = peak_mib()
+        gm = GradientMeter(trainable_params, forward_of=model)
+        sm = SavedTensorMeter(list(model.parameters()))
+        sampler = StepSampler([model], trainable_params, sm, keep_samples=keep)
+        gc.collect()
+        s0 = sampler.sample("step start")
+        sampler.start_timer()
+        with _sampled_calls(sampler, opt, ("step", "zero_grad")), sm:
+            step()
+        gm.remove()
+        sampler.remove()
         peak = peak_mib()
         stage("after_steps")
         phases = _module_phases(step, model, k, min(steps, 5))
-        gm = GradientMeter(trainable_params, forward_of=model)
-        with SavedTensorMeter(list(model.parameters())) as sm:
-            step()
-        gm.remove()
         weights = sum(p.numel() for p in model.parameters())
         tb = _bytes(trainable_params)
-        ledger = {"frozen_weights": (_bytes(model.parameters()) - tb) / MiB, "frozen_session": 0.0,
-                  "run_buffers": 0.0, "head_weights": tb / MiB, "gradients": gm.peak / MiB,
-                  "optimizer_state": sum(v.numel() * v.element_size() for st in opt.state.values()
-                                         for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
-                  "activations": sm.nbytes / MiB, "buffer_masks": buffer_bytes / MiB,
-                  "step_inputs": xb.numel() * xb.element_size() / MiB}
+        constant = {"frozen_weights": (_bytes(model.parameters()) - tb) / MiB, "frozen_session": 0.0,
+                    "run_buffers": 0.0, "head_weights": tb / MiB,
+                    "optimizer_state": sum(v.numel() * v.element_size() for st in opt.state.values()
+                                           for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
+                    "buffer_masks": buffer_bytes / MiB,
+                    "step_inputs": (xb.numel() * xb.element_size() + yb.numel() * yb.element_size()) / MiB}
         info = {"backend": "torch", "threads": torch.get_num_threads()}
     times.sort()
     delta = peak - idle
-    explained = sum(ledger.values())
-    ledger["unexplained"] = delta - explained
-    ledger["peak_rss_delta"] = delta
-    ledger["unexplained_share"] = ledger["unexplained"] / delta if delta > 0 else 0.0
+    ledger, at_peak = partition_peak(delta, constant, s0, sampler.peak, m_idle, free_base, idle_parts, idle,
+                                     rss_max=sampler.rss_peak.get("rss_rss") if sampler.rss_peak else None)
+    # the step by whose end the process had reached its peak (0 = the first warm-up step; len(hwm) = the metered one)
+    at_peak["peak_step"] = next((i for i, v in enumerate(hwm) if v >= peak - 1e-9), len(hwm))
+    at_peak["steps_before_meter"] = len(hwm)
+    at_peak["gradients_max_mib"] = gm.peak / MiB  # the most alive at once in the step (hooks), for comparison
+    at_peak["activations_saved_mib"] = sm.nbytes / MiB  # all saved in the step; the row is what is alive at the peak
+    at_peak["samples"] = sampler.count
+    top = sampler.rss_peak  # where RSS itself was highest, for comparison
+    at_peak["rss_max_where"], at_peak["rss_max_delta_mib"] = top["where"], top.get("rss_rss", idle) - idle
+    if keep:  # every sample, for a closer look (a debugging aid)
+        at_peak["all_samples"] = sampler.samples
+    at_peak["malloc_source"] = mallinfo_source()
     return {
         "mode": mode, "steps": steps, "batch": int(len(xb)),
         "step_ms": statistics.median(times), "step_ms_p90": times[int(0.9 * (len(times) - 1))],
         "step_ms_mean": statistics.fmean(times), "step_cpu_ms": statistics.median(cpu_times),
         "step_minor_faults": int(statistics.median(faults)),
         "idle_rss_mib": idle, "peak_rss_mib": peak, "peak_rss_delta_mib": delta,
+        # the same without the metered step (what earlier passes reported): the two differ by run-to-run noise
+        "peak_rss_delta_timed_mib": peak_timed - idle,
         "theoretical_mib": theoretical_mib(weights, trainable, acts),
         "weights": weights, "trainable_params": trainable, "activations": acts, "extractor": info,
-        "ledger_mib": ledger, "stages_mib": stages, "phases_ms": phases,
+        "ledger_mib": ledger, "ledger_at": at_peak, "stages_mib": stages, "phases_ms": phases,
         # gradients kept from the previous step into the metered step's forward (0 for a loop that zeroes
         # them before the forward, as every mode here should): a hidden extra at the peak if not 0
         "gradients_carried_mib": gm.carried / MiB,
     }
+
+
+def _inuse(m: dict) -> int:
+    """malloc's bytes in use: heap chunks in use + blocks mmapped on their own."""
+    return int(m["uordblks"]) + int(m["hblkhd"])
+
+
+def _nbytes(t) -> int:
+    return int(t.numel() * t.element_size()) if t is not None else 0
+
+
+class _sampled_calls:
+    """Sample before and after each call of ``obj.<name>`` (instance attributes shadow the methods; removed on
+    exit): the extractor call and the optimizer step, where no module hook fires."""
+
+    def __init__(self, sampler, obj, names) -> None:
+        self.sampler, self.obj, self.names = sampler, obj, tuple(names)
+
+    def __enter__(self):
+        for n in self.names:
+            fn = getattr(self.obj, n)
+
+            def wrapped(*a, _fn=fn, _n=n, **kw):
+                self.sampler.sample(f"call>{_n}")
+                try:
+                    return _fn(*a, **kw)
+                finally:
+                    self.sampler.sample(f"call<{_n}")
+            setattr(self.obj, n, wrapped)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for n in self.names:
+            delattr(self.obj, n)
+
+
+def partition_peak(delta: float, constant: dict, s0: dict, at: dict, m_idle: "dict | None", free_base: int,
+                   idle_parts: dict, idle_rss: float, rss_max: "float | None" = None) -> "tuple[dict, dict]":
+    """The ledger: the peak RSS delta (MiB above the idle process) split into measured parts, none counted twice.
+
+    ``constant``: the parts alive through the whole step (weights, session, optimizer state, buffer, inputs),
+    measured as tensor bytes or as malloc's in-use growth across the extractor's load/first run. ``s0``: the
+    sample right before the metered step; ``at``: the step's sample where malloc's footprint is largest
+    (:class:`lightcl.bench.accounting.StepSampler`). At ``at``, with glibc's accounting (``mallinfo2``):
+
+    - malloc's in-use growth since idle = the constant rows + ``malloc_other`` (in use before the step and in no
+      row: the data file's tensors, Python objects over 512 bytes, the learner's bookkeeping; the difference at
+      ``s0``, less gradients still held then) + ``gradients`` and ``activations`` alive at ``at`` (gradient
+      hooks, saved-tensor holders) +
+      ``torch_temporaries`` (the in-use growth since ``s0`` that is neither: oneDNN scratch, autograd's
+      intermediate gradients, the step's outputs and loss terms; no hook sees them, malloc does);
+    - ``malloc_free``: bytes freed and kept by malloc (``fordblks`` growth since the last ``malloc_trim``: the
+      heap a freed tensor, an onnxruntime run buffer or a session's load temporaries leave behind; onnxruntime's
+      run buffers are freed after extraction, so at the head's peak they sit here and nowhere else);
+    - ``library_pages``: resident pages of mapped files (``RssFile``) paged in since idle (library code/data);
+    - ``peak_elsewhere``: the process's peak minus the highest RSS sampled in the metered step (``rss_max``): the
+      peak was reached in another step (often a warm-up step, or a step whose heap layout the metered one did not
+      reproduce), so no sample can take it apart; named, not hidden in ``unexplained``;
+    - ``unexplained``: the rest, i.e. memory that is neither malloc's nor a file's: Python's own arenas (mmapped),
+      thread stacks, libraries' private mmaps; and the RSS between the footprint's peak sample and RSS's own.
+
+    The malloc in-use rows are taken at one moment (``at``), so they add up, unlike maxima of each part taken at
+    different moments. Without mallinfo (not glibc) the malloc rows are ``None`` ("not available") and the
+    session/run rows are RSS deltas. Returns (rows in MiB incl. ``unexplained``, ``peak_rss_delta`` and
+    ``unexplained_share``; where the peak was sampled)."""
+    MiB = float(1 << 20)
+    rows = dict(constant)
+    m0, m = s0.get("malloc"), at.get("malloc")
+    rows["gradients"] = at["gradients"] / MiB
+    rows["activations"] = at["activations"] / MiB
+    held0 = (s0["gradients"] + s0["activations"]) / MiB  # e.g. gradients a loop keeps until its next zero_grad
+    if m and m0 and m_idle:
+        rows["malloc_other"] = (_inuse(m0) - _inuse(m_idle)) / MiB - sum(constant.values()) - held0
+        rows["torch_temporaries"] = ((_inuse(m) - _inuse(m0)) / MiB - (rows["gradients"] + rows["activations"] - held0))
+        rows["malloc_free"] = (m["fordblks"] - free_base) / MiB
+    else:
+        rows["malloc_other"] = rows["torch_temporaries"] = rows["malloc_free"] = None
+    rows["library_pages"] = (at["rss_file"] - idle_parts["file"]) if "rss_file" in at and "file" in idle_parts else None
+    rows["peak_elsewhere"] = max(0.0, delta - (rss_max - idle_rss)) if rss_max is not None else None
+    rows["unexplained"] = delta - sum(v for v in rows.values() if v is not None)
+    rows["peak_rss_delta"] = delta
+    rows["unexplained_share"] = rows["unexplained"] / delta if delta > 0 else 0.0
+    where = {"where": at["where"], "rss_delta_mib": at.get("rss_rss", idle_rss) - idle_rss,
+             "malloc_footprint_delta_mib": ((m["arena"] + m["hblkhd"] - m_idle["arena"] - m_idle["hblkhd"]) / MiB
+                                            if m and m_idle else None),
+             "anon_delta_mib": at.get("rss_anon", 0.0) - idle_parts.get("anon", 0.0)}
+    return rows, where
 
 
 def _minor_faults() -> int:
@@ -499,24 +636,47 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
             "export": str(export_dir), "batch": batch, "steps": steps, "warmup": warmup}
 
 
-LEDGER_LABELS = {"frozen_weights": "frozen weights", "frozen_session": "runtime session",
-                 "run_buffers": "run buffers", "head_weights": "trainable weights", "gradients": "gradients (max alive)",
-                 "optimizer_state": "optimizer state", "activations": "activations saved for backward",
-                 "buffer_masks": "buffer + masks", "step_inputs": "step inputs + features",
-                 "unexplained": "unexplained (allocator, libraries)", "peak_rss_delta": "peak RSS delta (measured)"}
+LEDGER_LABELS = {"frozen_weights": "frozen weights", "frozen_session": "runtime session (malloc in use)",
+                 "run_buffers": "run buffers kept (malloc in use)", "head_weights": "trainable weights",
+                 "gradients": "gradients alive at the peak", "optimizer_state": "optimizer state",
+                 "activations": "saved activations alive at the peak", "buffer_masks": "buffer + masks",
+                 "step_inputs": "step inputs + kept features", "malloc_other": "other malloc in use before the step",
+                 "torch_temporaries": "step temporaries (malloc in use)", "malloc_free": "freed heap kept by malloc",
+                 "library_pages": "library pages (file-backed RSS)",
+                 "peak_elsewhere": "peak reached outside the metered step",
+                 "unexplained": "unexplained (non-malloc anon, between samples)",
+                 "peak_rss_delta": "peak RSS delta (measured)"}
 
 
 def format_ledger(res: dict) -> str:
-    """Where each mode's peak goes, MiB; one column per mode, theoretical figure beside it."""
+    """Where each mode's peak goes, MiB; one column per mode, theoretical figure beside it. A row glibc's
+    accounting could not give is "n/a" (not glibc)."""
     rs = res["results"]
     w = max(12, *(len(r["mode"]) + 1 for r in rs))
-    lines = ["memory ledger (MiB above the idle process; measured: RSS deltas, tensor bytes, saved-tensor and "
-             "gradient hooks)", f"{'':36s}" + "".join(f"{r['mode']:>{w}s}" for r in rs)]
+
+    def cell(v, fmt="{:.1f}"):
+        return f"{'n/a' if v is None else fmt.format(v):>{w}s}"
+
+    lines = ["memory ledger (MiB above the idle process, at the step's sample where malloc's footprint is largest: "
+             "tensor bytes, gradient and saved-tensor hooks, glibc mallinfo2, /proc RSS by kind)",
+             f"{'':40s}" + "".join(f"{r['mode']:>{w}s}" for r in rs)]
     for key in (*LEDGER_ROWS, "unexplained", "peak_rss_delta"):
-        lines.append(f"{LEDGER_LABELS[key]:36s}" + "".join(f"{r['ledger_mib'][key]:{w}.1f}" for r in rs))
-    lines.append(f"{'unexplained share of the peak':36s}" + "".join(
-        f"{100 * r['ledger_mib']['unexplained_share']:{w - 1}.1f}%" for r in rs))
-    lines.append(f"{'theoretical (paper accounting)':36s}" + "".join(f"{r['theoretical_mib']:{w}.1f}" for r in rs))
+        lines.append(f"{LEDGER_LABELS[key]:40s}" + "".join(cell(r["ledger_mib"].get(key)) for r in rs))
+    lines.append(f"{'unexplained share of the peak':40s}" + "".join(
+        cell(100 * r["ledger_mib"]["unexplained_share"], "{:.1f}%") for r in rs))
+    lines.append(f"{'theoretical (paper accounting)':40s}" + "".join(cell(r["theoretical_mib"]) for r in rs))
+    at = [r.get("ledger_at") or {} for r in rs]
+    lines.append(f"{'  gradients, most alive at once':40s}" + "".join(cell(a.get("gradients_max_mib")) for a in at))
+    lines.append(f"{'  activations saved in the step':40s}" + "".join(cell(a.get("activations_saved_mib")) for a in at))
+    lines.append(f"{'  RSS delta at the sample':40s}" + "".join(cell(a.get("rss_delta_mib")) for a in at))
+    lines.append(f"{'  malloc footprint delta at the sample':40s}" + "".join(
+        cell(a.get("malloc_footprint_delta_mib")) for a in at))
+    for r, a in zip(rs, at):
+        if a:
+            lines.append(f"{r['mode']}: peak sampled at {a.get('where')} ({a.get('samples')} samples; malloc "
+                         f"accounting: {a.get('malloc_source', 'n/a')}); the process's peak was reached by the end "
+                         f"of step {a.get('peak_step')} ({a.get('steps_before_meter')} = the metered step, "
+                         "0 = the first warm-up)")
     return "\n".join(lines)
 
 

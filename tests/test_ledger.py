@@ -27,13 +27,15 @@ def test_ledger_parts_add_up_and_per_parameter_step_holds_fewer_gradients(digits
     by = {r["mode"]: r for r in res["results"]}
     for r in by.values():
         led = r["ledger_mib"]
-        assert all(led[k] >= 0 for k in LEDGER_ROWS), led
-        total = sum(led[k] for k in LEDGER_ROWS) + led["unexplained"]
+        assert all(led[k] is None or led[k] >= -0.5 for k in LEDGER_ROWS), led  # measured at one moment: noise
+        total = sum(led[k] for k in LEDGER_ROWS if led[k] is not None) + led["unexplained"]
         assert total == pytest.approx(r["peak_rss_delta_mib"], abs=1e-6)
-        assert led["activations"] > 0 and led["head_weights"] > 0 and led["gradients"] > 0
+        at = r["ledger_at"]
+        assert at["activations_saved_mib"] > 0 and led["head_weights"] > 0 and at["gradients_max_mib"] > 0
     # plain step: every gradient alive at once = the trainable weights; per-parameter: at most the largest
-    assert by["lightcl-plain"]["ledger_mib"]["gradients"] == pytest.approx(by["lightcl-plain"]["ledger_mib"]["head_weights"])
-    assert by["lightcl"]["ledger_mib"]["gradients"] < 0.5 * by["lightcl"]["ledger_mib"]["head_weights"]
+    plain, lean = by["lightcl-plain"], by["lightcl"]
+    assert plain["ledger_at"]["gradients_max_mib"] == pytest.approx(plain["ledger_mib"]["head_weights"])
+    assert lean["ledger_at"]["gradients_max_mib"] < 0.5 * lean["ledger_mib"]["head_weights"]
     assert by["lightcl"]["extractor"]["optimizer_step"] == "per-parameter"
     # the pruned export is smaller where it should be
     assert by["lightcl-sparse"]["ledger_mib"]["head_weights"] < 0.5 * by["lightcl"]["ledger_mib"]["head_weights"]

@@ -25,8 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparse-export", default=None, metavar="DIR",
                    help="a pruned export of the same checkpoint (lightcl export --sparsity ...) for lightcl-sparse*")
     p.add_argument("--ledger", action="store_true",
-                   help="also print where each mode's peak goes: frozen weights, runtime session, run buffers, "
-                        "trainable weights, gradients, optimizer state, saved activations, buffer+masks, unexplained")
+                   help="also print where each mode's peak goes, taken apart at one sampled moment of an extra "
+                        "metered step: frozen weights, runtime session, run buffers, trainable weights, gradients and "
+                        "saved activations alive then, optimizer state, buffer+masks, inputs, step temporaries and "
+                        "freed heap kept by malloc (glibc mallinfo2; n/a elsewhere), library pages, the peak reached "
+                        "outside the metered step, unexplained")
     _args.add_threads(p, help="torch/ort threads in every mode")
     p.add_argument("--data-path", default=None)
     _args.add_json(p)
