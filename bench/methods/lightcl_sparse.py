@@ -36,7 +36,7 @@ def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs:
     from lightcl.engine.fileio import read_json
     from lightcl.export.checkpoint import checkpoint_paths
     from lightcl.export.onnx_export import export_checkpoint
-    from lightcl.export.prune import parse_round_channels, parse_sparsity
+    from lightcl.export.prune import RECOVER_SCHEDULE, parse_round_channels, parse_sparsity
 
     sparsity = parse_sparsity(sparsity)
     round_channels = parse_round_channels(round_channels)
@@ -51,6 +51,8 @@ def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs:
                 and (sp.get("mode") == "authors") == (sparsity == "authors")
                 and (sparsity == "authors" or sp.get("target") == sparsity)
                 and (sp.get("recovery") or {}).get("epochs") == int(recover_epochs)
+                # an export recovered with another schedule (before the cosine one: none recorded) is rebuilt
+                and (int(recover_epochs) == 0 or (sp.get("recovery") or {}).get("schedule") == RECOVER_SCHEDULE)
                 and sp.get("round_channels") == round_channels):
             return out
     except (LightCLError, KeyError, TypeError):
