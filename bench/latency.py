@@ -162,11 +162,11 @@ def run_latency(export_dir: str | Path, backends: Sequence[str] = ("torch", "ort
         raise InputError(f"--threads must be >= 1, got {threads}")
     dirs = [Path(d).absolute() for d in (export_dir, *compare)]
     export_dir = dirs[0]
-    for d in dirs:
-        meta_d = load_export_meta(d, verify=True)  # fail here, once, rather than in every worker
+    metas = [load_export_meta(d, verify=True) for d in dirs]  # fail here, once, rather than in every worker
+    for d, meta_d in zip(dirs, metas):
         if "ort-int8" in backends and "frozen.int8.onnx" not in meta_d["files"]:
             raise InputError(f"{d} has no frozen.int8.onnx: export with --int8 to bench ort-int8")
-    meta = load_export_meta(export_dir, verify=False)
+    meta = metas[0]
     threads = int(threads or physical_cores())
     if iters is None and seconds is None:
         seconds = DEFAULT_SECONDS
@@ -242,11 +242,9 @@ def format_table(report: dict) -> str:
         keys = ["export"] + keys + ["p50_vs_first_export"]
     rows = []
     for r in report["results"]:
-        if "error" in r and many:
-            rows.append([r.get("export", ""), r["backend"], str(r["batch"]), "error: " + r["error"]] + [""] * (len(cols) - 4))
-            continue
         if "error" in r:
-            rows.append([r["backend"], str(r["batch"]), "error: " + r["error"]] + [""] * (len(cols) - 3))
+            lead = [r.get("export", ""), r["backend"], str(r["batch"])] if many else [r["backend"], str(r["batch"])]
+            rows.append(lead + ["error: " + r["error"]] + [""] * (len(cols) - len(lead) - 1))
             continue
         row = []
         for (_, fmt), k in zip(cols, keys):

@@ -47,13 +47,13 @@ def peak_mib() -> float:
 
 
 def malloc_trim() -> None:
-    """Give freed heap back to the OS, so the idle RSS is not inflated by memory the method would reuse."""
-    try:
-        import ctypes
+    """Give freed heap back to the OS, so the idle RSS is not inflated by memory the method would reuse
+    (glibc only; a no-op elsewhere)."""
+    from lightcl.engine.allocator import glibc
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def warm_up(input_shape) -> None:
@@ -112,12 +112,11 @@ def _mallinfo_lookup():
     if _mallinfo_fn is not None:
         return _mallinfo_fn
     import ctypes
-    import ctypes.util
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl has mallinfo with a different meaning)
-    except (OSError, AttributeError):
+    from lightcl.engine.allocator import glibc
+
+    libc = glibc()  # glibc only: musl has a mallinfo with a different meaning
+    if libc is None:
         _mallinfo_fn = (None, "not available (not glibc)")
         return _mallinfo_fn
     for name, ctype in (("mallinfo2", ctypes.c_size_t), ("mallinfo", ctypes.c_int)):

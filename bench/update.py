@@ -221,8 +221,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         gm = GradientMeter(head.parameters(), forward_of=head)
         sm = SavedTensorMeter(list(head.parameters()))
         sampler = StepSampler([head], head.parameters(), sm, keep_samples=keep)
-        const_bytes = (xb.numel() * xb.element_size() + yb.numel() * yb.element_size()
-                       + _nbytes(getattr(learner, "_last_features", None)))
+        const_bytes = _bytes(t for t in (xb, yb, getattr(learner, "_last_features", None)) if t is not None)
         gc.collect()
         s0 = sampler.sample("step start")
         sampler.start_timer()
@@ -324,7 +323,7 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
                     "optimizer_state": sum(v.numel() * v.element_size() for st in opt.state.values()
                                            for v in st.values() if isinstance(v, torch.Tensor)) / MiB,
                     "buffer_masks": buffer_bytes / MiB,
-                    "step_inputs": (xb.numel() * xb.element_size() + yb.numel() * yb.element_size()) / MiB}
+                    "step_inputs": _bytes((xb, yb)) / MiB}
         info = {"backend": "torch", "threads": torch.get_num_threads()}
     times.sort()
     delta = peak - idle
@@ -361,10 +360,6 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
 def _inuse(m: dict) -> int:
     """malloc's bytes in use: heap chunks in use + blocks mmapped on their own."""
     return int(m["uordblks"]) + int(m["hblkhd"])
-
-
-def _nbytes(t) -> int:
-    return int(t.numel() * t.element_size()) if t is not None else 0
 
 
 class _sampled_calls:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import threading
@@ -46,8 +47,10 @@ _lock = threading.Lock()
 _state: Optional[Dict[str, Any]] = None
 
 
-def _glibc():
-    """The process's glibc (``mallopt`` + ``gnu_get_libc_version``), or None when libc is not glibc."""
+@functools.lru_cache(maxsize=None)
+def glibc():
+    """The process's glibc (``mallopt`` + ``gnu_get_libc_version``), or None when libc is not glibc. One handle
+    for every caller (the lean allocator here, the benchmark's ``malloc_trim`` and ``mallinfo`` meters)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -80,7 +83,7 @@ def apply_lean_malloc(enable: Optional[bool] = None, mmap_threshold: int = DEFAU
             mmap_threshold = 0
         state: Dict[str, Any] = {"lean": False, "mmap_threshold": None, "arena_max": None}
         user = [k for k in _USER_ENV if os.environ.get(k) and (k != "GLIBC_TUNABLES" or "malloc" in os.environ[k])]
-        libc = _glibc() if enable else None
+        libc = glibc() if enable else None
         if not enable:
             state["reason"] = f"glibc defaults ({ENV}={env or 'unset'})"
         elif user:
@@ -104,7 +107,7 @@ def release_free_heap() -> bool:
     with _lock:
         if not (_state or {}).get("lean"):
             return False
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return False
     return bool(libc.malloc_trim(0))
@@ -116,4 +119,4 @@ def malloc_state() -> Dict[str, Any]:
         return dict(_state) if _state is not None else {"lean": False, "reason": "not applied"}
 
 
-__all__ = ["apply_lean_malloc", "malloc_state", "ENV", "DEFAULT_MMAP_THRESHOLD", "DEFAULT_ARENA_MAX"]
+__all__ = ["apply_lean_malloc", "glibc", "malloc_state", "ENV", "DEFAULT_MMAP_THRESHOLD", "DEFAULT_ARENA_MAX"]
