@@ -385,3 +385,36 @@ def test_default_splits_leave_the_last_stage_trainable(models):
             models[name](x)
         h.remove()
         assert seen["shape"][-2:] == (side, side), name
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("name", NAMES)
+def test_dynamo_onnx_export_every_family(name, tmp_path):
+    """The project's default exporter (torch.onnx.export(dynamo=True), opset 18, dynamic batch) on every family,
+    at 224x224 with randomised BN statistics; 10-45 s each on 2 CPU cores, hence ``-m benchmark``."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = create_torchvision_model(name).eval()
+    _randomise(model, seed=5)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, input_names=["input"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x3 = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = model(x3).numpy()
+    got = sess.run(None, {"input": x3.numpy()})[0]
+    assert abs(got - want).max() <= 1e-4 * max(1.0, abs(want).max())
+
+
+def test_info_lists_the_torchvision_families():
+    from lightcl.commands.info import _torchvision_models
+
+    got = _torchvision_models()
+    assert sorted(got) == list_torchvision_models()
+    for name, cfg in got.items():
+        e = torchvision_entry(name)
+        assert (cfg["default_split"], cfg["classifier"], cfg["input_size"]) == (e.default_split, e.classifier,
+                                                                                 [3, 224, 224])
+        assert cfg["default_split"] in cfg["split_points"]
