@@ -198,6 +198,8 @@ def fresh_generator(seed: int):
 
 
 FRESH_SEED_OFFSET = 1_000_003
+# what the executors run in each worker process (named here, so bench/executors.py imports nothing of this module)
+RUN_ONE = "lightcl.bench.suite:run_one"
 
 
 def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
@@ -463,7 +465,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         if old is not None:
             finished[(seed, m)] = old
         else:
-            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m]))
+            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE))
     total = sum(steps * j.weight for j in jobs)
     bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,
