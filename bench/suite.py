@@ -353,7 +353,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     """
     from tqdm import tqdm
 
-    from lightcl.bench.methods import is_built, parse_methods
+    from lightcl.bench.methods import is_built, method_class, parse_methods
     from lightcl.bench.pipeline import ensure_backbone, ensure_dataset, ensure_export
     from lightcl.bench.report import write_all
     from lightcl.bench.scenarios import get_scenario
@@ -421,8 +421,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     # before any worker starts: a worker must not meter their build (pruning + recovery fine-tune) as
     # its own memory. A worker on a cache miss (another machine of a Ray cluster) still builds them.
     for m in runnable:
-        _cls(m).prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"], echo=echo,
-                        progress=progress)
+        method_class(m).prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"],
+                                echo=echo, progress=progress)
     # task sizes for the ETA (steps per run)
     from lightcl.data.datasets import load_dataset
     from lightcl.data.tasks import class_order, split_tasks
@@ -447,7 +447,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         "paper_suite": suite in PAPER_SUITES,
     }
     runs = [(seed, m) for seed in range(seeds) for m in runnable]
-    weights = {m: _cls(m).cost for m in runnable}
+    weights = {m: method_class(m).cost for m in runnable}
     jobs: list = []
     finished: dict[tuple[int, str], dict] = {}
     from lightcl.bench.executors import Job
@@ -535,12 +535,13 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
 def _applicable(names: list[str], ckpt: str, skipped: list[dict], echo) -> list[str]:
     """``names`` less the methods whose ``not_applicable(model)`` gives a reason on the pretrained backbone;
     those go to ``skipped`` as ``{"method", "reason", "status": "not applicable"}`` (the report lists them)."""
+    from lightcl.bench.methods import method_class
     from lightcl.export.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(ckpt)
     keep = []
     for m in names:
-        reason = _cls(m).not_applicable(model)
+        reason = method_class(m).not_applicable(model)
         if reason:
             skipped.append({"method": m, "status": "not applicable",
                             "reason": f"not applicable to {model.arch}: {reason}"})
@@ -548,10 +549,4 @@ def _applicable(names: list[str], ckpt: str, skipped: list[dict], echo) -> list[
         else:
             keep.append(m)
     return keep
-
-
-def _cls(name: str):
-    from lightcl.bench.methods import method_class
-
-    return method_class(name)
 

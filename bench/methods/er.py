@@ -8,7 +8,6 @@ crop); Mammoth stores the un-augmented image and augments it again when replayin
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from lightcl.engine.reservoir import Reservoir
 
