@@ -145,6 +145,18 @@ class LightCL:
         return getattr(self.extractor, "frozen_id", None)
 
     @property
+    def pending_capture(self) -> bool:
+        """Whether the next ``observe`` takes the buffer from its own batch (``new-task-first-batch`` without a
+        ``begin_task`` batch): read-only, for cost accounting (the benchmark counts that extra pass)."""
+        return self._pending_capture
+
+    @property
+    def last_features(self) -> Tensor | None:
+        """Frozen features of the open task's last full-size batch (what ``end_task()`` without a batch uses),
+        or None: read-only, for meters that size or reuse them."""
+        return self._last_features
+
+    @property
     def input_shape(self) -> tuple[int, ...] | None:
         meta = getattr(self.extractor, "meta", None) or {}
         shp = meta.get("input_shape")
