@@ -107,7 +107,9 @@ def read_image(path, max_pixels: Optional[int] = None) -> np.ndarray:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise ImageError(f"{name}: {' '.join(str(e).split())[:200]}; refusing it") from None
-        except Exception as e:  # PIL's own errors (UnidentifiedImageError, truncated data, ...), MemoryError
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image (no format Pillow reads)") from None
+        except Exception as e:  # PIL's own errors (truncated data, bad chunks, ...), MemoryError
             raise ImageError(f"{name}: not a readable image ({' '.join(str(e).split())[:200]})") from None
 
 
