@@ -115,14 +115,17 @@ def run(args: argparse.Namespace) -> int:
         from lightcl.data.datasets import load_dataset
 
         ds = load_dataset(args.dataset, args.split, args.data_path)
-        known = np.isin(ds.y, list(learner.class_index))
+        # a state learned with class names (folder lessons) knows the dataset's classes by name, else by number
+        by_name = learner.classes.kind == "str"
+        learned = set(learner.class_names())
+        known = np.array([(ds.classes[c] if by_name else c) in learned for c in ds.y.tolist()], dtype=bool)
         if not known.any():
             raise InputError(f"none of {args.dataset}'s labels are classes this state has learned")
         ds = ds.subset(np.flatnonzero(known))
         x = to_tensor_uint8(ds.x)
-        labels = torch.from_numpy(ds.y)
+        labels = learner.classes.ids([ds.classes[c] for c in ds.y.tolist()]) if by_name else torch.from_numpy(ds.y)
         names = [f"{args.dataset}/{args.split}/{i}" for i in range(len(ds))]
-    class_task = {c: t for t, cs in learner.tasks.items() for c in cs}
+    class_task = learner.classes.task_of()  # a class that came back in a later lesson: its latest task
     preds = []
     for i in range(0, len(x), args.batch_size):
         xb = pre(x[i:i + args.batch_size])
@@ -138,13 +141,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             preds.append(learner.predict(xb, mode=args.mode, task_id=args.task_id))
     pred = torch.cat(preds)
-    result = {"mode": args.mode, "n": len(pred), "predictions": [{"input": n, "label": int(p)} for n, p in zip(names, pred)]}
+    # each prediction: the class name ("label": a str, or the int class) and its logit column ("index")
+    label_of = [learner.classes.name(int(p)) for p in pred]
+    result = {"mode": args.mode, "n": len(pred), "classes": learner.class_names(),
+              "predictions": [{"input": n, "label": lab, "index": learner.class_index[int(p)]}
+                              for n, lab, p in zip(names, label_of, pred)]}
     if labels is not None:
         result["accuracy"] = float((pred == labels).float().mean())
         print(f"{len(pred)} samples of learned classes, {args.mode.upper()} accuracy {100 * result['accuracy']:.2f}%")
     else:
-        for n, p in zip(names[:20], pred[:20]):
-            print(f"{n}\t{int(p)}")
+        for n, lab in zip(names[:20], label_of[:20]):
+            print(f"{n}\t{printable(str(lab))}")
         if len(pred) > 20:
             print(f"... {len(pred) - 20} more (use --json)")
     if args.json:
