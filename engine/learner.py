@@ -108,7 +108,7 @@ class LightCL:
     """
 
     def __init__(self, extractor, head: Head, *, optimizer: OptimizerFactory | None = None,
-                 loss_components: Sequence[LossComponent] = (), **options: Any) -> None:
+                 loss_components: Sequence[LossComponent] = (), _restoring: bool = False, **options: Any) -> None:
         known = {f.name for f in fields(LightCLConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -128,8 +128,8 @@ class LightCL:
         if self.config.reset_classifier:
             self.head.reset_classifier(self.config.num_classes or 0, generator=self.generator)
             self.classes = ClassMap()
-        else:
-            self.classes = self._backbone_classes()
+        else:  # (a state being loaded brings its own class map and a head of its own size)
+            self.classes = ClassMap() if _restoring else self._backbone_classes()
         self.memory = FeaturePatternMemory(self.config.buffer_size, self.config.ratio)
         self.current_task: int | None = None
         self.finished_tasks: list[int] = []

@@ -299,7 +299,7 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
         config["device"] = device
     reset = config.pop("reset_classifier", True)
     try:
-        learner = cls(extractor, head, reset_classifier=False, **options, **config)
+        learner = cls(extractor, head, reset_classifier=False, _restoring=True, **options, **config)
     except (InputError, RuntimeError, OverflowError, TypeError) as e:  # torch.manual_seed(2**70) is a RuntimeError
         raise IntegrityError(f"{directory}/state.json: unusable options ({str(e).splitlines()[0][:200]})") from None
     learner.config.reset_classifier = reset
