@@ -67,9 +67,9 @@ def _read_images(path: Path, input_shape, resize):
 
 
 def _folder_labels(root: Path, files, known) -> list | None:
-    """Labels from ``ROOT/<class>/...`` when every image sits in a class folder named like a learned class
-    (``str(class)``), else None (no accuracy)."""
-    by_name = {str(c): c for c in known}
+    """Labels (class ids) from ``ROOT/<class>/...`` when every image sits in a class folder named like a learned
+    class, else None (no accuracy). ``known``: class name (as printed) -> class id."""
+    by_name = known
     labels = []
     for f in files:
         try:
@@ -123,21 +123,25 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         files, x, skipped = _read_images(Path(args.images), pre.input_shape, pre.resize)
         names = [printable(str(f)) for f in files]
-        folder = _folder_labels(Path(args.images), files, learner.class_index) if Path(args.images).is_dir() else None
+        folder = _folder_labels(Path(args.images), files,
+                               {str(learner.classes.name(c)): c for c in learner.class_index}) if Path(args.images).is_dir() else None
         if folder is not None:
             labels = torch.as_tensor(folder)
     else:
         from lightcl.data.datasets import load_dataset
 
         ds = load_dataset(args.dataset, args.split, args.data_path)
-        known = np.isin(ds.y, list(learner.class_index))
+        # a state learned with class names (folder lessons) knows the dataset's classes by name, else by number
+        by_name = learner.classes.kind == "str"
+        learned = set(learner.class_names())
+        known = np.array([(ds.classes[c] if by_name else c) in learned for c in ds.y.tolist()], dtype=bool)
         if not known.any():
             raise InputError(f"none of {args.dataset}'s labels are classes this state has learned")
         ds = ds.subset(np.flatnonzero(known))
         x = to_tensor_uint8(ds.x)
-        labels = torch.from_numpy(ds.y)
+        labels = learner.classes.ids([ds.classes[c] for c in ds.y.tolist()]) if by_name else torch.from_numpy(ds.y)
         names = [f"{args.dataset}/{args.split}/{i}" for i in range(len(ds))]
-    class_task = {c: t for t, cs in learner.tasks.items() for c in cs}
+    class_task = learner.classes.task_of()  # a class that came back in a later lesson: its latest task
     preds = []
     for i in range(0, len(x), args.batch_size):
         xb = pre(x[i:i + args.batch_size])
@@ -153,14 +157,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             preds.append(learner.predict(xb, mode=args.mode, task_id=args.task_id))
     pred = torch.cat(preds)
-    result = {"mode": args.mode, "n": len(pred), "predictions": [{"input": n, "label": int(p)} for n, p in zip(names, pred)]}
+    # each prediction: the class name ("label": a str, or the int class) and its logit column ("index")
+    label_of = [learner.classes.name(int(p)) for p in pred]
+    result = {"mode": args.mode, "n": len(pred), "classes": learner.class_names(),
+              "predictions": [{"input": n, "label": lab, "index": learner.class_index[int(p)]}
+                              for n, lab, p in zip(names, label_of, pred)]}
     if args.images:
         result["skipped"] = skipped
     if labels is not None:
         result["accuracy"] = float((pred == labels).float().mean())
     if args.images:
-        for n, p in zip(names[:20], pred[:20]):
-            print(f"{n}\t{int(p)}")
+        for n, lab in zip(names[:20], label_of[:20]):
+            print(f"{n}\t{printable(str(lab))}")
         if len(pred) > 20:
             print(f"... {len(pred) - 20} more (use --json)")
     if labels is not None:
