@@ -34,10 +34,11 @@ class Job:
     log_path: Path
     weight: float = 1.0
     extra: dict = field(default_factory=dict)
+    root: Optional[Path] = None  # the suite's OUT: logs are never written through a link out of it
 
 
 def run_suite_job(spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
-               timeout: float | None = None) -> dict:
+                  timeout: float | None = None, log_root: Path | None = None) -> dict:
     """Run one method-seed (:func:`run_one`) in a fresh interpreter; returns its record (status 'failed' on error)."""
     from lightcl.bench.worker import run_worker as run_in_worker
 
@@ -45,7 +46,7 @@ def run_suite_job(spec: dict, log_path: Path, on_progress: Callable[[int], None]
     if spec.get("threads"):
         env = {var: str(spec["threads"]) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     out = run_in_worker("lightcl.bench.suite:run_one", spec, log_path=log_path, env=env, on_progress=on_progress,
-                        timeout=timeout)
+                        timeout=timeout, log_root=log_root)
     if out.ok:
         return out.result
     error = "\n".join(out.tail) if out.tail and not out.timed_out else (out.error or "")
@@ -61,7 +62,7 @@ def run_local(jobs: list[Job], on_done: OnDone, on_tick: Optional[OnTick] = None
     """Run the jobs one after another, each in its own subprocess (the default executor)."""
     for job in jobs:
         tick = (lambda n, job=job: on_tick(job, n)) if on_tick else None
-        on_done(job, run_suite_job(job.spec, job.log_path, tick))
+        on_done(job, run_suite_job(job.spec, job.log_path, tick, log_root=job.root))
 
 
 def _ray_job(spec: dict, log_name: str) -> tuple[dict, str]:
@@ -124,8 +125,9 @@ def run_ray(jobs: list[Job], on_done: OnDone, address: Optional[str] = None, num
                 rec = {"method": job.method, "seed": job.seed, "status": "failed", "returncode": None,
                        "error": f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 text = str(e)
-            job.log_path.parent.mkdir(parents=True, exist_ok=True)
-            job.log_path.write_text(text)
+            from lightcl.engine.fileio import write_bytes_atomic
+
+            write_bytes_atomic(job.log_path, text.encode(), root=job.root)  # the one output rule: no link out of OUT
             if rec.get("status") != "ok":
                 rec["log"] = str(job.log_path)
             on_done(job, rec)
