@@ -89,9 +89,9 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
     opts = {"num_classes": n_classes, **(learner_options or {})}
     if resume and (state_dir / "state.json").exists():
         learner = LightCL.load(state_dir, extractor)
-        saved = learner.extra.get("scenario", {})
-        if saved.get("name") != scenario.name:
-            raise StateError(f"state {state_dir} belongs to scenario {saved.get('name')!r}, not {scenario.name!r}")
+        from .resume_check import check_resume
+
+        check_resume(learner, scenario, str(state_dir))  # the runner's own fields, before any work
         echo(f"resuming {state_dir}: {len(learner.finished_tasks)} of {scenario.n_tasks} tasks done")
     else:
         if resume:
