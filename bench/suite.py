@@ -407,7 +407,9 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         config_dir = method_config
     for m in names:  # every config's keys checked against the typed configs before any work
         load_config(m, suite, config_dir)
-    out = Path(out)
+    from lightcl.engine.outpath import check_output_dir, ensure_dir
+
+    out = check_output_dir(out, "--out")  # a file, a link, a FIFO at OUT, or OUT under a file: one line, before any work
     t_suite = time.perf_counter()
 
     # data first: a missing dataset is one helpful line (DatasetNotFoundError, exit 2), nothing else
@@ -421,7 +423,9 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
 
     frozen = _frozen_figures(str(ckpt), scenario.split,
                              tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "--out")
+    for sub in (RECORDS_DIR, "logs"):  # a link planted at OUT/logs or OUT/records is refused, never followed
+        ensure_dir(out / sub, "--out", root=out)
 
     skipped = []
     runnable = []
@@ -490,7 +494,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         if old is not None:
             finished[(seed, m)] = old
         else:
-            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE))
+            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE,
+                            root=out))
     total = sum(steps * j.weight for j in jobs)
     bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,
@@ -528,7 +533,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         else:
             msg = f"{job.method} seed {job.seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
         # the record on disk first: a kill after this line never repeats the run
-        write_json_atomic(record_path(out, job.method, job.seed), rec)
+        write_json_atomic(record_path(out, job.method, job.seed), rec, root=out)
         finished[(job.seed, job.method)] = rec
         left = job.weight * max(0, steps - done_steps.get((job.seed, job.method), 0))
         bar.update(min(left, max(0.0, bar.total - bar.n)))
