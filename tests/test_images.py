@@ -268,3 +268,29 @@ def test_predict_images_converts_skips_and_scores_folders(state, digits_export, 
     (root / "9").mkdir()
     rc, out, err = cli(["predict", state, "--images", root, "--export", digits_export, "--backend", "torch"])
     assert rc == 1 and "no images" in err
+
+
+# ---------------------------------------------------------------- examples/robot_loop.py: the data's own classes
+def test_robot_loop_takes_lessons_and_folders_from_the_data(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robot_loop", Path(__file__).parents[1] / "examples" / "robot_loop.py")
+    robot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(robot)
+    assert robot.lessons_of(torch.tensor([100, 3, 7, 3]), 2, None) == [[3, 7], [100]]  # any labels, no 0-5
+    assert robot.lessons_of(torch.tensor([5, 1, 9, 2, 0]), 2, 2) == [[0, 1], [2, 5]]
+    for name in ("cup", "ball", "cat"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.fromarray(_u8(30, 40)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cat" / "broken.png").write_bytes(b"nope")
+    pre = ImagePreprocess.from_meta({"input_shape": [3, 24, 32], "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+                                     "resize": {"rule": "shorter-side-center-crop"}})
+    train, test, names = robot.folder_frames(tmp_path, pre)
+    assert names == {0: "ball", 1: "cat", 2: "cup"}
+    assert train.x.shape == (12, 3, 24, 32) and test.x.shape == (3, 3, 24, 32)  # 4 + 1 of each class
+    assert sorted(train.y.tolist() + test.y.tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    assert "broken.png" in capsys.readouterr().err
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(InputError, match="dog has no images"):
+        robot.folder_frames(tmp_path, pre)
