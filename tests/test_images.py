@@ -114,6 +114,14 @@ def test_data_layer_takes_the_exports_shape_and_rule():
     x0, _ = real_images("digits", "test", 4, {"mean": [0.5] * 3, "std": [0.5] * 3})
     assert x0.shape == (4, 3, 32, 32)
     assert load_dataset("digits", "test").x.shape[1:] == (8, 8, 1)
+    # Preprocess.size is applied, not only recorded (it was stored and never used)
+    from lightcl.data.transforms import Preprocess
+
+    pre = Preprocess([0.5] * 3, [0.5] * 3, size=(48, 64), resize=rule)
+    assert pre(TensorData(ds).x).shape == (3, 3, 48, 64)
+    assert Preprocess([0.5], [0.5], size=(48, 64), channels=1)(td.x).shape == (3, 1, 48, 64)
+    meta = {"input_shape": [1, 48, 64], "normalization": {"mean": [0.5], "std": [0.5]}, "resize": rule}
+    assert torch.equal(Preprocess.from_meta(meta)(td.x), ImagePreprocess.from_meta(meta)(td.x))
 
 
 # ---------------------------------------------------------------- 8-bit conversion of image files
