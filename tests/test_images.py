@@ -226,6 +226,8 @@ def test_folder_rules_symlinks_empty_and_skipped(tmp_path, capsys):
     assert err.count("\n") == 1 and "broken.jpg" in err
     assert (d.x[d.y == 1][..., 0] == 200).all()
     assert len(image_files(root)) == 11
+    (store / "cup" / "loop").symlink_to(store / "cup", target_is_directory=True)  # walked once, not forever
+    assert len(image_files(root)) == 11
     (root / "empty").mkdir()
     with pytest.raises(InputError, match="empty.*no images"):
         load_folder(root, "train")
