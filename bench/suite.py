@@ -267,7 +267,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     scenario = Scenario(**spec["scenario"])
     meta = load_export_meta(spec["export_dir"], verify=False)
     input_shape = tuple(int(v) for v in meta["input_shape"][-3:])
-    data = ScenarioData(scenario, meta["normalization"], spec.get("data_path"))
+    data = ScenarioData(scenario, meta, spec.get("data_path"))
     n_classes = scenario.n_tasks * scenario.classes_per_task
     figures = spec.get("frozen") or _frozen_figures(spec["ckpt"], scenario.split, input_shape)
     ctx = MethodContext(scenario=scenario, ckpt=spec["ckpt"], export_dir=spec["export_dir"], num_classes=n_classes,
