@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightcl.engine.classifier import fresh_classifier
+from lightcl.engine.classmap import ClassMap
 from lightcl.engine.errors import InputError, LightCLError
 from lightcl.engine.losses import sliced_cross_entropy
 from lightcl.engine.reservoir import Reservoir  # noqa: F401  (the one reservoir rule; methods import it here)
@@ -164,8 +165,7 @@ class Method:
         self.device = torch.device(ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         torch.manual_seed(int(ctx.seed))
-        self.class_index: dict[int, int] = {}
-        self.tasks: dict[int, list[int]] = {}
+        self.classes = ClassMap()  # the engine's class map: one rule for labels -> outputs, learner and methods
         self.current_task: int | None = None
         self.flops = 0.0
         self.steps = 0
@@ -193,29 +193,32 @@ class Method:
     def begin_task(self, task_id: int, classes: Sequence[int], n_train: int | None = None) -> None:
         if self.current_task is not None:
             raise InputError(f"task {self.current_task} is still open")
-        classes = [int(c) for c in classes]
-        for c in classes:
-            if c not in self.class_index:
-                if len(self.class_index) >= self.ctx.num_classes:
-                    raise InputError(f"more than {self.ctx.num_classes} classes")
-                self.class_index[c] = len(self.class_index)
-        self.tasks[int(task_id)] = classes
+        classes = self.classes.check_names([int(c) for c in classes])
+        _ids, new = self.classes.ids_for_new_task(classes)
+        if len(self.classes) + len(new) > self.ctx.num_classes:
+            raise InputError(f"more than {self.ctx.num_classes} classes")
+        self.classes.add_task(int(task_id), classes)
         self.current_task = int(task_id)
 
     def end_task(self) -> None:
         self.current_task = None
 
+    @property
+    def class_index(self) -> dict[int, int]:
+        return self.classes.index
+
+    @property
+    def tasks(self) -> dict[int, list[int]]:
+        return self.classes.tasks
+
     def task_indices(self, task_id: int) -> list[int]:
-        return [self.class_index[c] for c in self.tasks[task_id]]
+        return self.classes.task_columns(task_id)
 
     def seen_indices(self) -> list[int]:
-        return sorted(self.class_index.values())
+        return self.classes.seen_columns()
 
     def to_index(self, y: Tensor) -> Tensor:
-        lut = torch.full((max(self.class_index) + 1,), -1, dtype=torch.long)
-        for c, i in self.class_index.items():
-            lut[c] = i
-        return lut[y.long().cpu()].to(self.device)
+        return self.classes.columns(y.long().cpu()).to(self.device)
 
     # --- the rest of the contract
     def observe(self, x: Tensor, y: Tensor) -> dict:
