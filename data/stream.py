@@ -11,6 +11,7 @@ from a fresh batch at ``end``, evaluation and a saved state after every lesson) 
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -248,6 +249,7 @@ def learn_stream(export_dir: str | Path, data: StreamData | Callable[[dict], Str
     if resume and exists:
         learner = LightCL.load(state_dir, extractor)
         check_resume(learner.extra, identity, state_dir)
+        check_runner_fields(learner, n_tasks, str(state_dir))  # the loop's own fields, before any work
         echo(f"resuming {state_dir}: {len(learner.finished_tasks)} of {n_tasks} tasks done")
     else:
         if resume:
@@ -284,15 +286,43 @@ def learn_stream(export_dir: str | Path, data: StreamData | Callable[[dict], Str
     }
 
 
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
+def check_runner_fields(learner, n_tasks: int, where: str) -> None:
+    """Refuse (one :class:`StateError` line) a state whose loop fields this loop cannot continue from: a re-signed
+    ``state.json`` with a string ``wall_s`` or ragged metrics used to end in a traceback. ``load_state_dict`` has
+    checked every field's type; here: what only this loop writes and the shape it gives the accuracy matrices."""
+    extra = learner.extra
+    done = len(learner.finished_tasks)
+    if done > n_tasks:
+        raise StateError(f"state {where} has {done} finished tasks; the stream has {n_tasks}")
+    if learner.current_task is not None:
+        raise StateError(f"state {where} has task {learner.current_task} open: `lightcl learn` saves between tasks only")
+    step_ms, wall_s = extra.get("step_ms", []), extra.get("wall_s", 0.0)
+    if not isinstance(step_ms, list) or len(step_ms) != done or not all(_number(v) for v in step_ms):
+        raise StateError(f"state {where}: extra.step_ms must be one non-negative number per finished task ({done})")
+    if not _number(wall_s):
+        raise StateError(f"state {where}: extra.wall_s must be a non-negative number of seconds")
+    for key in ("til", "cil"):
+        rows = learner.metrics[key]
+        if len(rows) != done or any(len(r) != t + 1 for t, r in enumerate(rows)):
+            raise StateError(f"state {where}: metrics.{key} must hold one row per finished task, row t covering "
+                             f"tasks 0..t ({done} tasks finished)")
+
+
 def check_resume(extra: dict, identity: dict[str, Any], state_dir: Path) -> None:
     """A state continues only the stream it was learned on: the same scenario, or lessons that begin with the
     state's lessons (new lessons may follow: a class may come back in a later lesson)."""
     if "scenario" in identity:
-        saved = extra.get("scenario", {})
+        saved = extra.get("scenario")
         want = identity["scenario"]["name"]
-        if not isinstance(saved, dict) or saved.get("name") != want:
-            got = saved.get("name") if isinstance(saved, dict) else None
-            raise StateError(f"state {state_dir} belongs to scenario {got!r}, not {want!r}")
+        if not isinstance(saved, dict) or not isinstance(saved.get("name"), str):
+            raise StateError(f"state {state_dir}: extra.scenario must be the scenario it was learned on (an object "
+                             "with a name); it is not a state `lightcl learn` wrote")
+        if saved["name"] != want:
+            raise StateError(f"state {state_dir} belongs to scenario {saved['name'][:80]!r}, not {want!r}")
         return
     saved = extra.get("lessons")
     want = identity["lessons"]

@@ -29,6 +29,7 @@ from .head import Head
 from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
 from .memory import FeaturePatternMemory
 from .metrics import count_correct
+from .state_check import bump, check_whole
 from .validate import check_images, check_labels, check_learner_args
 
 BUFFER_POLICIES = ("new-task-first-batch", "reservoir")
@@ -176,6 +177,18 @@ class LightCL:
     @property
     def frozen_id(self) -> str | None:
         return getattr(self.extractor, "frozen_id", None)
+
+    @property
+    def pending_capture(self) -> bool:
+        """Whether the next ``observe`` takes the buffer from its own batch (``new-task-first-batch`` without a
+        ``begin_task`` batch): read-only, for cost accounting (the benchmark counts that extra pass)."""
+        return self._pending_capture
+
+    @property
+    def last_features(self) -> Tensor | None:
+        """Frozen features of the open task's last full-size batch (what ``end_task()`` without a batch uses),
+        or None: read-only, for meters that size or reuse them."""
+        return self._last_features
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -424,7 +437,7 @@ class LightCL:
                 # buffer, the BN statistics or the masks: skip it like a non-finite loss.
                 self._restore_frozen(saved_frozen)
                 with self._lock:
-                    self.counters["skipped_nonfinite"] += 1
+                    bump(self.counters, "skipped_nonfinite")
                 out = {"loss": float("nan"), **{c.name: float("nan") for c in self.loss_components}, "skipped": 1,
                        "step_ms": (time.perf_counter() - t0) * 1000.0}
                 out["feature_pattern"] = 0.0
@@ -462,13 +475,13 @@ class LightCL:
             if saved_memory is not None:  # the capture happens again on the next good batch
                 self.memory.restore(saved_memory)
                 self._pending_capture = True
-            self.counters["skipped_nonfinite"] += 1
+            bump(self.counters, "skipped_nonfinite")
             out["skipped"] = 1
             return out
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.counters["steps"] += 1
+        bump(self.counters, "steps")
         if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
             self.memory.reservoir_add(feats, y, task, self.generator, images=x if self._batch_statistics else None)
         if self._last_features is None or feats.shape[0] >= self._last_features.shape[0]:
@@ -647,6 +660,7 @@ class LightCL:
                                                 for k in want):
                 raise IntegrityError(f"{where}: head weights do not fit this head (names, shapes or non-finite values)")
             checked = self._check_plain(state, head, rows, class_index, where)
+            whole = check_whole(state, tasks, where)  # cross-field invariants and the RNG, before any change
             optimizer = self._make_optimizer(head=head)
             try:
                 self._load_optimizer(optimizer, state["optimizer"], where)
@@ -674,9 +688,8 @@ class LightCL:
             self.current_task = None if state["current_task"] is None else int(state["current_task"])
             self.finished_tasks = [int(t) for t in state["finished_tasks"]]
             self._pending_capture = state["pending_capture"]
-            self.counters.update({str(k): int(v) for k, v in state["counters"].items()})
-            self.metrics = state["metrics"]
-            self.extra = state["extra"]
+            self.counters.update(whole["counters"])
+            self.metrics, self.extra = whole["metrics"], whole["extra"]
             last = state["last_features"]
             self._last_features = None if last is None else last.to(self.device)
 

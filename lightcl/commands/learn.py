@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch backend only: train = the authors' drifting frozen BN statistics while learning "
                         "(prediction always uses fixed statistics); --resume defaults to the state's mode")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's; 1 with --images)")
-    p.add_argument("--state", required=True, help="state directory (written atomically after each task)")
+    _args.output(p.add_argument("--state", required=True, help="state directory (written atomically after each task)"),
+                 "dir")
     p.add_argument("--resume", action="store_true", help="continue after the last finished task in --state")
     p.add_argument("--max-tasks", type=int, default=None, help="stop after this many tasks (resume later)")
     p.add_argument("--data-path", default=None, help="explicit location of --scenario's dataset (needs --scenario)")
@@ -76,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
 
     from lightcl.data.scenarios import get_scenario
     from lightcl.data.stream import learn_folder, learn_scenario, parse_lessons
-    from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+    from lightcl.commands._safety import (check_batch, check_output, check_output_dir, check_threads,
+                                          export_bytes_per_sample)
     from lightcl.engine.errors import InputError
     from lightcl.engine.extractors import options_for
     from lightcl.engine.fileio import write_json_atomic
 
     check_threads(args.threads)
+    check_output_dir(args.state, "--state")
     check_output(args.json, dirs=[args.state, args.export_dir])
     if args.images is not None:
         if args.scenario is not None or args.data_path is not None:
