@@ -304,7 +304,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
 
 # --------------------------------------------------------------------------- worker process
 # --------------------------------------------------------------------------- records on disk (resume)
-RECORDS_DIR = "records"
+from .records import RECORDS_DIR, record_path  # noqa: E402,F401  (records on disk: bench/records.py)
 
 
 def run_key(spec: dict) -> str:
@@ -313,20 +313,12 @@ def run_key(spec: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def record_path(out: str | Path, method: str, seed: int) -> Path:
-    return Path(out) / RECORDS_DIR / f"{method}-seed{seed}.json"
+def load_finished(out: str | Path, spec: dict, echo: Callable[[str], None] | None = None) -> dict | None:
+    """The finished record of this exact run in ``out/records``, or None (absent, failed, other spec, or not
+    trusted: ``bench.records`` reads it like every other lightcl file and ``echo`` is told why)."""
+    from .records import load_finished as _load
 
-
-def load_finished(out: str | Path, spec: dict) -> dict | None:
-    """The finished record of this exact run in ``out/records``, or None (absent, failed, other spec, unreadable)."""
-    path = record_path(out, spec["method"], spec["seed"])
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(rec, dict) or rec.get("status") != "ok" or rec.get("run_key") != run_key(spec):
-        return None
-    return rec
+    return _load(out, spec, run_key(spec), echo)
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -464,11 +456,16 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
                 "export_dir": str(export_dir), "hyperparameters": hp, "threads": threads, "frozen": frozen,
                 "backend": backend, "device": device, "data_path": data_path,
                 "config": {k: cfg[k] for k in ("file", "version", "sha256", "source")}}
-        old = load_finished(out, spec) if resume else None
+        old = load_finished(out, spec, echo) if resume else None
         if old is not None:
             finished[(seed, m)] = old
         else:
             jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], root=out))
+    from lightcl.engine.outpath import check_output_file
+
+    for j in jobs:  # what each run will write, under the one output rule, before any run starts
+        check_output_file(j.log_path, "suite log", root=out)
+        check_output_file(record_path(out, j.method, j.seed), "suite record", root=out)
     total = sum(steps * j.weight for j in jobs)
     bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,
