@@ -30,6 +30,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def check_method_config(config_dir: str | Path) -> None:
         files = sorted(p.glob("*.json"))
         if not files:
             raise InputError(f"--method-config {p}: no METHOD.json files in this directory")
-    elif p.is_file():
+    elif os.path.lexists(p):  # a file, or a FIFO/link/device that _read_config refuses in one line
         files = [p]
     else:
         raise InputError(f"--method-config {p}: no such file or directory")
@@ -92,18 +93,23 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
     from lightcl.bench.methods.configs import make_config, unknown_keys
     from lightcl.engine.errors import InputError, StateError
 
-    if not path.is_file():
+    from lightcl.engine.fileio import MAX_JSON_BYTES, loads_json, open_regular
+
+    from .config_check import check_config, check_document
+
+    if not os.path.lexists(path):
         raise StateError(f"no config for method {method!r}: {path} is missing")
-    raw = path.read_bytes()
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    with open_regular(path, "method config", max_bytes=MAX_JSON_BYTES, error=InputError) as f:
+        raw = f.read(MAX_JSON_BYTES + 1)  # bounded: the file may grow between fstat and read
+    if len(raw) > MAX_JSON_BYTES:
+        raise InputError(f"{path}: more than {MAX_JSON_BYTES} bytes; a method config is a few hundred")
+    doc = loads_json(raw, str(path), error=InputError)  # bad JSON, nesting, huge integers: one line
     if not isinstance(doc, dict) or not isinstance(doc.get("default", {}), dict) \
             or not isinstance(doc.get("scenarios", {}), dict):
         raise InputError(f"{path}: expected {{\"default\": {{...}}, \"scenarios\": {{NAME: {{...}}}}}}")
     if doc.get("method", method) != method:
-        raise InputError(f"{path}: says method {doc.get('method')!r}, expected {method!r}")
+        raise InputError(f"{path}: says method {str(doc.get('method'))[:40]!r}, expected {method!r}")
+    check_document(path, doc)
     parts = [("default", doc.get("default", {}))] + [
         (f"scenarios.{k}", {kk: vv for kk, vv in v.items() if kk != "source"} if isinstance(v, dict) else v)
         for k, v in doc.get("scenarios", {}).items()]
@@ -116,8 +122,8 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
 
             raise InputError(f"{path}: unknown hyperparameter(s) {bad} for {method} in {where}; "
                              f"known: {sorted(field_names(method))}")
-        try:  # a value of the wrong type: one line here, not in a worker
-            make_config(method, hp)
+        try:  # a value of the wrong type or out of range: one line here, not in a worker
+            check_config(method, make_config(method, hp))
         except InputError as e:
             raise InputError(f"{path}: {where}: {e}") from None
     return raw, doc
