@@ -362,6 +362,10 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if address and executor != "ray":
         raise InputError("--address needs --executor ray")
+    if address:
+        from .ray_address import check_address
+
+        check_address(address)  # form, ray[client] for ray://, reachable within 10 s: one line before any work
     defaults = SUITE_DEFAULTS.get(suite, {})
     seeds = int(seeds if seeds is not None else defaults.get("seeds", 1))
     if seeds < 1:

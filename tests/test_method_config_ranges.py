@@ -144,3 +144,21 @@ def test_cli_refuses_before_any_work_and_writes_nothing(tmp_path):
         assert rc not in (0, None), err
         assert not out.exists()
         count("tracebacks", "method-config through the CLI")
+
+
+@pytest.mark.parametrize("address, code", [("127.0.0.1:1", 1), ("ray://127.0.0.1:1", 3), ("not an address", 1),
+                                           ("127.0.0.1:99999", 1), ("ray://", 1)])
+def test_ray_address_unreachable_or_without_client_is_one_line_in_bounded_time(tmp_path, address, code):
+    """`--executor ray --address 127.0.0.1:1` used to never exit; `ray://` without ray[client] was a traceback."""
+    import importlib.util
+    import time
+
+    if address.startswith("ray://127") and importlib.util.find_spec("grpc") is not None:
+        code = 1  # the client extra is installed here: the connection is what fails
+    t0 = time.monotonic()
+    with watchdog(60):
+        rc, _o, err = cli(["bench", "--suite", "smoke", "--methods", "sgd", "--executor", "ray", "--address", address,
+                           "--out", tmp_path / "out", "--no-plots", "--quiet"])
+    assert rc == code, err
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "out").exists()
+    count("hangs", "ray --address unreachable / ray:// without the client")
