@@ -162,3 +162,25 @@ def test_ray_address_unreachable_or_without_client_is_one_line_in_bounded_time(t
     assert rc == code, err
     assert time.monotonic() - t0 < 30 and not (tmp_path / "out").exists()
     count("hangs", "ray --address unreachable / ray:// without the client")
+
+
+def test_cifar_label_names_that_are_not_names_are_one_line(tmp_path):
+    """CIFAR `label_names` an integer (and other shapes) used to be a traceback."""
+    import pickle
+
+    import numpy as np
+
+    from lightcl.data.datasets import load_dataset
+    from lightcl.engine.errors import IntegrityError
+
+    data = np.zeros((4, 3072), np.uint8)
+    for i, names in enumerate([7, None, {b"a": 1}, [[b"a"]], [b"c0"] * 10, [b"\xff"] + [b"c%d" % k for k in range(9)],
+                               [b""] * 10, [1, 2, 3], "abcdefghij", [b"x" * 1000] * 10]):
+        d = tmp_path / f"n{i}" / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        for b in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+            (d / b).write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3]}, protocol=2))
+        (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+        with pytest.raises(IntegrityError, match="label_names"):
+            load_dataset("cifar10", "test", str(d))
+        count("tracebacks", "CIFAR label_names malformed")
