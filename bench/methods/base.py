@@ -206,21 +206,13 @@ class Step:
 @dataclass
 class Batch:
     """One training batch as a method's ``train_step`` sees it: ``x`` as given, ``labels`` as given,
-    ``y`` the labels' output columns (through the one class map) on the method's device, ``ids`` the
-    batch's dataset indices (only for a method with ``wants_ids``)."""
+    ``y`` the labels' output columns (through the one class map; an unannounced label was refused already)
+    on the method's device, ``ids`` the batch's dataset indices (only for a method with ``wants_ids``)."""
 
     x: Tensor
     labels: Any
-    ids: Tensor | None
-    _index: Any = field(repr=False, default=None)
-    _device: Any = field(repr=False, default=None)
-    _y: Tensor | None = field(repr=False, default=None)
-
-    @property
-    def y(self) -> Tensor:
-        if self._y is None:
-            self._y = self._index(self.labels).to(self._device)
-        return self._y
+    y: Tensor
+    ids: Tensor | None = None
 
 
 # name -> method class, filled by @register_method as each module of this package is imported
@@ -358,7 +350,7 @@ class Method:
             raise InputError("no open task: call begin_task first")
         if ids is not None and not self.wants_ids:
             ids = None
-        step = self.train_step(Batch(x, y, ids, self.classes.index, self.device))
+        step = self.train_step(Batch(x, y, self.classes.index(y).to(self.device), ids))
         if step.update:
             self.steps += 1
         return self._account(step)
