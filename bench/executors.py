@@ -35,10 +35,11 @@ class Job:
     weight: float = 1.0
     extra: dict = field(default_factory=dict)
     target: str = ""  # the suite's run_one; required (the suite passes it)
+    root: Optional[Path] = None  # the suite's OUT: logs are never written through a link out of it
 
 
 def run_suite_job(target: str, spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, log_root: Path | None = None) -> dict:
     """Run one method-seed (``target``, ``"module:function"``) in a fresh interpreter; returns its record
     (status 'failed' on error)."""
     from lightcl.bench.worker import run_worker as run_in_worker
@@ -48,7 +49,8 @@ def run_suite_job(target: str, spec: dict, log_path: Path, on_progress: Callable
     env = {}
     if spec.get("threads"):
         env = {var: str(spec["threads"]) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    out = run_in_worker(target, spec, log_path=log_path, env=env, on_progress=on_progress, timeout=timeout)
+    out = run_in_worker(target, spec, log_path=log_path, env=env, on_progress=on_progress, timeout=timeout,
+                        log_root=log_root)
     if out.ok:
         return out.result
     error = "\n".join(out.tail) if out.tail and not out.timed_out else (out.error or "")
@@ -64,7 +66,7 @@ def run_local(jobs: list[Job], on_done: OnDone, on_tick: Optional[OnTick] = None
     """Run the jobs one after another, each in its own subprocess (the default executor)."""
     for job in jobs:
         tick = (lambda n, job=job: on_tick(job, n)) if on_tick else None
-        on_done(job, run_suite_job(job.target, job.spec, job.log_path, tick))
+        on_done(job, run_suite_job(job.target, job.spec, job.log_path, tick, log_root=job.root))
 
 
 def _ray_job(target: str, spec: dict, log_name: str) -> tuple[dict, str]:
@@ -127,8 +129,9 @@ def run_ray(jobs: list[Job], on_done: OnDone, address: Optional[str] = None, num
                 rec = {"method": job.method, "seed": job.seed, "status": "failed", "returncode": None,
                        "error": f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 text = str(e)
-            job.log_path.parent.mkdir(parents=True, exist_ok=True)
-            job.log_path.write_text(text)
+            from lightcl.engine.fileio import write_bytes_atomic
+
+            write_bytes_atomic(job.log_path, text.encode(), root=job.root)  # the one output rule: no link out of OUT
             if rec.get("status") != "ok":
                 rec["log"] = str(job.log_path)
             on_done(job, rec)

@@ -202,6 +202,54 @@ FRESH_SEED_OFFSET = 1_000_003
 RUN_ONE = "lightcl.bench.suite:run_one"
 
 
+class MethodAgent:
+    """A benchmark method on the stream loop (:func:`lightcl.data.stream.run_stream`): batches in the seed's data
+    order (shared by every method), a fresh end-of-task batch from its own generator for methods that take one,
+    step times, and the memory meters around training and evaluation."""
+
+    def __init__(self, method, data, data_gen, fresh_gen, eval_batch: int, progress=None) -> None:
+        self.method, self.data, self.data_gen, self.fresh_gen = method, data, data_gen, fresh_gen
+        self.eval_batch, self.progress = eval_batch, progress
+        self.wants_ids = bool(method.wants_ids)
+        self.step_ms: list[float] = []
+        self.train_s = 0.0
+        self.R_til: list[list[float]] = []
+        self.R_cil: list[list[float]] = []
+        self.train_peak = self.total_peak = 0.0
+
+    def begin(self, task) -> None:
+        self.t0 = time.perf_counter()
+        self.method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
+
+    def batches(self, task):
+        return self.data.train_batches(task, self.data_gen, with_index=self.wants_ids)
+
+    def observe(self, batch) -> None:
+        ts = time.perf_counter()
+        self.method.observe(*batch)  # (x, y), or (x, y, dataset indices) for methods that want them
+        self.step_ms.append((time.perf_counter() - ts) * 1000.0)
+        if self.progress:
+            self.progress(1)
+
+    def end(self, task) -> None:
+        if self.fresh_gen is not None:  # a freshly drawn full batch of the task for the vital channels, as `lightcl learn`
+            self.method.end_task(self.data.fresh_batch(task, self.fresh_gen)[0])
+        else:
+            self.method.end_task()
+        self.train_s += time.perf_counter() - self.t0
+        self.train_peak = max(self.train_peak, peak_mib())
+
+    def after(self, task) -> None:
+        # evaluation in batches of the training size: no allocator arena grows beyond what training needs
+        til, cil = evaluate(self.method, self.data.test_stream(task.task_id + 1, batch_size=self.eval_batch))
+        self.R_til.append(til)
+        self.R_cil.append(cil)
+        self.total_peak = max(self.total_peak, self.train_peak, peak_mib())
+        gc.collect()
+        malloc_trim()  # what evaluation freed must not sit in the next task's training peak
+        reset_peak()
+
+
 def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     """One method, one seed, in this process. ``spec``: see :func:`run_suite`."""
     import numpy as np
@@ -210,8 +258,8 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     from lightcl.bench.methods import create_method, method_class
     from lightcl.bench.methods.base import MethodContext
     from lightcl.bench.metrics import summarize
-    from lightcl.bench.runner import ScenarioData
     from lightcl.bench.scenarios import Scenario
+    from lightcl.data.stream import ScenarioData, run_stream
     from lightcl.engine.export_dir import load_export_meta
 
     if spec.get("threads"):
@@ -248,34 +296,11 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     train_peak = rss_mib()
     total_peak = max(peak_mib(), train_peak)  # the build's peak
     reset_peak()
-    step_ms: list[float] = []
-    train_s = 0.0
-    R_til: list[list[float]] = []
-    R_cil: list[list[float]] = []
-    for task in data.tasks:
-        t0 = time.perf_counter()
-        method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
-        for _epoch in range(scenario.epochs):
-            for batch in data.train_batches(task, data_gen, with_index=method.wants_ids):
-                ts = time.perf_counter()
-                method.observe(*batch)  # (x, y), or (x, y, dataset indices) for methods that want them
-                step_ms.append((time.perf_counter() - ts) * 1000.0)
-                if progress:
-                    progress(1)
-        if fresh:  # a freshly drawn full batch of the task for the vital channels, as `lightcl learn`
-            method.end_task(data.fresh_batch(task, fresh_gen)[0])
-        else:
-            method.end_task()
-        train_s += time.perf_counter() - t0
-        train_peak = max(train_peak, peak_mib())
-        # evaluation in batches of the training size: no allocator arena grows beyond what training needs
-        til, cil = evaluate(method, data.test_stream(task.task_id + 1, batch_size=scenario.batch_size))
-        R_til.append(til)
-        R_cil.append(cil)
-        total_peak = max(total_peak, train_peak, peak_mib())
-        gc.collect()
-        malloc_trim()  # what evaluation freed must not sit in the next task's training peak
-        reset_peak()
+    agent = MethodAgent(method, data, data_gen, fresh_gen, scenario.batch_size, progress)
+    agent.train_peak, agent.total_peak = train_peak, total_peak
+    run_stream(data.tasks, agent, scenario.epochs)  # the one loop `lightcl learn` runs too
+    step_ms, train_s, R_til, R_cil = agent.step_ms, agent.train_s, agent.R_til, agent.R_cil
+    train_peak, total_peak = agent.train_peak, agent.total_peak
     wall = time.perf_counter() - t_start
     til_only = bool(method.til_only)
     acc = method.accounting()
@@ -382,7 +407,9 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         config_dir = method_config
     for m in names:  # every config's keys checked against the typed configs before any work
         load_config(m, suite, config_dir)
-    out = Path(out)
+    from lightcl.engine.outpath import check_output_dir, ensure_dir
+
+    out = check_output_dir(out, "--out")  # a file, a link, a FIFO at OUT, or OUT under a file: one line, before any work
     t_suite = time.perf_counter()
 
     # data first: a missing dataset is one helpful line (DatasetNotFoundError, exit 2), nothing else
@@ -396,7 +423,9 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
 
     frozen = _frozen_figures(str(ckpt), scenario.split,
                              tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "--out")
+    for sub in (RECORDS_DIR, "logs"):  # a link planted at OUT/logs or OUT/records is refused, never followed
+        ensure_dir(out / sub, "--out", root=out)
 
     skipped = []
     runnable = []
@@ -465,7 +494,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         if old is not None:
             finished[(seed, m)] = old
         else:
-            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE))
+            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE,
+                            root=out))
     total = sum(steps * j.weight for j in jobs)
     bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,
@@ -503,7 +533,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         else:
             msg = f"{job.method} seed {job.seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
         # the record on disk first: a kill after this line never repeats the run
-        write_json_atomic(record_path(out, job.method, job.seed), rec)
+        write_json_atomic(record_path(out, job.method, job.seed), rec, root=out)
         finished[(job.seed, job.method)] = rec
         left = job.weight * max(0, steps - done_steps.get((job.seed, job.method), 0))
         bar.update(min(left, max(0.0, bar.total - bar.n)))
