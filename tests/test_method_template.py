@@ -85,8 +85,10 @@ def test_steps_become_flops_and_labels_go_through_one_map():
     m.next = Step({"loss": 1.0}, update=False)  # nothing trained: no step, no FLOPs
     m.observe(torch.zeros(1, 1, 4, 4), ["cup"])
     assert m.steps == 1 and m.flops == 204
-    with pytest.raises(InputError, match="belong to no announced task"):
+    with pytest.raises(InputError, match=r"\['dog'\] name no class"):  # the engine's class map refuses it
         m.observe(torch.zeros(1, 1, 4, 4), ["dog"])
+    with pytest.raises(InputError, match="names its classes with strs"):
+        m.observe(torch.zeros(1, 1, 4, 4), [3])
     m.next = Step(trained={"nope": 1})
     with pytest.raises(KeyError, match="never declared"):
         m.observe(torch.zeros(1, 1, 4, 4), ["cup"])
@@ -94,14 +96,17 @@ def test_steps_become_flops_and_labels_go_through_one_map():
     assert m.ended_with is None  # a method without wants_fresh_batch gets no batch
     with pytest.raises(InputError, match="no open task"):
         m.end_task()
-    m.begin_task(1, [7, 3])
+    m.begin_task(1, ["dog", "cat"])
     assert m.task_indices(1) == [2, 3] and m.seen_indices() == [0, 1, 2, 3]
-    assert m.to_index(torch.tensor([3, 7])).tolist() == [3, 2]
+    assert m.to_index(["cat", "dog", "cup"]).tolist() == [3, 2, 0]
     with pytest.raises(InputError, match="still open"):
-        m.begin_task(2, [9])
+        m.begin_task(2, ["owl"])
     m.end_task()
     with pytest.raises(InputError, match="more than 4 classes"):
-        m.begin_task(2, [9])
+        m.begin_task(2, ["owl"])
+    n = _Toy(_ctx())  # int classes (the suite's): columns in order of arrival, any ids
+    n.begin_task(0, [7, 2**40])
+    assert n.to_index(torch.tensor([2**40, 7])).tolist() == [1, 0]
 
 
 # FLOPs after each of 3 steps and each end_task, 3 tasks of the smoke scenario (seed 0, 1 thread), as the

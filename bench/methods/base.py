@@ -22,7 +22,6 @@ forwarded), and the template keeps the two ledgers the suite reports:
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,7 +35,7 @@ from lightcl.engine.errors import InputError, LightCLError
 from lightcl.engine.losses import sliced_cross_entropy
 from lightcl.engine.reservoir import Reservoir  # noqa: F401  (the one reservoir rule; methods import it here)
 
-from .classes import ClassMap
+from .classes import MethodClasses
 from .configs import WholeModelConfig, make_config
 
 
@@ -234,16 +233,6 @@ def register_method(cls: type) -> type:
     return cls
 
 
-def _class_id(c: Any) -> Any:
-    """A class as the map keys it: a string as is, any integer (numpy's too) as a Python int."""
-    if isinstance(c, str):
-        return c
-    try:
-        return operator.index(c)
-    except TypeError:
-        raise InputError(f"a class must be an integer or a string, got {c!r}") from None
-
-
 class Method:
     """The template every benchmark method follows (after Mammoth's ``meta_observe``).
 
@@ -292,7 +281,7 @@ class Method:
         self.device = torch.device(ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         torch.manual_seed(int(ctx.seed))
-        self.classes = ClassMap(ctx.num_classes)  # engine methods: the learner's own (LearnerClasses)
+        self.classes = MethodClasses(ctx.num_classes)  # engine methods: the learner's own (LearnerClasses)
         self.current_task: int | None = None
         self.flops = 0.0
         self.steps = 0
@@ -340,8 +329,7 @@ class Method:
     def begin_task(self, task_id: int, classes: Sequence, n_train: int | None = None) -> None:
         if self.current_task is not None:
             raise InputError(f"task {self.current_task} is still open")
-        classes = [_class_id(c) for c in classes]
-        self.classes.open(int(task_id), classes)
+        classes = self.classes.open(int(task_id), classes)  # checked names (str or int)
         self._account(self.on_begin_task(int(task_id), classes, n_train))
         self.current_task = int(task_id)
 

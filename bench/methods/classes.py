@@ -1,73 +1,62 @@
-"""The one class map every benchmark method goes through: labels <-> output columns, in order of arrival.
+"""The one class map every benchmark method goes through: the engine's (:mod:`lightcl.engine.classmap`).
 
 A method never builds a label table of its own: :class:`~lightcl.bench.methods.base.Method` maps every batch
-through ``self.classes``. Standalone methods get a :class:`ClassMap` (the engine learner's rule: a class's
-column is its rank of first appearance; a label lookup is a dict lookup, so class ids like 2**40 allocate
-nothing); methods built on the engine's learner use *its* map through :class:`LearnerClasses`, so there is
-no second copy to drift.
-
-This is the one place to change when the learner's map moves to ``lightcl.engine.classmap`` (issue 20):
-``ClassMap`` becomes that class and ``LearnerClasses`` a view of the learner's instance.
+through ``self.classes``. Standalone methods get a :class:`MethodClasses` (the engine's ``ClassMap``: columns
+in order of first appearance, str or int class names, dict lookups, so class ids like 2**40 allocate
+nothing, plus the suite's capacity); methods built on the engine's learner use *its* map through
+:class:`LearnerClasses`, so there is no second copy to drift.
 """
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Sequence
 
-import torch
 from torch import Tensor
 
+from lightcl.engine.classmap import ClassMap
 from lightcl.engine.errors import InputError
 
 
-def _labels(y) -> list:
-    return y.tolist() if isinstance(y, Tensor) else list(y)
-
-
-class ClassMap:
-    """Columns in order of first appearance, tasks and their classes, at most ``capacity`` classes."""
+class MethodClasses:
+    """The engine's class map, bounded by the method's ``capacity`` outputs."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
-        self.column: dict[Hashable, int] = {}
-        self.tasks: dict[int, list] = {}
+        self.map = ClassMap()
 
-    def open(self, task_id: int, classes: Sequence) -> None:
-        """Register ``task_id``'s classes (new ones get the next columns)."""
-        for c in classes:
-            if c not in self.column:
-                if len(self.column) >= self.capacity:
-                    raise InputError(f"more than {self.capacity} classes")
-                self.column[c] = len(self.column)
-        self.tasks[int(task_id)] = list(classes)
+    def open(self, task_id: int, classes: Sequence) -> list:
+        """Register ``task_id``'s classes (new ones get the next columns); returns them as checked names."""
+        names = self.map.check_names(classes)
+        _, new = self.map.ids_for_new_task(names)
+        if len(self.map) + len(new) > self.capacity:
+            raise InputError(f"more than {self.capacity} classes")
+        self.map.add_task(int(task_id), names)
+        return names
 
     def index(self, y) -> Tensor:
-        """Column of each label of ``y`` (tensor or sequence), on the CPU; InputError for a label no task announced."""
-        labels = _labels(y)
-        unknown = sorted({c for c in labels if c not in self.column}, key=repr)
-        if unknown:
-            raise InputError(f"labels {unknown[:10]} belong to no announced task")
-        return torch.tensor([self.column[c] for c in labels], dtype=torch.long)
+        """Column of each label of ``y`` (names: a list, or an int tensor), on the CPU; an error for a label
+        no task announced."""
+        return self.map.columns(self.map.ids(y))
 
     def task_columns(self, task_id: int) -> list[int]:
-        return [self.column[c] for c in self.tasks[task_id]]
+        return self.map.task_columns(task_id)
 
     def seen_columns(self) -> list[int]:
-        return sorted(self.column.values())
+        return self.map.seen_columns()
 
     def n_tasks(self) -> int:
-        return len(self.tasks)
+        return len(self.map.tasks)
 
 
 class LearnerClasses:
-    """The engine learner's own map, seen through the :class:`ClassMap` interface. ``open`` does nothing: the
-    learner registers a task's classes in its ``begin_task`` (which the method's ``on_begin_task`` calls) and
-    checks them there itself."""
+    """The engine learner's own map, seen through the :class:`MethodClasses` interface. ``open`` registers
+    nothing: the learner does that in its ``begin_task`` (which the method's ``on_begin_task`` calls) and
+    checks the classes there itself."""
 
     def __init__(self, learner) -> None:
         self.learner = learner
 
-    def open(self, task_id: int, classes: Sequence) -> None:
-        pass
+    def open(self, task_id: int, classes: Sequence) -> list:
+        return list(classes)
 
     def index(self, y) -> Tensor:
         return self.learner.label_index(y.long().cpu() if isinstance(y, Tensor) else y).cpu()
