@@ -22,7 +22,6 @@ forwarded), and the template keeps the two ledgers the suite reports:
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,7 +35,7 @@ from lightcl.engine.errors import InputError, LightCLError
 from lightcl.engine.losses import sliced_cross_entropy
 from lightcl.engine.reservoir import Reservoir  # noqa: F401  (the one reservoir rule; methods import it here)
 
-from .classes import ClassMap
+from .classes import MethodClasses
 from .configs import WholeModelConfig, make_config
 
 
@@ -206,21 +205,13 @@ class Step:
 @dataclass
 class Batch:
     """One training batch as a method's ``train_step`` sees it: ``x`` as given, ``labels`` as given,
-    ``y`` the labels' output columns (through the one class map) on the method's device, ``ids`` the
-    batch's dataset indices (only for a method with ``wants_ids``)."""
+    ``y`` the labels' output columns (through the one class map; an unannounced label was refused already)
+    on the method's device, ``ids`` the batch's dataset indices (only for a method with ``wants_ids``)."""
 
     x: Tensor
     labels: Any
-    ids: Tensor | None
-    _index: Any = field(repr=False, default=None)
-    _device: Any = field(repr=False, default=None)
-    _y: Tensor | None = field(repr=False, default=None)
-
-    @property
-    def y(self) -> Tensor:
-        if self._y is None:
-            self._y = self._index(self.labels).to(self._device)
-        return self._y
+    y: Tensor
+    ids: Tensor | None = None
 
 
 # name -> method class, filled by @register_method as each module of this package is imported
@@ -240,16 +231,6 @@ def register_method(cls: type) -> type:
         raise TypeError(f"method name {cls.name!r} is taken by {other.__module__}.{other.__qualname__}")
     REGISTRY[cls.name] = cls
     return cls
-
-
-def _class_id(c: Any) -> Any:
-    """A class as the map keys it: a string as is, any integer (numpy's too) as a Python int."""
-    if isinstance(c, str):
-        return c
-    try:
-        return operator.index(c)
-    except TypeError:
-        raise InputError(f"a class must be an integer or a string, got {c!r}") from None
 
 
 class Method:
@@ -300,7 +281,7 @@ class Method:
         self.device = torch.device(ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         torch.manual_seed(int(ctx.seed))
-        self.classes = ClassMap(ctx.num_classes)  # engine methods: the learner's own (LearnerClasses)
+        self.classes = MethodClasses(ctx.num_classes)  # engine methods: the learner's own (LearnerClasses)
         self.current_task: int | None = None
         self.flops = 0.0
         self.steps = 0
@@ -348,8 +329,7 @@ class Method:
     def begin_task(self, task_id: int, classes: Sequence, n_train: int | None = None) -> None:
         if self.current_task is not None:
             raise InputError(f"task {self.current_task} is still open")
-        classes = [_class_id(c) for c in classes]
-        self.classes.open(int(task_id), classes)
+        classes = self.classes.open(int(task_id), classes)  # checked names (str or int)
         self._account(self.on_begin_task(int(task_id), classes, n_train))
         self.current_task = int(task_id)
 
@@ -358,7 +338,7 @@ class Method:
             raise InputError("no open task: call begin_task first")
         if ids is not None and not self.wants_ids:
             ids = None
-        step = self.train_step(Batch(x, y, ids, self.classes.index, self.device))
+        step = self.train_step(Batch(x, y, self.classes.index(y).to(self.device), ids))
         if step.update:
             self.steps += 1
         return self._account(step)

@@ -1,11 +1,10 @@
-"""The one class map every benchmark method goes through: labels <-> output columns, in order of arrival.
+"""The one class map every benchmark method goes through: the engine's (:mod:`lightcl.engine.classmap`).
 
 A method never builds a label table of its own: :class:`~lightcl.bench.methods.base.Method` maps every batch
-through ``self.classes``. Standalone methods get a :class:`ClassMap`: the engine learner's own class
-(:class:`lightcl.engine.classmap.ClassMap`: str or int classes, never mixed; a class's column is its rank of first
-appearance; a label lookup is a dict lookup, so class ids like 2**40 allocate nothing) with the method's
-capacity; methods built on the engine's learner use *its* map through :class:`LearnerClasses`, so there is no
-second copy to drift.
+through ``self.classes``. Standalone methods get a :class:`MethodClasses` (the engine's ``ClassMap``: columns
+in order of first appearance, str or int class names, dict lookups, so class ids like 2**40 allocate
+nothing, plus the suite's capacity); methods built on the engine's learner use *its* map through
+:class:`LearnerClasses`, so there is no second copy to drift.
 """
 from __future__ import annotations
 
@@ -13,33 +12,29 @@ from typing import Sequence
 
 from torch import Tensor
 
-from lightcl.engine.classmap import ClassMap as EngineClassMap
+from lightcl.engine.classmap import ClassMap
 from lightcl.engine.errors import InputError
 
 
-class ClassMap:
-    """The engine's class map with at most ``capacity`` classes (the method's fixed classifier)."""
+class MethodClasses:
+    """The engine's class map, bounded by the method's ``capacity`` outputs."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
-        self.map = EngineClassMap()
+        self.map = ClassMap()
 
-    @property
-    def tasks(self) -> dict[int, list]:
-        """task -> its classes' ids (for int classes the ints themselves)."""
-        return self.map.tasks
-
-    def open(self, task_id: int, classes: Sequence) -> None:
-        """Register ``task_id``'s classes (new ones get the next columns); checked before anything changes."""
+    def open(self, task_id: int, classes: Sequence) -> list:
+        """Register ``task_id``'s classes (new ones get the next columns); returns them as checked names."""
         names = self.map.check_names(classes)
-        _ids, new = self.map.ids_for_new_task(names)
+        _, new = self.map.ids_for_new_task(names)
         if len(self.map) + len(new) > self.capacity:
             raise InputError(f"more than {self.capacity} classes")
         self.map.add_task(int(task_id), names)
+        return names
 
     def index(self, y) -> Tensor:
-        """Column of each label of ``y`` (tensor or sequence), on the CPU; UnknownClassError (an InputError) for a
-        label no task announced."""
+        """Column of each label of ``y`` (names: a list, or an int tensor), on the CPU; an error for a label
+        no task announced."""
         return self.map.columns(self.map.ids(y))
 
     def task_columns(self, task_id: int) -> list[int]:
@@ -53,15 +48,15 @@ class ClassMap:
 
 
 class LearnerClasses:
-    """The engine learner's own map, seen through the :class:`ClassMap` interface. ``open`` does nothing: the
-    learner registers a task's classes in its ``begin_task`` (which the method's ``on_begin_task`` calls) and
-    checks them there itself."""
+    """The engine learner's own map, seen through the :class:`MethodClasses` interface. ``open`` registers
+    nothing: the learner does that in its ``begin_task`` (which the method's ``on_begin_task`` calls) and
+    checks the classes there itself."""
 
     def __init__(self, learner) -> None:
         self.learner = learner
 
-    def open(self, task_id: int, classes: Sequence) -> None:
-        pass
+    def open(self, task_id: int, classes: Sequence) -> list:
+        return list(classes)
 
     def index(self, y) -> Tensor:
         return self.learner.label_index(y.long().cpu() if isinstance(y, Tensor) else y).cpu()
