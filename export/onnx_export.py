@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import platform
@@ -451,10 +450,6 @@ def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
 
         lines.extend(f"  {summary(rep)}" for rep in meta["trt82_check"].values())
     return lines
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
 
 
 # real_images (lightcl.data.tasks) and ort_session/run_session (.ort_run) stay importable from here

@@ -28,7 +28,7 @@ def _calib_size(value: str) -> int | str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path prefix (CKPT.safetensors + CKPT.json)")
-    p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
+    _args.output(p.add_argument("--out", required=True, help="export directory to write (replaced atomically)"), "dir")
     p.add_argument("--split", default=None, help="last frozen block or stage, e.g. resnet18: stem, layer1..layer4, "
                                                   "layer4.0; mobilenetv2: stage1..stage7, stage6.1 (default: the "
                                                   "backbone's, layer3 / stage5)")
@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.fp16 and not args.tensorrt):
         raise InputError("--fp16 is a TensorRT precision: use it with --tensorrt")
-    from lightcl.commands._safety import check_output
+    from lightcl.commands._safety import check_output, check_output_dir
     from lightcl.export.checkpoint import checkpoint_paths
 
+    check_output_dir(args.out)
     check_output(args.json, dirs=[args.out], files=checkpoint_paths(args.checkpoint))
     precision = None
     if args.tensorrt:
