@@ -341,18 +341,20 @@ def plot(res: dict, path: str | Path) -> Path:
     ax.set_title(f"LP / MS per {res['level']} ({res['dataset']}); recommended split: {res['recommended_split']}",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    from lightcl.bench.plots import save_figure
+
+    save_figure(fig, path, dpi=90)
     return Path(path)
 
 
 def write_outputs(res: dict, out: str | Path) -> dict[str, Path]:
     from lightcl.engine.fileio import write_bytes_atomic, write_json_atomic
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from lightcl.engine.outpath import ensure_dir
+
+    out = ensure_dir(out, "--out")
     paths = {"json": out / "analysis.json", "md": out / "analysis.md", "png": out / "analysis.png"}
-    write_json_atomic(paths["json"], res)
+    write_json_atomic(paths["json"], res, root=out)
     plot(res, paths["png"])
-    write_bytes_atomic(paths["md"], report_md(res, paths["png"].name).encode())
+    write_bytes_atomic(paths["md"], report_md(res, paths["png"].name).encode(), root=out)
     return paths

@@ -1,7 +1,7 @@
 """Where the suite's method-seed runs execute: one after another on this machine, or as Ray tasks.
 
-Both executors call the same :func:`run_suite_job`, which runs
-:func:`lightcl.bench.suite.run_one` through the benchmark's one subprocess harness
+Both executors call the same :func:`run_suite_job`, which runs the job's ``target`` (the suite's
+``run_one``, named by the suite: this module imports nothing of it) through the benchmark's one subprocess harness
 (:func:`lightcl.bench.worker.run_worker`: fresh interpreter, progress lines, atomic JSON result,
 timeout, SIGTERM/SIGKILL cleanup), so every run is metered the same whichever executor started it. The Ray executor only
 decides *where* that interpreter starts: each run is a Ray task that declares ``num_cpus`` =
@@ -26,7 +26,7 @@ EXECUTORS = ("local", "ray")
 
 @dataclass
 class Job:
-    """One method-seed run: its worker spec and where its log goes."""
+    """One method-seed run: the worker function (``"module:function"``), its spec and where its log goes."""
 
     method: str
     seed: int
@@ -34,18 +34,23 @@ class Job:
     log_path: Path
     weight: float = 1.0
     extra: dict = field(default_factory=dict)
+    target: str = ""  # the suite's run_one; required (the suite passes it)
+    root: Optional[Path] = None  # the suite's OUT: logs are never written through a link out of it
 
 
-def run_suite_job(spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
-               timeout: float | None = None) -> dict:
-    """Run one method-seed (:func:`run_one`) in a fresh interpreter; returns its record (status 'failed' on error)."""
+def run_suite_job(target: str, spec: dict, log_path: Path, on_progress: Callable[[int], None] | None = None,
+                  timeout: float | None = None, log_root: Path | None = None) -> dict:
+    """Run one method-seed (``target``, ``"module:function"``) in a fresh interpreter; returns its record
+    (status 'failed' on error)."""
     from lightcl.bench.worker import run_worker as run_in_worker
 
+    if not target:
+        raise ValueError("a suite job needs its target function ('module:function')")
     env = {}
     if spec.get("threads"):
         env = {var: str(spec["threads"]) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    out = run_in_worker("lightcl.bench.suite:run_one", spec, log_path=log_path, env=env, on_progress=on_progress,
-                        timeout=timeout)
+    out = run_in_worker(target, spec, log_path=log_path, env=env, on_progress=on_progress, timeout=timeout,
+                        log_root=log_root)
     if out.ok:
         return out.result
     error = "\n".join(out.tail) if out.tail and not out.timed_out else (out.error or "")
@@ -61,14 +66,14 @@ def run_local(jobs: list[Job], on_done: OnDone, on_tick: Optional[OnTick] = None
     """Run the jobs one after another, each in its own subprocess (the default executor)."""
     for job in jobs:
         tick = (lambda n, job=job: on_tick(job, n)) if on_tick else None
-        on_done(job, run_suite_job(job.spec, job.log_path, tick))
+        on_done(job, run_suite_job(job.target, job.spec, job.log_path, tick, log_root=job.root))
 
 
-def _ray_job(spec: dict, log_name: str) -> tuple[dict, str]:
+def _ray_job(target: str, spec: dict, log_name: str) -> tuple[dict, str]:
     """Body of one Ray task: the ordinary subprocess worker, log returned to the driver as text."""
     with tempfile.TemporaryDirectory(prefix="lightcl-ray-") as tmp:
         log = Path(tmp) / log_name
-        rec = run_suite_job(spec, log)
+        rec = run_suite_job(target, spec, log)
         text = log.read_text(errors="replace") if log.is_file() else ""
     rec["node"] = socket.gethostname()
     return rec, text
@@ -113,7 +118,7 @@ def run_ray(jobs: list[Job], on_done: OnDone, address: Optional[str] = None, num
         for job in jobs:
             need = ray_resources(job.spec)
             ref = remote.options(name=f"lightcl {job.method} seed {job.seed}", max_retries=0, **need) \
-                .remote(job.spec, job.log_path.name)
+                .remote(job.target, job.spec, job.log_path.name)
             pending[ref] = job
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -124,8 +129,9 @@ def run_ray(jobs: list[Job], on_done: OnDone, address: Optional[str] = None, num
                 rec = {"method": job.method, "seed": job.seed, "status": "failed", "returncode": None,
                        "error": f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 text = str(e)
-            job.log_path.parent.mkdir(parents=True, exist_ok=True)
-            job.log_path.write_text(text)
+            from lightcl.engine.fileio import write_bytes_atomic
+
+            write_bytes_atomic(job.log_path, text.encode(), root=job.root)  # the one output rule: no link out of OUT
             if rec.get("status") != "ok":
                 rec["log"] = str(job.log_path)
             on_done(job, rec)

@@ -2,21 +2,7 @@
 makes "idle" mean "after imports and the libraries' first-use initialisation" in every process alike."""
 from __future__ import annotations
 
-import resource
-import sys
-
-MIB = float(1 << 20)
-
-
-def _status_kib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
+from lightcl.engine.rss import MIB, peak_mib, status_kib as _status_kib  # noqa: F401  (one reading for learn and bench)
 
 
 def rss_mib() -> float:
@@ -36,14 +22,6 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def peak_mib() -> float:
-    v = _status_kib("VmHWM")
-    if v is not None:
-        return v / 1024.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024.0
 
 
 def malloc_trim() -> None:

@@ -27,6 +27,21 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path, dpi: int | None = None, root=None) -> None:
+    """Render ``fig`` to PNG bytes, then write them under the one output rule (``engine.outpath``: atomic, never
+    through a link or onto a FIFO); matplotlib's own ``savefig(path)`` follows whatever is at ``path``."""
+    import io
+
+    from lightcl.engine.fileio import write_bytes_atomic
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI if dpi is None else dpi)
+    finally:
+        _plt().close(fig)
+    write_bytes_atomic(path, buf.getvalue(), root=root)
+
+
 def _mat(R: list[list[float]]) -> np.ndarray:
     T = len(R)
     n = max(len(r) for r in R)
@@ -70,8 +85,7 @@ def heatmaps(agg: dict, path: Path, title: str) -> Path:
     h = fig.get_size_inches()[1]
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / h))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -98,8 +112,7 @@ def accuracy_vs_memory(agg: dict, path: Path, title: str) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -120,8 +133,7 @@ def curves(agg: dict, path: Path, title: str) -> Path:
     axes[1].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -151,8 +163,7 @@ def task_curves(agg: dict, path: Path, title: str) -> Path:
     axes[0][0].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

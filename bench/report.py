@@ -269,17 +269,23 @@ def to_csv(results: dict) -> str:
     return buf.getvalue()
 
 
+PLOT_NAMES = ("heatmaps.png", "accuracy_vs_memory.png", "curves.png", "task_curves.png")  # bench.plots.make_plots
+
+
 def write_all(results: dict, out: str | Path, plots: bool = True) -> dict[str, Path]:
     """Write results.json, results.csv, report.md (+ PNG plots). Returns the paths written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from lightcl.engine.outpath import check_output_file, ensure_dir
+
+    out = ensure_dir(out, "--out")
     paths = {"json": out / "results.json", "csv": out / "results.csv", "report": out / "report.md"}
-    write_json_atomic(paths["json"], json.loads(json.dumps(results, default=str)))
-    write_bytes_atomic(paths["csv"], to_csv(results).encode())
+    write_json_atomic(paths["json"], json.loads(json.dumps(results, default=str)), root=out)
+    write_bytes_atomic(paths["csv"], to_csv(results).encode(), root=out)
     names: list[str] = []
     if plots and ok_records(results):
+        for name in PLOT_NAMES:  # before matplotlib renders anything
+            check_output_file(out / name, "plot", root=out)
         for p in make_plots(results, out):
             paths[p.stem] = p
             names.append(p.name)
-    write_bytes_atomic(paths["report"], report_md(results, names).encode())
+    write_bytes_atomic(paths["report"], report_md(results, names).encode(), root=out)
     return paths

@@ -1,29 +1,18 @@
-"""Named scenarios (docs/benchmarks.md): which backbone, what to pretrain on, what to learn continually, and how long."""
+"""The named scenarios as the benchmark uses them: the registry of :mod:`lightcl.data.scenarios` (which
+``lightcl learn`` reads without importing the benchmark), each entry checked against the zoo of the export
+layer: its ``arch`` must be a registered backbone, and ``split`` (None = that backbone's default) a valid
+split point, resolved here."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
 
+from lightcl.data import scenarios as _data
 from lightcl.engine.errors import InputError
 
 
 @dataclass(frozen=True)
-class Scenario:
-    name: str
-    pretrain_dataset: str
-    cl_dataset: str
-    n_tasks: int
-    classes_per_task: int
-    width: int
-    pretrain_epochs: int
-    epochs: int  # per task
-    batch_size: int = 32
-    split: Optional[str] = None  # None: the backbone's default split (export/zoo.py registry entry)
-    class_order_seed: int | None = None  # None = natural order 0..K-1 (as the authors' Split CIFAR-10)
-    pretrain_subset: int | None = None  # pretrain on a seeded class-balanced subset (time budget)
-    augment: bool = True  # random crop with padding 4 during continual training (Mammoth's seq-cifar10)
-    description: str = ""
-    arch: str = "resnet18"  # a backbone of the zoo (lightcl.export.zoo.list_backbones())
+class Scenario(_data.Scenario):
+    """A :class:`lightcl.data.scenarios.Scenario` whose arch and split are checked (split resolved)."""
 
     def __post_init__(self) -> None:
         from lightcl.export.zoo import backbone_entry
@@ -38,44 +27,13 @@ class Scenario:
             raise InputError(f"scenario {self.name!r}: unknown split point {self.split!r} for {self.arch}; "
                              f"valid: {', '.join(entry.split_points)}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-SCENARIOS: dict[str, Scenario] = {
-    "smoke": Scenario(
-        "smoke", "digits", "digits", 5, 2, width=16, pretrain_epochs=3, epochs=3,
-        description="width-16 ResNet-18 pretrained on digits; Split digits 5x2. Seconds; CI."),
-    "offline": Scenario(
-        "offline", "fashion-mnist", "mnist-5k", 5, 2, width=32, pretrain_epochs=2, epochs=5, pretrain_subset=15000,
-        description="backbone pretrained on Fashion-MNIST (train); Split MNIST-5k 5x2 (80/20, seeded)."),
-    "offline-hard": Scenario(
-        "offline-hard", "mnist-5k+digits", "fashion-mnist", 5, 2, width=32, pretrain_epochs=5, epochs=5,
-        description="backbone pretrained on MNIST-5k + digits; Split Fashion-MNIST 5x2."),
-    "paper-cifar10": Scenario(
-        "paper-cifar10", "imagenet32", "cifar10", 5, 2, width=64, pretrain_epochs=30, epochs=50,
-        description="the paper's Table 1: ImageNet32 pretraining, Split CIFAR-10 5x2, 50 epochs per task."),
-    "paper-tinyimg": Scenario(
-        "paper-tinyimg", "imagenet32", "tinyimagenet", 10, 20, width=64, pretrain_epochs=30, epochs=100,
-        description="the paper's Tiny-ImageNet setting: 10 tasks x 20 classes, 100 epochs per task."),
-    "smoke-mobilenetv2": Scenario(
-        "smoke-mobilenetv2", "digits", "digits", 5, 2, width=16, pretrain_epochs=3, epochs=1, arch="mobilenetv2",
-        description="width-16 MobileNetV2 (alpha 0.25) pretrained on digits; Split digits 5x2, 1 epoch per task. "
-                    "The second backbone family end to end; seconds."),
-}
+SCENARIOS: dict[str, Scenario] = {name: Scenario(**asdict(s)) for name, s in _data.SCENARIOS.items()}
 
 
 def get_scenario(name: str, **overrides) -> Scenario:
     """The named scenario with ``overrides`` (None values ignored); ``arch`` alone also resets the split to
     that backbone's default."""
-    if name not in SCENARIOS:
-        raise InputError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    overrides = _data.check_overrides(name, overrides)
     s = SCENARIOS[name]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("epochs", "batch_size", "n_tasks", "classes_per_task", "width"):
-        v = overrides.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InputError(f"{key} must be a positive integer, got {v!r}")
-    if "arch" in overrides and "split" not in overrides:
-        overrides["split"] = None  # another backbone: its own default split
     return replace(s, **overrides) if overrides else s

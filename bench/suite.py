@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import inspect
 import json
 import math
 import sys
@@ -89,7 +88,8 @@ def check_method_config(config_dir: str | Path) -> None:
 
 def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
     """The config file's bytes and document, its keys checked against the method's typed config."""
-    from lightcl.bench.methods.configs import make_config, unknown_keys
+    from lightcl.bench.methods import config_class
+    from lightcl.bench.methods.configs import field_names, make_config, unknown_keys
     from lightcl.engine.errors import InputError, StateError
 
     if not path.is_file():
@@ -110,14 +110,13 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
     for where, hp in parts:
         if not isinstance(hp, dict):
             raise InputError(f"{path}: {where} must be an object of hyperparameters")
-        bad = unknown_keys(method, hp)
+        cls = config_class(method)
+        bad = unknown_keys(cls, hp)
         if bad:
-            from lightcl.bench.methods.configs import field_names
-
             raise InputError(f"{path}: unknown hyperparameter(s) {bad} for {method} in {where}; "
-                             f"known: {sorted(field_names(method))}")
+                             f"known: {sorted(field_names(cls))}")
         try:  # a value of the wrong type: one line here, not in a worker
-            make_config(method, hp)
+            make_config(method, hp, cls=cls)
         except InputError as e:
             raise InputError(f"{path}: {where}: {e}") from None
     return raw, doc
@@ -126,10 +125,19 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
 def load_config(method: str, scenario: str, config_dir: str | Path | None = None) -> dict:
     """Hyperparameters of ``method`` for ``scenario``: the file's default, then the scenario's entry.
 
-    The values the file does not set are the typed config's defaults (``bench/methods/configs.py``);
-    every key is checked against that config (an unknown key is one line).
+    The values the file does not set are the typed config's defaults (``Method.config_class``);
+    every key is checked against that config (an unknown key is one line). A method without a
+    ``bench/configs/METHOD.json`` (one of your own, docs/extending.md) runs on its config's defaults, and
+    the source says so; the benchmark's own methods each cite theirs (tests/test_method_configs.py).
     """
     path = config_path(method, config_dir)
+    if path.parent == CONFIG_DIR and not path.is_file():
+        from lightcl.bench.methods import config_class
+
+        cls = config_class(method)
+        doc_line = (cls.__doc__ or "").strip().splitlines()[0] if (cls.__doc__ or "").strip() else ""
+        return {"hyperparameters": {}, "source": f"{cls.__name__} defaults (no bench/configs/{method}.json)"
+                + (f": {doc_line}" if doc_line else ""), "file": None, "version": None, "sha256": None}
     raw, doc = _read_config(path, method)
     hp = dict(doc.get("default", {}))
     source = doc.get("source", "")
@@ -170,24 +178,15 @@ def _frozen_figures(ckpt: str, split: str, input_shape) -> dict:
 
     from lightcl.bench.methods.base import forward_flops
     from lightcl.export.checkpoint import load_checkpoint
-    from lightcl.export.zoo import FrozenPart, _split_index
+    from lightcl.export.zoo import FrozenPart, split_index
 
     model, _ = load_checkpoint(ckpt)
-    k = _split_index(model, split)
+    k = split_index(model, split)
     frozen = FrozenPart(model.block_names[: k + 1], list(model.blocks[: k + 1]))
     out = {"frozen_params": int(sum(p.numel() for p in frozen.parameters())),
            "frozen_flops": forward_flops(frozen, torch.zeros(2, *input_shape)), "split_index": k}
     del model, frozen
     return out
-
-
-def takes_fresh_batch(method) -> bool:
-    """Whether ``method.end_task`` takes a batch (the engine methods and the authors' procedure: vital
-    channels from a freshly drawn full batch of the task, as ``lightcl learn`` and the authors' code)."""
-    try:
-        return bool(inspect.signature(method.end_task).parameters)
-    except (TypeError, ValueError):
-        return False
 
 
 def fresh_generator(seed: int):
@@ -199,6 +198,56 @@ def fresh_generator(seed: int):
 
 
 FRESH_SEED_OFFSET = 1_000_003
+# what the executors run in each worker process (named here, so bench/executors.py imports nothing of this module)
+RUN_ONE = "lightcl.bench.suite:run_one"
+
+
+class MethodAgent:
+    """A benchmark method on the stream loop (:func:`lightcl.data.stream.run_stream`): batches in the seed's data
+    order (shared by every method), a fresh end-of-task batch from its own generator for methods that take one,
+    step times, and the memory meters around training and evaluation."""
+
+    def __init__(self, method, data, data_gen, fresh_gen, eval_batch: int, progress=None) -> None:
+        self.method, self.data, self.data_gen, self.fresh_gen = method, data, data_gen, fresh_gen
+        self.eval_batch, self.progress = eval_batch, progress
+        self.wants_ids = bool(method.wants_ids)
+        self.step_ms: list[float] = []
+        self.train_s = 0.0
+        self.R_til: list[list[float]] = []
+        self.R_cil: list[list[float]] = []
+        self.train_peak = self.total_peak = 0.0
+
+    def begin(self, task) -> None:
+        self.t0 = time.perf_counter()
+        self.method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
+
+    def batches(self, task):
+        return self.data.train_batches(task, self.data_gen, with_index=self.wants_ids)
+
+    def observe(self, batch) -> None:
+        ts = time.perf_counter()
+        self.method.observe(*batch)  # (x, y), or (x, y, dataset indices) for methods that want them
+        self.step_ms.append((time.perf_counter() - ts) * 1000.0)
+        if self.progress:
+            self.progress(1)
+
+    def end(self, task) -> None:
+        if self.fresh_gen is not None:  # a freshly drawn full batch of the task for the vital channels, as `lightcl learn`
+            self.method.end_task(self.data.fresh_batch(task, self.fresh_gen)[0])
+        else:
+            self.method.end_task()
+        self.train_s += time.perf_counter() - self.t0
+        self.train_peak = max(self.train_peak, peak_mib())
+
+    def after(self, task) -> None:
+        # evaluation in batches of the training size: no allocator arena grows beyond what training needs
+        til, cil = evaluate(self.method, self.data.test_stream(task.task_id + 1, batch_size=self.eval_batch))
+        self.R_til.append(til)
+        self.R_cil.append(cil)
+        self.total_peak = max(self.total_peak, self.train_peak, peak_mib())
+        gc.collect()
+        malloc_trim()  # what evaluation freed must not sit in the next task's training peak
+        reset_peak()
 
 
 def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
@@ -209,8 +258,8 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     from lightcl.bench.methods import create_method, method_class
     from lightcl.bench.methods.base import MethodContext
     from lightcl.bench.metrics import summarize
-    from lightcl.bench.runner import ScenarioData
     from lightcl.bench.scenarios import Scenario
+    from lightcl.data.stream import ScenarioData, run_stream
     from lightcl.engine.export_dir import load_export_meta
 
     if spec.get("threads"):
@@ -240,41 +289,20 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     data_gen = torch.Generator().manual_seed(int(spec["seed"]))
-    fresh = takes_fresh_batch(method)
+    # the engine methods and the authors' procedure declare it: vital channels from a freshly drawn full
+    # batch of the task, as ``lightcl learn`` and the authors' code
+    fresh = bool(method.wants_fresh_batch)
     fresh_gen = fresh_generator(int(spec["seed"])) if fresh else None
     train_peak = rss_mib()
     total_peak = max(peak_mib(), train_peak)  # the build's peak
     reset_peak()
-    step_ms: list[float] = []
-    train_s = 0.0
-    R_til: list[list[float]] = []
-    R_cil: list[list[float]] = []
-    for task in data.tasks:
-        t0 = time.perf_counter()
-        method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
-        for _epoch in range(scenario.epochs):
-            for batch in data.train_batches(task, data_gen, with_index=getattr(method, "wants_ids", False)):
-                ts = time.perf_counter()
-                method.observe(*batch)  # (x, y), or (x, y, dataset indices) for methods that want them
-                step_ms.append((time.perf_counter() - ts) * 1000.0)
-                if progress:
-                    progress(1)
-        if fresh:  # a freshly drawn full batch of the task for the vital channels, as `lightcl learn`
-            method.end_task(data.fresh_batch(task, fresh_gen)[0])
-        else:
-            method.end_task()
-        train_s += time.perf_counter() - t0
-        train_peak = max(train_peak, peak_mib())
-        # evaluation in batches of the training size: no allocator arena grows beyond what training needs
-        til, cil = evaluate(method, data.test_stream(task.task_id + 1, batch_size=scenario.batch_size))
-        R_til.append(til)
-        R_cil.append(cil)
-        total_peak = max(total_peak, train_peak, peak_mib())
-        gc.collect()
-        malloc_trim()  # what evaluation freed must not sit in the next task's training peak
-        reset_peak()
+    agent = MethodAgent(method, data, data_gen, fresh_gen, scenario.batch_size, progress)
+    agent.train_peak, agent.total_peak = train_peak, total_peak
+    run_stream(data.tasks, agent, scenario.epochs)  # the one loop `lightcl learn` runs too
+    step_ms, train_s, R_til, R_cil = agent.step_ms, agent.train_s, agent.R_til, agent.R_cil
+    train_peak, total_peak = agent.train_peak, agent.total_peak
     wall = time.perf_counter() - t_start
-    til_only = bool(getattr(method, "til_only", False))
+    til_only = bool(method.til_only)
     acc = method.accounting()
     from lightcl.bench.accounting import theoretical_mib
 
@@ -350,7 +378,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     """
     from tqdm import tqdm
 
-    from lightcl.bench.methods import is_built, parse_methods
+    from lightcl.bench.methods import is_built, method_class, parse_methods
     from lightcl.bench.pipeline import ensure_backbone, ensure_dataset, ensure_export
     from lightcl.bench.report import write_all
     from lightcl.bench.scenarios import get_scenario
@@ -379,7 +407,9 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         config_dir = method_config
     for m in names:  # every config's keys checked against the typed configs before any work
         load_config(m, suite, config_dir)
-    out = Path(out)
+    from lightcl.engine.outpath import check_output_dir, ensure_dir
+
+    out = check_output_dir(out, "--out")  # a file, a link, a FIFO at OUT, or OUT under a file: one line, before any work
     t_suite = time.perf_counter()
 
     # data first: a missing dataset is one helpful line (DatasetNotFoundError, exit 2), nothing else
@@ -393,7 +423,9 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
 
     frozen = _frozen_figures(str(ckpt), scenario.split,
                              tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "--out")
+    for sub in (RECORDS_DIR, "logs"):  # a link planted at OUT/logs or OUT/records is refused, never followed
+        ensure_dir(out / sub, "--out", root=out)
 
     skipped = []
     runnable = []
@@ -418,10 +450,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     # before any worker starts: a worker must not meter their build (pruning + recovery fine-tune) as
     # its own memory. A worker on a cache miss (another machine of a Ray cluster) still builds them.
     for m in runnable:
-        prepare = getattr(_cls(m), "prepare", None)
-        if prepare is not None:
-            prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"], echo=echo,
-                    progress=progress)
+        method_class(m).prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"],
+                                echo=echo, progress=progress)
     # task sizes for the ETA (steps per run)
     from lightcl.data.datasets import load_dataset
     from lightcl.data.tasks import class_order, split_tasks
@@ -446,7 +476,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         "paper_suite": suite in PAPER_SUITES,
     }
     runs = [(seed, m) for seed in range(seeds) for m in runnable]
-    weights = {m: getattr(_cls(m), "cost", 1.0) for m in runnable}
+    weights = {m: method_class(m).cost for m in runnable}
     jobs: list = []
     finished: dict[tuple[int, str], dict] = {}
     from lightcl.bench.executors import Job
@@ -464,7 +494,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         if old is not None:
             finished[(seed, m)] = old
         else:
-            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m]))
+            jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE,
+                            root=out))
     total = sum(steps * j.weight for j in jobs)
     bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,
@@ -502,7 +533,7 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         else:
             msg = f"{job.method} seed {job.seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
         # the record on disk first: a kill after this line never repeats the run
-        write_json_atomic(record_path(out, job.method, job.seed), rec)
+        write_json_atomic(record_path(out, job.method, job.seed), rec, root=out)
         finished[(job.seed, job.method)] = rec
         left = job.weight * max(0, steps - done_steps.get((job.seed, job.method), 0))
         bar.update(min(left, max(0.0, bar.total - bar.n)))
@@ -534,12 +565,13 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
 def _applicable(names: list[str], ckpt: str, skipped: list[dict], echo) -> list[str]:
     """``names`` less the methods whose ``not_applicable(model)`` gives a reason on the pretrained backbone;
     those go to ``skipped`` as ``{"method", "reason", "status": "not applicable"}`` (the report lists them)."""
+    from lightcl.bench.methods import method_class
     from lightcl.export.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(ckpt)
     keep = []
     for m in names:
-        reason = _cls(m).not_applicable(model)
+        reason = method_class(m).not_applicable(model)
         if reason:
             skipped.append({"method": m, "status": "not applicable",
                             "reason": f"not applicable to {model.arch}: {reason}"})
@@ -547,10 +579,4 @@ def _applicable(names: list[str], ckpt: str, skipped: list[dict], echo) -> list[
         else:
             keep.append(m)
     return keep
-
-
-def _cls(name: str):
-    from lightcl.bench.methods import method_class
-
-    return method_class(name)
 

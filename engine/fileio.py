@@ -131,11 +131,15 @@ def fsync_tree(path: Path) -> None:
         _fsync_dir(Path(root))
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write a single file atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, root: str | os.PathLike | None = None) -> None:
+    """Write a single file atomically (temp file in the same folder, fsync, rename), under the one output
+    rule (``engine.outpath``): an existing target must be a regular file (a link, FIFO, device or directory
+    is refused, never replaced or followed); ``root``: the directory written into, never left through a link."""
+    from .outpath import check_output_file, ensure_dir
+
+    path = check_output_file(path, "output file", root=root)
+    ensure_dir(path.parent, "folder of output file", root=root, error=StateError)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # a file where a folder should be, no permission, disk full: one typed line
         raise StateError(f"cannot write {path}: {e.strerror or e}") from e
@@ -144,6 +148,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        check_output_file(path, "output file", root=root)  # again: nothing swapped in since the first look
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
@@ -174,13 +179,13 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     return np_save(arrays, metadata=metadata)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, root: str | os.PathLike | None = None) -> None:
     check_json_depth(obj, f"the JSON for {path}")
     try:
         text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError, RecursionError) as e:
         raise InputError(f"cannot write {path}: not JSON-serialisable ({e})") from None
-    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path, text.encode(), root=root)
 
 
 # ---------------------------------------------------------------- directory swaps

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .blocks import block_tap_names, build_block, forward_block_taps
 from .classifier import fresh_classifier, grown_classifier
-from .errors import IntegrityError, ShapeError, StateError
+from .errors import IntegrityError, StateError
 from .graphspec import GraphNet, check_spec
 
 HEAD_FORMAT = "lightcl-head/1"
@@ -85,12 +85,6 @@ class Head(nn.Module):
             return
         self.fc = grown_classifier(self.fc, num_classes, generator)
         self.config["num_classes"] = num_classes
-
-    def check_features(self, f: Tensor) -> None:
-        if f.dim() != 4 or tuple(f.shape[1:]) != self.in_features:
-            raise ShapeError(
-                f"head expects features [N, {', '.join(map(str, self.in_features))}], got {list(f.shape)}"
-            )
 
     # --- persistence (safetensors + config in its metadata) ---
     def save(self, path: str | Path) -> None:

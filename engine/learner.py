@@ -23,11 +23,13 @@ import torch
 from torch import Tensor
 
 from .allocator import apply_lean_malloc
+from .classmap import ClassMap
 from .errors import InputError, IntegrityError, LightCLError, NonFiniteError, ShapeError, UnknownClassError, UnknownTaskError
 from .head import Head
 from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
 from .memory import FeaturePatternMemory
 from .metrics import count_correct
+from .state_check import bump, check_whole
 from .validate import check_images, check_labels, check_learner_args
 
 BUFFER_POLICIES = ("new-task-first-batch", "reservoir")
@@ -57,7 +59,8 @@ class LightCLConfig:
     loss_slice: str = "task"
     # Fixed classifier size; None = expandable classifier that grows as tasks bring classes.
     num_classes: int | None = None
-    # Replace the pretrained classifier by a fresh one for the continual-learning classes (authors).
+    # Replace the pretrained classifier by a fresh one for the continual-learning classes (authors). False: keep
+    # the backbone's classifier and its classes (named by the export's class_names); lessons add columns.
     reset_classifier: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -106,7 +109,7 @@ class LightCL:
     """
 
     def __init__(self, extractor, head: Head, *, optimizer: OptimizerFactory | None = None,
-                 loss_components: Sequence[LossComponent] = (), **options: Any) -> None:
+                 loss_components: Sequence[LossComponent] = (), _restoring: bool = False, **options: Any) -> None:
         known = {f.name for f in fields(LightCLConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -125,9 +128,10 @@ class LightCL:
         self.generator = torch.Generator().manual_seed(self.config.seed)
         if self.config.reset_classifier:
             self.head.reset_classifier(self.config.num_classes or 0, generator=self.generator)
+            self.classes = ClassMap()
+        else:  # (a state being loaded brings its own class map and a head of its own size)
+            self.classes = ClassMap() if _restoring else self._backbone_classes()
         self.memory = FeaturePatternMemory(self.config.buffer_size, self.config.ratio)
-        self.tasks: dict[int, list[int]] = {}
-        self.class_index: dict[int, int] = {}
         self.current_task: int | None = None
         self.finished_tasks: list[int] = []
         self.counters = {"steps": 0, "skipped_nonfinite": 0}
@@ -140,9 +144,51 @@ class LightCL:
         self.optimizer = self._make_optimizer()
 
     # ------------------------------------------------------------------ helpers
+    def _backbone_classes(self) -> ClassMap:
+        """``reset_classifier=False``: the head's classifier keeps the backbone's classes, named by the export's
+        ``class_names`` (absent: ``"0".."K-1"``, or the ints ``0..K-1`` if the lessons use ints)."""
+        k = self.head.num_classes
+        names = (getattr(self.extractor, "meta", None) or {}).get("class_names")
+        if names is not None and (not isinstance(names, list) or len(names) != k):
+            raise InputError(f"the export's class_names name {len(names) if isinstance(names, list) else '?'} "
+                             f"classes, its classifier has {k} outputs")
+        capacity = self.config.num_classes
+        if capacity is not None and capacity < k:
+            raise InputError(f"num_classes={capacity} is less than the backbone's {k} classes kept by "
+                             "reset_classifier=False (use num_classes=None: the classifier grows)")
+        if capacity is not None and capacity > k:
+            self.head.expand_classes(capacity, generator=self.generator)
+        return ClassMap(names if names is not None else k)
+
+    @property
+    def tasks(self) -> dict[int, list[int]]:
+        """task id -> its classes' ids (:mod:`lightcl.engine.classmap`; for int classes the ints themselves)."""
+        return self.classes.tasks
+
+    @property
+    def class_index(self) -> dict[int, int]:
+        """class id -> logit column."""
+        return self.classes.index
+
+    def class_names(self) -> list:
+        """Every class the learner knows (the backbone's kept ones first), in logit-column order."""
+        return self.classes.names()
+
     @property
     def frozen_id(self) -> str | None:
         return getattr(self.extractor, "frozen_id", None)
+
+    @property
+    def pending_capture(self) -> bool:
+        """Whether the next ``observe`` takes the buffer from its own batch (``new-task-first-batch`` without a
+        ``begin_task`` batch): read-only, for cost accounting (the benchmark counts that extra pass)."""
+        return self._pending_capture
+
+    @property
+    def last_features(self) -> Tensor | None:
+        """Frozen features of the open task's last full-size batch (what ``end_task()`` without a batch uses),
+        or None: read-only, for meters that size or reuse them."""
+        return self._last_features
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -250,33 +296,28 @@ class LightCL:
     # ---- the class-index map: labels (any integers) <-> logit columns (in order of first appearance)
     def seen_columns(self) -> list[int]:
         """Logit columns of every class seen so far, ascending."""
-        return sorted(self.class_index.values())
+        return self.classes.seen_columns()
 
     def task_columns(self, task_id: int) -> list[int]:
         """Logit columns of ``task_id``'s classes, in the order the task announced them."""
-        if task_id not in self.tasks:
-            raise UnknownTaskError(f"unknown task id {task_id}; known tasks: {sorted(self.tasks)}")
-        return [self.class_index[c] for c in self.tasks[task_id]]
+        return self.classes.task_columns(task_id)
 
     seen_indices = seen_columns
     task_indices = task_columns
 
     def label_index(self, y) -> Tensor:
-        """Logit column of each label in ``y`` (tensor or sequence of ints); UnknownClassError for a label
-        no task announced."""
-        labels = y.tolist() if isinstance(y, Tensor) else list(y)
-        unknown = sorted({c for c in labels if c not in self.class_index})
-        if unknown:
-            raise UnknownClassError(f"labels {unknown[:10]} belong to no announced task")
-        # a dict lookup, not a table indexed by class id: ids like 2**40 must not allocate 8 TB
-        return torch.tensor([self.class_index[c] for c in labels], dtype=torch.long,
-                            device=y.device if isinstance(y, Tensor) else "cpu")
+        """Logit column of each label in ``y`` (class names: a list, or an int tensor of int classes);
+        UnknownClassError for a label no task announced."""
+        ids = y.long() if isinstance(y, Tensor) and not (y.is_floating_point() or y.is_complex()) \
+            and self.classes.kind != "str" else self.classes.ids(y)
+        return self.classes.columns(ids).to(y.device if isinstance(y, Tensor) else "cpu")
 
     def _index_to_labels(self, idx: Tensor) -> Tensor:
-        inv = torch.empty(max(self.class_index.values()) + 1, dtype=torch.long)
-        for c, i in self.class_index.items():
-            inv[i] = c
-        return inv[idx.cpu()]
+        return self.classes.ids_of_columns(idx)
+
+    def _label_ids(self, y, n: int, allowed) -> Tensor:
+        """Class ids of the labels ``y`` (names), checked against ``allowed`` ids."""
+        return check_labels(self.classes.ids(y, n), n, allowed)
 
     def _bn_buffers(self) -> list[Tensor]:
         return [b.detach().clone() for b in self.head.buffers()]
@@ -287,8 +328,11 @@ class LightCL:
                 b.copy_(s)
 
     # ------------------------------------------------------------------ task hooks
-    def begin_task(self, task_id: int, classes: Sequence[int], x: Tensor | None = None, y=None) -> None:
-        """Announce a task and its classes (integer labels, disjoint from earlier tasks' classes).
+    def begin_task(self, task_id: int, classes: Sequence, x: Tensor | None = None, y=None) -> None:
+        """Announce a task and its classes: names (``["cup", "ball"]``) or ints, one kind per learner.
+
+        A class seen before (in an earlier task, or a backbone class kept by ``reset_classifier=False``) gets
+        another lesson: it keeps its logit column, which is trained further; new classes get the next columns.
 
         ``x, y``: optionally a freshly drawn batch of the task; with the ``new-task-first-batch`` policy its
         first ``buffer_size`` samples become the buffer now, as the authors' ``next(iter(train_loader[task]))``
@@ -296,26 +340,16 @@ class LightCL:
         """
         if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
             raise InputError(f"task_id must be a non-negative int, got {task_id!r}")
-        if isinstance(classes, (str, bytes)):
-            raise InputError(f"classes must be a sequence of integers, got {classes!r}")
-        try:
-            classes = [operator.index(c) for c in classes]  # 2.0 or 0.5 is not a class id
-        except (TypeError, ValueError, RuntimeError):
-            raise InputError(f"classes must be integers, got {classes!r}") from None
-        if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= 2 ** 63:
-            raise InputError(f"classes must be distinct non-negative 64-bit integers, got {classes}")
+        names = self.classes.check_names(classes)  # 2.0, 0.5 or a mix of str and int is not a class
         if self.current_task is not None:
             raise InputError(f"task {self.current_task} is still open: call end_task() first")
+        ids, new = self.classes.ids_for_new_task(names)
         if task_id in self.tasks:
             if task_id in self.finished_tasks:
                 raise InputError(f"task {task_id} was already learned")
-            if self.tasks[task_id] != classes:
-                raise InputError(f"task {task_id} was announced with classes {self.tasks[task_id]}")
-        owned = {c: t for t, cs in self.tasks.items() for c in cs if t != task_id}
-        clash = sorted(c for c in classes if c in owned)
-        if clash:
-            raise InputError(f"classes {clash} already belong to earlier tasks (class-incremental tasks are disjoint)")
-        new = [c for c in classes if c not in self.class_index]
+            if self.tasks[task_id] != ids:
+                raise InputError(f"task {task_id} was announced with classes "
+                                 f"{[self.classes.name(c) for c in self.tasks[task_id]]}")
         capacity = self.config.num_classes
         if capacity is not None and len(self.class_index) + len(new) > capacity:
             raise InputError(f"the classifier has {capacity} outputs; {len(self.class_index) + len(new)} classes "
@@ -326,7 +360,9 @@ class LightCL:
                        and self.config.buffer_policy == "new-task-first-batch")
         if x is not None:
             x = self._check_x(x)
-            y = check_labels(y, x.shape[0], classes).to(self.device)
+            bad = self.classes.outside(y, x.shape[0], names)  # checked before the map changes
+            if bad:
+                raise UnknownClassError(f"labels {bad[:10]} are not among the task's classes {names}")
         with self._frozen_guard():
             captured = None
             if capture_now:  # the buffer on its own through the frozen part (train-mode BN: its own statistics)
@@ -338,17 +374,17 @@ class LightCL:
                 except NonFiniteError:
                     self._restore_frozen(saved_frozen)
                     raise
-            self._open_task(task_id, classes, new, capacity, x, y, captured)
+            self._open_task(task_id, names, capacity, x, y, captured)
 
-    def _open_task(self, task_id: int, classes: list[int], new: list[int], capacity: int | None, x: Tensor | None,
-                   y: Tensor | None, captured: Tensor | None) -> None:
+    def _open_task(self, task_id: int, names: list, capacity: int | None, x: Tensor | None,
+                   y, captured: Tensor | None) -> None:
         with self._lock:
-            for c in new:
-                self.class_index[c] = len(self.class_index)
+            ids = self.classes.add_task(task_id, names)
+            if y is not None:
+                y = check_labels(self.classes.ids(y, x.shape[0]), x.shape[0], ids).to(self.device)
             if capacity is None and len(self.class_index) > self.head.num_classes:
                 self.head.expand_classes(len(self.class_index), generator=self.generator)
                 self.optimizer = self._make_optimizer(self.optimizer)
-            self.tasks[task_id] = classes
             self.current_task = task_id
             self._last_features = None
             if self.finished_tasks and self.config.buffer_size > 0:
@@ -381,7 +417,7 @@ class LightCL:
         if self.current_task is None:
             raise InputError("no open task: call begin_task(task_id, classes) first")
         x = self._check_x(x)
-        y = check_labels(y, x.shape[0], self.tasks[self.current_task]).to(self.device)
+        y = self._label_ids(y, x.shape[0], self.tasks[self.current_task]).to(self.device)
         t0 = time.perf_counter()
         task = self.current_task
         with self._frozen_guard():
@@ -401,7 +437,7 @@ class LightCL:
                 # buffer, the BN statistics or the masks: skip it like a non-finite loss.
                 self._restore_frozen(saved_frozen)
                 with self._lock:
-                    self.counters["skipped_nonfinite"] += 1
+                    bump(self.counters, "skipped_nonfinite")
                 out = {"loss": float("nan"), **{c.name: float("nan") for c in self.loss_components}, "skipped": 1,
                        "step_ms": (time.perf_counter() - t0) * 1000.0}
                 out["feature_pattern"] = 0.0
@@ -429,7 +465,7 @@ class LightCL:
                                        return_taps=True)
         logits = self.head(feats)
         columns = self.task_columns(task) if self.config.loss_slice == "task" else self.seen_columns()
-        context = LossContext(logits=logits, target_index=self.label_index(y), columns=columns, labels=y,
+        context = LossContext(logits=logits, target_index=self.classes.columns(y).to(y.device), columns=columns, labels=y,
                               features=feats, task=task, memory=self.memory, buffer_taps=buffer_taps)
         loss, values = total_loss(self.loss_components, context)
         out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
@@ -439,13 +475,13 @@ class LightCL:
             if saved_memory is not None:  # the capture happens again on the next good batch
                 self.memory.restore(saved_memory)
                 self._pending_capture = True
-            self.counters["skipped_nonfinite"] += 1
+            bump(self.counters, "skipped_nonfinite")
             out["skipped"] = 1
             return out
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.counters["steps"] += 1
+        bump(self.counters, "steps")
         if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
             self.memory.reservoir_add(feats, y, task, self.generator, images=x if self._batch_statistics else None)
         if self._last_features is None or feats.shape[0] >= self._last_features.shape[0]:
@@ -496,8 +532,11 @@ class LightCL:
                 self.head.train(was)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, mode: str = "cil", task_id: int | None = None) -> Tensor:
-        """Labels: ``cil`` = argmax over every class seen; ``til`` = argmax inside ``task_id``'s classes."""
+    def predict(self, x: Tensor, mode: str = "cil", task_id: int | None = None, names: bool = False):
+        """Labels: ``cil`` = argmax over every class seen; ``til`` = argmax inside ``task_id``'s classes.
+
+        A tensor of class ids (for int classes: the classes themselves); ``names=True``: a list of class
+        names (``["cup", "ball", ...]``, or ints for int classes)."""
         if mode not in ("cil", "til"):
             raise InputError(f"mode must be 'cil' or 'til', got {mode!r}")
         if not self.class_index:
@@ -509,7 +548,8 @@ class LightCL:
         else:
             idx = self.seen_columns()
         out = self.logits(x)[:, idx]
-        return self._index_to_labels(torch.tensor(idx)[out.argmax(1).cpu()])
+        ids = self._index_to_labels(torch.tensor(idx)[out.argmax(1).cpu()])
+        return [self.classes.name(c) for c in ids.tolist()] if names else ids
 
     @torch.no_grad()
     def evaluate(self, stream: Iterable[tuple[int, Iterable[tuple[Tensor, Tensor]]]], record: bool = True) -> dict:
@@ -536,8 +576,8 @@ class LightCL:
                 except (TypeError, ValueError):
                     raise InputError(f"evaluate(): each batch of task {task_id} must be a pair (x, y)") from None
                 logits = self.logits(x).cpu()
-                y = check_labels(y, x.shape[0], self.tasks[task_id]).cpu()
-                t, c = count_correct(logits, self.label_index(y), tcols, scols)
+                y = self._label_ids(y, x.shape[0], self.tasks[task_id]).cpu()
+                t, c = count_correct(logits, self.classes.columns(y), tcols, scols)
                 ct, cc, n = ct + t, cc + c, n + len(y)
             til.append(ct / max(1, n))
             cil.append(cc / max(1, n))
@@ -553,7 +593,8 @@ class LightCL:
         """Everything that defines the training state: JSON values and tensors (references, as torch's
         ``state_dict``: ``copy.deepcopy`` it to keep a snapshot while training goes on).
 
-        Keys: ``config``, ``tasks``, ``class_index``, ``current_task``, ``finished_tasks``,
+        Keys: ``config``, ``tasks``, ``class_index`` (class ids), ``class_map`` (the names and kind,
+        :meth:`ClassMap.state_entry`), ``current_task``, ``finished_tasks``,
         ``pending_capture``, ``counters``, ``metrics``, ``extra``, ``frozen_id``, ``frozen_bn``,
         ``loss_components`` ([name, weight] of each term), ``optimizer_class``, ``head`` (the head's module
         state dict), ``memory`` (:meth:`FeaturePatternMemory.state_dict`), ``optimizer`` (the optimizer's own
@@ -566,6 +607,7 @@ class LightCL:
                 "config": asdict(self.config),
                 "tasks": [[t, list(cs)] for t, cs in self.tasks.items()],
                 "class_index": [[c, i] for c, i in self.class_index.items()],
+                "class_map": self.classes.state_entry(),
                 "current_task": self.current_task,
                 "finished_tasks": list(self.finished_tasks),
                 "pending_capture": self._pending_capture,
@@ -605,6 +647,7 @@ class LightCL:
             raise IntegrityError(f"{where}: head must be the head's module state dict")
         rows = int(head_sd[fc_key].shape[0])
         tasks, class_index = _check_tasks(state, rows, where)
+        classes = ClassMap.from_state(state.get("class_map"), tasks, class_index, where)
         with self._lock:
             head = self.head
             if rows != head.num_classes:
@@ -618,6 +661,7 @@ class LightCL:
                                                 for k in want):
                 raise IntegrityError(f"{where}: head weights do not fit this head (names, shapes or non-finite values)")
             checked = self._check_plain(state, head, rows, class_index, where)
+            whole = check_whole(state, tasks, where)  # cross-field invariants and the RNG, before any change
             optimizer = self._make_optimizer(head=head)
             try:
                 self._load_optimizer(optimizer, state["optimizer"], where)
@@ -641,13 +685,12 @@ class LightCL:
             self.config.seed = state["config"].get("seed", self.config.seed)
             self.config.reset_classifier = state["config"].get("reset_classifier", self.config.reset_classifier)
             self.generator.set_state(state["rng"])
-            self.tasks, self.class_index = tasks, class_index
+            self.classes = classes
             self.current_task = None if state["current_task"] is None else int(state["current_task"])
             self.finished_tasks = [int(t) for t in state["finished_tasks"]]
             self._pending_capture = state["pending_capture"]
-            self.counters.update({str(k): int(v) for k, v in state["counters"].items()})
-            self.metrics = state["metrics"]
-            self.extra = state["extra"]
+            self.counters.update(whole["counters"])
+            self.metrics, self.extra = whole["metrics"], whole["extra"]
             last = state["last_features"]
             self._last_features = None if last is None else last.to(self.device)
 
@@ -796,7 +839,7 @@ STATE_KEYS = ("config", "tasks", "class_index", "current_task", "finished_tasks"
               "metrics", "extra", "head", "memory", "optimizer", "rng", "frozen_statistics", "last_features")
 # options that act only when a learner is made (its device stays; the state's seed and classifier reset are adopted)
 INIT_ONLY_OPTIONS = ("device", "seed", "reset_classifier")
-OPTIONAL_STATE_KEYS = frozenset({"frozen_id", "frozen_bn", "loss_components", "optimizer_class"})
+OPTIONAL_STATE_KEYS = frozenset({"frozen_id", "frozen_bn", "loss_components", "optimizer_class", "class_map"})
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -832,8 +875,9 @@ def _check_tasks(state: Mapping[str, Any], num_classes: int, where: str) -> tupl
         index[c] = _int(item[1], f"{where}: index of class {c}", 0, max(0, num_classes - 1))
     if len(set(index.values())) != len(index) or len(index) != len(entries):
         raise IntegrityError(f"{where}: class_index maps two classes to one output (or lists a class twice)")
-    if set(seen_classes) != set(index) or len(seen_classes) != len(set(seen_classes)):
+    if not set(seen_classes) <= set(index) or any(len(set(cs)) != len(cs) for cs in tasks.values()):
         raise IntegrityError(f"{where}: the tasks' classes and class_index disagree")
+    # (a class may belong to several tasks: it came back in a later lesson; ClassMap.from_state checks the rest)
     cur = state["current_task"]
     if cur is not None and _int(cur, f"{where}: current_task") not in tasks:
         raise IntegrityError(f"{where}: current_task {cur!r} is not a known task")

@@ -2,7 +2,8 @@
 file holds what, checksums, atomic replacement, recovery, concurrent reads; what the state *is* comes
 from ``LightCL.state_dict()`` and goes back through ``LightCL.load_state_dict()``, which check it.
 
-Format ``lightcl-state/2``:
+Format ``lightcl-state/3`` (``/2`` with the class map's ``class_map`` entry in state.json: the class names,
+their kind, the backbone's kept classes; lightcl.engine.classmap):
 
 - ``head.safetensors``    the head (``Head.save``: weights, config in the metadata)
 - ``learner.safetensors`` every other tensor of the state dict: the memory's own entries under their
@@ -13,7 +14,8 @@ Format ``lightcl-state/2``:
                           ``optimizer``: its state dict without tensors), ``format``, the sha256 of each
                           file, and ``self_sha256``: the sha256 of its own canonical JSON (without that key)
 
-Format ``lightcl-state/1`` (lightcl up to 13d5dc5) is still read: the same files, the memory's
+Format ``lightcl-state/2`` (no ``class_map``: int classes) is still read, as is format ``lightcl-state/1``
+(lightcl up to 13d5dc5): the same files, the memory's
 ``seen`` as ``memory_seen``, and SGD momentum buffers as ``optim.<param>.momentum_buffer`` with the
 config's hyperparameters (``tests/data/state_v1`` is one, made by ``tests/data/make_state_v1.py``).
 A newer format is refused with one line.
@@ -40,8 +42,8 @@ from .fileio import (SWAP_MARKER, atomic_directory, check_json_depth, read_buffe
                      safe_member, safetensors_bytes, sha256_file, verify_files)
 from .head import Head
 
-STATE_FORMAT = "lightcl-state/2"
-READABLE_FORMATS = ("lightcl-state/1", STATE_FORMAT)
+STATE_FORMAT = "lightcl-state/3"
+READABLE_FORMATS = ("lightcl-state/1", "lightcl-state/2", STATE_FORMAT)
 FILES = ("head.safetensors", "learner.safetensors")
 SELF_KEY = "self_sha256"
 LOAD_ATTEMPTS = 50  # a load overlapping that many saves in a row gives up
@@ -297,7 +299,7 @@ def _build(cls, directory: Path, doc: dict, blobs: dict[str, bytes], extractor, 
         config["device"] = device
     reset = config.pop("reset_classifier", True)
     try:
-        learner = cls(extractor, head, reset_classifier=False, **options, **config)
+        learner = cls(extractor, head, reset_classifier=False, _restoring=True, **options, **config)
     except (InputError, RuntimeError, OverflowError, TypeError) as e:  # torch.manual_seed(2**70) is a RuntimeError
         raise IntegrityError(f"{directory}/state.json: unusable options ({str(e).splitlines()[0][:200]})") from None
     learner.config.reset_classifier = reset

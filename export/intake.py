@@ -307,17 +307,16 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str) -> N
 # ------------------------------------------------------------------------------------- images, resize
 def default_resize(input_shape: tuple[int, ...] | list[int]) -> dict[str, Any]:
     """torchvision's eval transform: shorter side to ``round(min(H, W) / 0.875)`` (256 for 224), centre crop."""
-    return {"rule": "shorter-side-center-crop", "shorter_side": int(round(min(int(input_shape[1]), int(input_shape[2])) / 0.875))}
+    from lightcl.engine.preprocess import resize_rule
+
+    return resize_rule({"rule": "shorter-side-center-crop"}, list(input_shape))
 
 
-def check_resize(resize: Any) -> dict[str, Any]:
-    if not isinstance(resize, dict) or resize.get("rule") not in ("shorter-side-center-crop", "stretch", "pad"):
-        raise IntakeError(f"resize must be {{'rule': 'shorter-side-center-crop'|'stretch'|'pad', ...}}, got {resize!r}")
-    if resize["rule"] == "shorter-side-center-crop":
-        s = resize.get("shorter_side")
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 1 << 14:
-            raise IntakeError(f"resize.shorter_side must be an integer in [1, 16384], got {s!r}")
-    return dict(resize)
+def check_resize(resize: Any, input_shape: tuple[int, ...] | list[int]) -> dict[str, Any]:
+    """``resize`` checked and completed by the device's own rule (:func:`lightcl.engine.preprocess.resize_rule`)."""
+    from lightcl.engine.preprocess import resize_rule
+
+    return resize_rule(resize, list(input_shape))
 
 
 def parse_resize(text: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -327,7 +326,7 @@ def parse_resize(text: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         return default_resize(input_shape)
     if t.startswith("crop:"):
         try:
-            return check_resize({"rule": "shorter-side-center-crop", "shorter_side": int(t[5:])})
+            return check_resize({"rule": "shorter-side-center-crop", "shorter_side": int(t[5:])}, input_shape)
         except ValueError:
             pass
     if t == "stretch":
@@ -337,83 +336,25 @@ def parse_resize(text: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
     raise IntakeError(f"--resize must be crop, crop:S (shorter side S), stretch or pad; got {text!r}")
 
 
-def _resize_fallback(x: torch.Tensor, input_shape: tuple[int, ...], resize: dict[str, Any]) -> torch.Tensor:
-    """uint8 [N, C, h, w] -> uint8 [N, C, H, W] by ``resize``'s rule (used until C1's
-    ``engine.preprocess.resize_to_input`` exists; same rules: CONTRACT.md)."""
-    import torch.nn.functional as F
-
-    h, w = int(input_shape[1]), int(input_shape[2])
-
-    def interp(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(t.shape[-2:]) == size:
-            return t.float()
-        shrink = t.shape[-2] > size[0] or t.shape[-1] > size[1]
-        return F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False, antialias=shrink)
-
-    if resize["rule"] == "stretch":
-        y = interp(x, (h, w))
-    elif resize["rule"] == "shorter-side-center-crop":
-        s = int(resize["shorter_side"])
-        ih, iw = x.shape[-2:]
-        nh, nw = (s, max(1, int(s * iw / ih))) if ih <= iw else (max(1, int(s * ih / iw)), s)
-        y = interp(x, (nh, nw))
-        if nh < h or nw < w:
-            y = F.pad(y, (max(0, (w - nw) // 2), max(0, w - nw - (w - nw) // 2),
-                          max(0, (h - nh) // 2), max(0, h - nh - (h - nh) // 2)))
-        top, left = int(round((y.shape[-2] - h) / 2.0)), int(round((y.shape[-1] - w) / 2.0))
-        y = y[..., top:top + h, left:left + w]
-    else:  # pad: keep the aspect ratio, letterbox
-        ih, iw = x.shape[-2:]
-        r = min(h / ih, w / iw)
-        nh, nw = max(1, int(round(ih * r))), max(1, int(round(iw * r)))
-        y = interp(x, (nh, nw))
-        fill = float(resize.get("fill", 0))
-        y = F.pad(y, ((w - nw) // 2, w - nw - (w - nw) // 2, (h - nh) // 2, h - nh - (h - nh) // 2), value=fill)
-    return y.round().clamp(0, 255).to(torch.uint8)
-
-
-def resize_images(x: torch.Tensor, input_shape: tuple[int, ...], resize: dict[str, Any]) -> torch.Tensor:
-    try:  # C1's engine/preprocess.py owns the rule (CONTRACT.md); this module's copy until it is merged
-        from lightcl.engine.preprocess import resize_to_input  # type: ignore[attr-defined]
-    except ImportError:
-        resize_to_input = None
-    if resize_to_input is not None:
-        return resize_to_input(x, tuple(input_shape), resize)
-    return _resize_fallback(x, input_shape, resize)
-
-
 def prepare(x: torch.Tensor, input_shape: tuple[int, ...], resize: dict[str, Any], mean: list[float],
             std: list[float]) -> torch.Tensor:
-    """Raw uint8 images (any size, 1 or 3 channels) -> the normalised float batch the model takes."""
-    from lightcl.engine.preprocess import normalize
+    """Raw uint8 images (any size, 1 or 3 channels) -> the normalised float batch the model takes, by the
+    export's own rule (:func:`lightcl.engine.preprocess.resize_to_input`, the same code the device runs)."""
+    from lightcl.engine.preprocess import normalize, resize_to_input
 
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise IntakeError(f"images must be uint8 [N, C, H, W], got {x.dtype} {list(x.shape)}")
-    c = int(input_shape[0])
-    if x.shape[1] != c:
-        if c == 3 and x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif c == 1 and x.shape[1] == 3:  # ITU-R 601 luma, as PIL's convert("L")
-            x = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).round().to(torch.uint8)
-        else:
-            raise IntakeError(f"images have {x.shape[1]} channels, the model takes {c}")
-    x = resize_images(x.contiguous(), input_shape, resize)
+    x = resize_to_input(x.contiguous(), tuple(int(v) for v in input_shape), resize)
     return normalize(x.float().div(255.0), list(mean), list(std))
 
 
 def read_folder(path: str, split: str, input_shape: tuple[int, ...], resize: dict[str, Any]):
-    """A class-per-subfolder folder as (uint8 [N, C, H, W] at the model's size, labels, class names)."""
+    """A class-per-subfolder folder as (uint8 [N, C, H, W] at the model's size by its rule, labels, class names)."""
     from lightcl.data.datasets import load_folder
-    from lightcl.engine.preprocess import to_tensor_uint8
+    from lightcl.engine.preprocess import match_channels, to_tensor_uint8
 
-    # TODO(lead): C1 extends load_folder to take input_shape + the resize rule; until then the images are read at
-    # their own size (a folder of one size) or stretched to the rule's shorter side first (mixed sizes).
-    try:
-        ds = load_folder(path, split, size=None)  # type: ignore[arg-type]
-    except ValueError:  # images of different sizes cannot be stacked
-        side = int(resize.get("shorter_side", max(int(input_shape[1]), int(input_shape[2]))))
-        ds = load_folder(path, split, size=side)
-    x = to_tensor_uint8(ds.x)
+    ds = load_folder(path, split, size=[int(v) for v in input_shape], resize=resize)
+    x = match_channels(to_tensor_uint8(ds.x), int(input_shape[0]))
     return x, torch.from_numpy(ds.y.astype("int64")), list(ds.classes)
 
 
@@ -464,7 +405,7 @@ def export_module(model: nn.Module, out_dir: str | Path, *, split: str, classifi
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     if len(mean) != shape[0] or len(std) != shape[0] or any(s <= 0 for s in std):
         raise IntakeError(f"mean and std need {shape[0]} values each (std > 0), got {mean} / {std}")
-    resize = check_resize(default_resize(shape) if resize is None else resize)
+    resize = check_resize(default_resize(shape) if resize is None else resize, shape)
     if not atol > 0 or not 0.0 <= min_agreement <= 1.0 or (int8 and calib_size < 1):
         raise IntakeError("atol must be > 0, min_agreement in [0, 1], calib_size >= 1")
     if images is None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import platform
@@ -336,11 +335,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         raise StateError(f"checkpoint {ckpt_path} records no dataset: parity needs real images")
     say(f"loading real {dataset} images for parity{' and int8 calibration' if int8 else ''}")
     n_heldout = HELDOUT_BATCH if int8 else PARITY_BATCH
-    if input_shape[1] != input_shape[2]:
-        raise StateError(f"checkpoint {ckpt_path}: input_size {list(input_shape)} is not square; lightcl pretrain "
-                         "checkpoints are square")
-    size = int(input_shape[-1])  # parity and calibration at the checkpoint's own input size (not 32)
-    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1, size=size)
+    # parity and calibration at the checkpoint's own input size (not 32), stretched as the zoo's datasets are
+    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1, input_shape=input_shape,
+                                 resize={"rule": "stretch"})
     x_par, y_par = x_test[:PARITY_BATCH], y_test[:PARITY_BATCH]
     st_path, js_path = checkpoint_paths(ckpt_path)
 
@@ -364,7 +361,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         meta["sparsity"] = prune_rep
 
     def calib(n: int) -> torch.Tensor:
-        return real_images(dataset, "train", n, norm, data_path, seed=2, size=size)[0]
+        return real_images(dataset, "train", n, norm, data_path, seed=2, input_shape=input_shape,
+                           resize={"rule": "stretch"})[0]
 
     return write_export(
         out, frozen=frozen, head=head, meta=meta, input_shape=input_shape, x_par=x_par, y_par=y_par,
@@ -507,10 +505,6 @@ def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
 
         lines.extend(f"  {summary(rep)}" for rep in meta["trt82_check"].values())
     return lines
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
 
 
 # real_images (lightcl.data.tasks) and ort_session/run_session (.ort_run) stay importable from here

@@ -209,7 +209,7 @@ def add_plan_to_export(export_dir: str | Path, precision: str = "fp32", max_batc
             raise InputError(f"export {export_dir} records no dataset to calibrate an int8 plan on; build it at "
                              "export time (lightcl export ... --tensorrt --int8 --images DIR)")
         calib, _ = real_images(meta["dataset"], "train", calib_size, meta["normalization"], data_path, seed=2,
-                               size=int(meta["input_shape"][-1]))
+                               input_shape=meta["input_shape"], resize=meta.get("resize"))
     # files lightcl did not write are carried over by the swap (never deleted)
     with atomic_directory(export_dir, owned=owned_names) as tmp:
         for name in meta["files"]:

@@ -214,14 +214,17 @@ def split_points(model: Backbone) -> list[str]:
     return stages + [n for n in model.block_names if "." in n]
 
 
-def _split_index(model: Backbone, split: str) -> int:
-    """Index of the last frozen block for ``split``."""
+def split_index(model: Backbone, split: str) -> int:
+    """Index of the last frozen block for ``split`` (public: the benchmark splits checkpoints too)."""
     if split in model.block_names:
         return model.block_names.index(split)
     idx = [i for i, n in enumerate(model.block_names) if n.split(".")[0] == split]
     if not idx:
         raise ValueError(f"unknown split point {split!r} for {model.arch}; valid: {', '.join(split_points(model))}")
     return idx[-1]
+
+
+_split_index = split_index  # the old private name, for callers not moved yet (bench/update.py)
 
 
 class FrozenPart(nn.Module):
@@ -249,7 +252,7 @@ def split_backbone(model: Backbone, split: str | None = None) -> tuple[FrozenPar
 
     if split is None:
         split = default_split(model.arch)
-    k = _split_index(model, split)
+    k = split_index(model, split)
     frozen = FrozenPart(model.block_names[: k + 1], [copy.deepcopy(b) for b in model.blocks[: k + 1]])
     frozen.eval()
     for p in frozen.parameters():

@@ -9,6 +9,7 @@ import torch
 from lightcl.bench.methods import (ENGINE_METHODS, METHODS, create_method, is_built, method_class,
                                    parse_methods)
 from lightcl.bench.methods.base import MethodContext, forward_flops
+from lightcl.bench.methods import config_class
 from lightcl.bench.methods.configs import field_names
 from lightcl.engine.reservoir import Reservoir
 from lightcl.engine.errors import InputError
@@ -104,7 +105,7 @@ def test_every_built_method_has_a_cited_config():
             assert entry.get("source"), (name, scen)
         cfg = load_config(name, "offline")
         assert cfg["hyperparameters"] and cfg["sha256"]
-        known = field_names(name)  # the method's typed config (bench/methods/configs.py)
+        known = field_names(config_class(name))  # the method's typed config (Method.config_class)
         for scen in ("smoke", "offline", "offline-hard", "paper-cifar10", "paper-tinyimg"):
             assert set(load_config(name, scen)["hyperparameters"]) <= set(known), (name, scen)
     assert load_config("ewc", "paper-tinyimg")["hyperparameters"]["e_lambda"] == 25.0

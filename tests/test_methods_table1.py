@@ -128,7 +128,7 @@ def test_sparcl_masks_reach_the_configured_sparsity(setting, name):
     dense = create_method("er" if name == "sparcl-er" else "derpp", ctx(), **_hp("er" if name == "sparcl-er" else "derpp"))
     acc, dacc = m.accounting(), dense.accounting()
     assert acc["weights"] < 0.35 * dacc["weights"] and acc["activations"] == dacc["activations"]
-    assert m.f_model < 0.5 * dense.f_model
+    assert m.part_flops["model"] < 0.5 * dense.part_flops["model"]
 
 
 def test_sparcl_middle_phase_grows_the_mask(setting):

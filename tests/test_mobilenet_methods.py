@@ -52,7 +52,7 @@ def test_every_method_takes_steps_on_mobilenetv2_or_is_not_applicable(mobilenet,
     from lightcl.bench.methods.base import MethodContext
     from lightcl.bench.report import main_table
     from lightcl.bench.runner import ScenarioData
-    from lightcl.bench.suite import _frozen_figures, fresh_generator, load_config, takes_fresh_batch
+    from lightcl.bench.suite import _frozen_figures, fresh_generator, load_config
     from lightcl.engine.export_dir import load_export_meta
 
     monkeypatch.setenv("LIGHTCL_CACHE", str(tmp_path / "cache"))
@@ -70,11 +70,11 @@ def test_every_method_takes_steps_on_mobilenetv2_or_is_not_applicable(mobilenet,
         g, fresh = torch.Generator().manual_seed(0), fresh_generator(0)
         for task in data.tasks:
             method.begin_task(task.task_id, task.classes, n_train=len(task.train_idx))
-            for i, batch in enumerate(data.train_batches(task, g, with_index=getattr(method, "wants_ids", False))):
+            for i, batch in enumerate(data.train_batches(task, g, with_index=method.wants_ids)):
                 if i == 2:
                     break
                 method.observe(*batch)
-            if takes_fresh_batch(method):
+            if method.wants_fresh_batch:
                 method.end_task(data.fresh_batch(task, fresh)[0])
             else:
                 method.end_task()

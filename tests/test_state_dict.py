@@ -105,13 +105,13 @@ def test_format_1_state_loads_bit_for_bit_and_continues_as_main_did(tmp_path, on
         assert got == expected
     # saved again it is format 2, and continues exactly as the format-1 load did
     LightCL.load(d, V1.PoolExtractor()).save(tmp_path / "v2")
-    assert json.loads((tmp_path / "v2" / "state.json").read_text())["format"] == "lightcl-state/2"
+    assert json.loads((tmp_path / "v2" / "state.json").read_text())["format"] == "lightcl-state/3"
     assert V1.continuation(LightCL.load(tmp_path / "v2", V1.PoolExtractor())) == got
 
 
 def test_future_format_is_refused_in_one_line(tmp_path):
     _learner().save(tmp_path / "s")
-    _resign(tmp_path / "s", lambda d: d.update(format="lightcl-state/3"))
+    _resign(tmp_path / "s", lambda d: d.update(format="lightcl-state/4"))
     with pytest.raises(StateError, match="newer lightcl") as e:
         LightCL.load(tmp_path / "s", V1.PoolExtractor())
     assert "\n" not in str(e.value)

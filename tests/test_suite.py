@@ -230,12 +230,14 @@ def test_engine_methods_get_a_fresh_batch_at_end_task(digits_ckpt, digits_export
     from lightcl.bench.methods import create_method
     from lightcl.bench.methods.base import MethodContext
     from lightcl.bench.scenarios import get_scenario
-    from lightcl.bench.suite import fresh_generator, takes_fresh_batch
+    from lightcl.bench.methods import method_class
+    from lightcl.bench.suite import fresh_generator
 
     s = get_scenario("smoke", epochs=1)
     ctx = MethodContext(scenario=s, ckpt=str(digits_ckpt), export_dir=str(digits_export), num_classes=10, threads=1)
-    assert takes_fresh_batch(create_method("lightcl", ctx))
-    assert takes_fresh_batch(create_method("lightcl-reference", ctx))
-    assert not takes_fresh_batch(create_method("sgd", ctx, lr=0.1))
+    # declared on the class (the suite reads the flag; it no longer inspects end_task's signature)
+    assert create_method("lightcl", ctx).wants_fresh_batch and method_class("lightcl-reference").wants_fresh_batch
+    assert method_class("lightcl-sparse").wants_fresh_batch
+    assert not create_method("sgd", ctx, lr=0.1).wants_fresh_batch
     data_gen = torch.Generator().manual_seed(0)  # the run's data order (run_one)
     assert not torch.equal(torch.randperm(50, generator=fresh_generator(0)), torch.randperm(50, generator=data_gen))

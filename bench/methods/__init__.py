@@ -1,4 +1,4 @@
-"""The benchmark's methods behind one contract (see :mod:`.base`), and their registry.
+"""The benchmark's methods behind one template (see :mod:`.base`), and their registry.
 
 ==================== =========================================================================
 ``sgd``              fine-tune the whole pretrained model (lower bound)
@@ -17,69 +17,60 @@
 ``lightcl-sparse``   LightCL on a physically pruned export (the paper's sparsity-0.9 row)
 ==================== =========================================================================
 
-A method with ``til_only = True`` (``pnn``) is task-incremental only: its logits are meaningful
-inside each task's outputs, and the suite reports its CIL as "n/a". A method with
-``wants_ids = True`` (SparCL, for dynamic data removal) gets ``observe(x, y, ids)`` with the
-batch's dataset indices.
+Every module of this package is imported here, and each method class registers itself with
+``@register_method`` (timm-style): adding a method is one file in this folder (docs/extending.md).
+What a method can do is declared on its class (``til_only``, ``wants_fresh_batch``, ``wants_ids``,
+``needs_export``), not guessed by the suite.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from lightcl.engine.errors import InputError, LightCLError
 
-from .base import Method, MethodContext
+from .base import REGISTRY, Method, MethodContext, Step, register_method
 
-# name -> (module, class, one line)
-REGISTRY: dict[str, tuple[str, str, str]] = {
-    "sgd": ("lightcl.bench.methods.sgd", "SGD", "fine-tune the whole pretrained model (lower bound)"),
-    "joint": ("lightcl.bench.methods.joint", "Joint", "cumulative joint training (upper bound)"),
-    "ewc": ("lightcl.bench.methods.ewc", "EWC", "online EWC (Mammoth ewc_on)"),
-    "lwf": ("lightcl.bench.methods.lwf", "LwF", "Learning without Forgetting"),
-    "er": ("lightcl.bench.methods.er", "ER", "Experience Replay (reservoir, images)"),
-    "derpp": ("lightcl.bench.methods.derpp", "DERpp", "DER++ (reservoir, images + logits)"),
-    "latent-replay": ("lightcl.bench.methods.latent_replay", "LatentReplay",
-                      "frozen extractor + replay of stored frozen features"),
-    "lightcl-reference": ("lightcl.bench.methods.lightcl_reference", "LightCLReference",
-                          "the authors' LightCL procedure in plain torch"),
-    "lightcl": ("lightcl.bench.methods.lightcl", "LightCLMethod", "the engine (onnxruntime extractor + LightCL)"),
-    "pnn": ("lightcl.bench.methods.pnn", "PNN", "Progressive Neural Networks (TIL only; a column per task)"),
-    "fdr": ("lightcl.bench.methods.fdr", "FDR", "Function Distance Regularization (buffer + outputs)"),
-    "sparcl-er": ("lightcl.bench.methods.sparcl", "SparCLER", "SparCL on ER (90% weight sparsity)"),
-    "sparcl-derpp": ("lightcl.bench.methods.sparcl", "SparCLDERpp", "SparCL on DER++ (90% weight sparsity)"),
-    "lightcl-sparse": ("lightcl.bench.methods.lightcl_sparse", "LightCLSparse", "LightCL with sparsity 0.9"),
-}
-METHODS = list(REGISTRY)
+# The report order of the paper's Table 1 rows; a registered method not listed here follows, by name.
+TABLE_ORDER = ("sgd", "joint", "ewc", "lwf", "er", "derpp", "latent-replay", "lightcl-reference", "lightcl", "pnn",
+               "fdr", "sparcl-er", "sparcl-derpp", "lightcl-sparse")
+_SUPPORT = {"base", "classes", "configs", "engine_common"}  # modules of this package that hold no method
+
+
+def _import_methods() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SUPPORT:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_methods()
+METHODS = [m for m in TABLE_ORDER if m in REGISTRY] + sorted(m for m in REGISTRY if m not in TABLE_ORDER)
 # methods that run the split export through the engine's extractor
-ENGINE_METHODS = ("latent-replay", "lightcl", "lightcl-sparse")
+ENGINE_METHODS = tuple(m for m in METHODS if REGISTRY[m].needs_export)
 
 
 class MethodNotBuilt(LightCLError):
-    """A registered method whose implementation does not exist yet."""
+    """A method name the registry does not hold (kept for the suite's ``nothing to run`` line)."""
 
     exit_code = 2
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    mod, cls, _ = REGISTRY[name]
     try:
-        module = importlib.import_module(mod)
-    except ModuleNotFoundError as e:
-        if e.name == mod:
-            raise MethodNotBuilt(f"method {name!r}: not built yet") from None
-        raise
-    return getattr(module, cls)
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
 def is_built(name: str) -> bool:
-    try:
-        method_class(name)
-        return True
-    except MethodNotBuilt:
-        return False
+    """Whether ``name`` is a registered method (every registered method is built)."""
+    return name in REGISTRY
+
+
+def config_class(name: str) -> type:
+    """The typed hyperparameters ``name`` declares (``Method.config_class``)."""
+    return method_class(name).config_class
 
 
 def create_method(name: str, ctx: MethodContext, **hp: Any) -> Method:
@@ -99,5 +90,5 @@ def parse_methods(spec: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["REGISTRY", "METHODS", "ENGINE_METHODS", "Method", "MethodContext", "MethodNotBuilt", "create_method",
-           "method_class", "is_built", "parse_methods"]
+__all__ = ["REGISTRY", "METHODS", "TABLE_ORDER", "ENGINE_METHODS", "Method", "MethodContext", "MethodNotBuilt", "Step",
+           "config_class", "create_method", "method_class", "is_built", "parse_methods", "register_method"]

@@ -1,18 +1,20 @@
-"""The one contract every benchmark method implements, and what the whole-model baselines share.
+"""The template every benchmark method follows (:class:`Method`), its registry, and what the whole-model
+baselines share (:class:`WholeModelMethod`).
 
-Mammoth-style: ``begin_task(task_id, classes, n_train=None)``, ``observe(x, y) -> dict``,
+Mammoth-style contract: ``begin_task(task_id, classes, n_train=None)``, ``observe(x, y) -> dict``,
 ``end_task()``, ``logits(x)``. Outputs are in *output-index* space: class ``c`` gets output
-``class_index[c]`` in order of arrival, so TIL and CIL come from one set of logits by masking
-(``task_indices(t)`` / ``seen_indices()``), for every method alike.
-
-Every method also keeps two ledgers the suite reports:
+``to_index(c)`` in order of arrival (the one class map, :mod:`.classes`), so TIL and CIL come from one set
+of logits by masking (``task_indices(t)`` / ``seen_indices()``), for every method alike. The public
+contract is final; a method implements hooks that return a :class:`Step` (what it trained, what it only
+forwarded), and the template keeps the two ledgers the suite reports:
 
 * ``flops``: training FLOPs by the paper's counting (see :func:`forward_flops`): a sample that
   only goes *forward* through a part costs 1x that part's forward FLOPs; a sample that is
   *trained* through a part costs 3x (forward + backward for activations and weights). Only
   conv and linear layers count (2 FLOPs per multiply-add); BN, ReLU, pooling and the optimiser
-  update are left out. Evaluation is not training and is not counted.
-* ``accounting()``: element counts for the paper's theoretical memory (fp32): weights held,
+  update are left out. Evaluation is not training and is not counted. No method touches this ledger:
+  it declares its parts (:meth:`Method.declare_part`) and reports sample counts.
+* ``accounting()`` (each method's): element counts for the paper's theoretical memory (fp32): weights held,
   trainable weights (= gradients), optimiser slots, extra state (EWC's Fisher, LwF's teacher, ...),
   activations of one step (batch + replayed samples, leaf-module outputs, via
   :func:`lightcl.bench.accounting.count_activations`) and the replay buffer.
@@ -20,9 +22,10 @@ Every method also keeps two ledgers the suite reports:
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,8 @@ from lightcl.engine.errors import InputError, LightCLError
 from lightcl.engine.losses import sliced_cross_entropy
 from lightcl.engine.reservoir import Reservoir  # noqa: F401  (the one reservoir rule; methods import it here)
 
-from .configs import make_config
+from .classes import ClassMap
+from .configs import WholeModelConfig, make_config
 
 
 def _default_input_shape() -> tuple[int, int, int]:
@@ -143,32 +147,164 @@ def forward_flops(module: nn.Module, x: Tensor, forward=None) -> float:
     return total / x.shape[0]
 
 
+def per_layer_cost(net: nn.Module, x: Tensor) -> dict[str, float]:
+    """Forward FLOPs per sample of every conv/linear module (2 per multiply-add), by module name."""
+    out: dict[str, float] = {}
+    hooks = []
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            def h(mod, _i, o, name=name):
+                k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+                out[name] = 2.0 * o.numel() * k / x.shape[0]
+            hooks.append(m.register_forward_hook(h))
+        elif isinstance(m, nn.Linear):
+            def h(mod, _i, o, name=name):
+                out[name] = 2.0 * o.numel() * mod.in_features / x.shape[0]
+            hooks.append(m.register_forward_hook(h))
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        net.train(was)
+        for hk in hooks:
+            hk.remove()
+    return out
+
+
+def masked_cost(per_layer: Mapping[str, float], masks: Mapping[str, Tensor],
+                module_of: Mapping[str, str]) -> float:
+    """Forward FLOPs per sample with each masked weight's layer at its mask's density (``per_layer`` from
+    :func:`per_layer_cost`; ``module_of``: weight name -> its layer's name): SparCL's counting."""
+    dense = sum(per_layer.values())
+    saved = sum(per_layer[module_of[n]] * (1.0 - float(m.mean())) for n, m in masks.items())
+    return dense - saved
+
+
 def n_params(params) -> int:
     return int(sum(p.numel() for p in params))
 
 
-class Method:
-    """Base: class bookkeeping, FLOP ledger, the contract. Subclasses implement the learning."""
+@dataclass
+class Step:
+    """What one step (or a task boundary) did, as a method reports it: the template turns it into FLOPs.
 
-    name = "?"
-    trains = "?"  # what is trained, for the report
-    # relative cost of one step (sgd on the whole model = 1): only for the progress bar's ETA
+    ``trained``: samples that went forward *and* backward through a part (3x its forward cost);
+    ``forwarded``: samples that only went forward through a part (1x). Each is ``{part: samples}`` over the
+    parts the method declared (:meth:`Method.declare_part`), or a plain count for its ``main_part``.
+    ``metrics``: the step's figures (``loss`` ...), returned by ``observe``. ``update``: whether an update
+    step happened (counted in ``steps``; SparCL's batch emptied by data removal is none).
+    """
+
+    metrics: dict = field(default_factory=dict)
+    trained: Mapping[str, int] | int = 0
+    forwarded: Mapping[str, int] | int = 0
+    update: bool = True
+
+
+@dataclass
+class Batch:
+    """One training batch as a method's ``train_step`` sees it: ``x`` as given, ``labels`` as given,
+    ``y`` the labels' output columns (through the one class map) on the method's device, ``ids`` the
+    batch's dataset indices (only for a method with ``wants_ids``)."""
+
+    x: Tensor
+    labels: Any
+    ids: Tensor | None
+    _index: Any = field(repr=False, default=None)
+    _device: Any = field(repr=False, default=None)
+    _y: Tensor | None = field(repr=False, default=None)
+
+    @property
+    def y(self) -> Tensor:
+        if self._y is None:
+            self._y = self._index(self.labels).to(self._device)
+        return self._y
+
+
+# name -> method class, filled by @register_method as each module of this package is imported
+REGISTRY: dict[str, type] = {}
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: put a :class:`Method` subclass in the registry under its ``name`` (timm-style).
+    The class must declare ``name``, ``summary`` and ``config_class``; a name is registered once."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"@register_method needs a Method subclass, got {cls!r}")
+    missing = [a for a in ("name", "summary") if getattr(cls, a, "?") in ("?", "", None)]
+    if missing or cls.config_class is None:
+        raise TypeError(f"{cls.__name__}: declare {', '.join(missing + (['config_class'] if cls.config_class is None else []))}")
+    other = REGISTRY.get(cls.name)
+    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(f"method name {cls.name!r} is taken by {other.__module__}.{other.__qualname__}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def _class_id(c: Any) -> Any:
+    """A class as the map keys it: a string as is, any integer (numpy's too) as a Python int."""
+    if isinstance(c, str):
+        return c
+    try:
+        return operator.index(c)
+    except TypeError:
+        raise InputError(f"a class must be an integer or a string, got {c!r}") from None
+
+
+class Method:
+    """The template every benchmark method follows (after Mammoth's ``meta_observe``).
+
+    The public contract, ``begin_task`` / ``observe`` / ``end_task`` / ``to_index`` / ``task_indices`` /
+    ``seen_indices``, is final (a subclass that overrides it is refused at class creation): those wrappers map
+    labels through the one class map (``self.classes``), count steps and keep the FLOP ledger (``flops``) from
+    the :class:`Step` each hook returns. A method implements the hooks:
+
+    * ``train_step(batch) -> Step`` (required): one update on a :class:`Batch`;
+    * ``on_begin_task(task_id, classes, n_train)`` and ``on_end_task(x) -> Step | None`` (optional);
+    * ``logits(x)`` and ``accounting()`` (required), ``describe()`` (optional);
+
+    and declares on the class: ``name``, ``summary`` (one line), ``config_class`` (its typed hyperparameters,
+    ``self.config``), ``trains`` (for the report), ``cost`` (relative step cost, for the ETA only), and its
+    compatibility: ``til_only`` (task-incremental only: CIL is reported "n/a"), ``wants_fresh_batch``
+    (``end_task`` gets a freshly drawn full batch of the task), ``wants_ids`` (``observe`` gets the batch's
+    dataset indices), ``needs_export`` (runs the split export through the engine's extractor). Register it
+    with ``@register_method``; docs/extending.md walks through a whole method.
+    """
+
+    name: str = "?"
+    summary: str = ""
+    config_class: type | None = None
+    trains = "?"
     cost = 1.0
+    til_only = False
+    wants_fresh_batch = False
+    wants_ids = False
+    needs_export = False
+    main_part = "model"  # the part a plain sample count in a Step refers to
+
+    FINAL = ("begin_task", "observe", "end_task", "to_index", "task_indices", "seen_indices")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        bad = [m for m in Method.FINAL if m in vars(cls)]
+        if bad:
+            raise TypeError(f"{cls.__name__} overrides {', '.join(bad)}: implement the hooks (train_step, "
+                            "on_begin_task, on_end_task) instead; the public contract is the template's")
 
     def __init__(self, ctx: MethodContext, **hp: Any) -> None:
         self.ctx = ctx
         self.hp = dict(hp)
-        # the typed config (bench/methods/configs.py): the one source of this method's defaults;
-        # an unknown key or a wrong type is one InputError line
-        self.config = make_config(self.name, self.hp)
+        # the typed config: the one source of this method's defaults; an unknown key or a wrong type is one line
+        self.config = make_config(self.name, self.hp, cls=self.config_class)
         self.device = torch.device(ctx.device)
         self.generator = torch.Generator().manual_seed(int(ctx.seed))
         torch.manual_seed(int(ctx.seed))
-        self.class_index: dict[int, int] = {}
-        self.tasks: dict[int, list[int]] = {}
+        self.classes = ClassMap(ctx.num_classes)  # engine methods: the learner's own (LearnerClasses)
         self.current_task: int | None = None
         self.flops = 0.0
         self.steps = 0
+        self.part_flops: dict[str, float] = {}
 
     @classmethod
     def not_applicable(cls, model: nn.Module) -> str | None:
@@ -176,50 +312,85 @@ class Method:
         can). The suite asks before starting any worker and records the reason instead of a failure."""
         return None
 
-    # --- hyperparameters
-    def opt(self, key: str, default: Any = None) -> Any:
-        """The hyperparameter ``key``: as given, else the typed config's default (``default`` only for a
-        key the config does not have)."""
-        if key in self.hp:
-            return self.hp[key]
-        return getattr(self.config, key, default)
+    @classmethod
+    def prepare(cls, ckpt: str, split: str, hyperparameters: dict, echo=print, progress: bool = False) -> Any:
+        """Build shared, cached artefacts before the suite's workers start (default: none)."""
+        return None
 
-    def check_hp(self, known: Sequence[str]) -> None:
-        bad = sorted(set(self.hp) - set(known))
-        if bad:
-            raise InputError(f"{self.name}: unknown hyperparameter(s) {bad}; known: {sorted(known)}")
+    # --- the cost ledger: parts and their forward cost per sample
+    def declare_part(self, part: str, module: nn.Module | None = None, input_shape: Sequence[int] | None = None,
+                     *, per_sample: float | None = None, forward=None) -> float:
+        """Name a part the method's samples go through and its forward cost per sample: measured on
+        ``module`` with a probe of ``input_shape`` (default: the scenario's images), or given as ``per_sample``.
+        Declaring a part again replaces its cost (SparCL's masks change it)."""
+        if per_sample is None:
+            shape = tuple(input_shape) if input_shape is not None else tuple(self.ctx.input_shape)
+            per_sample = forward_flops(module, torch.zeros(2, *shape, device=self.device), forward=forward)
+        self.part_flops[part] = per_sample
+        return per_sample
 
-    # --- classes
-    def begin_task(self, task_id: int, classes: Sequence[int], n_train: int | None = None) -> None:
+    def _account(self, step: Step | None) -> dict:
+        if step is None:
+            return {}
+        for counts, factor in ((step.trained, 3.0), (step.forwarded, None)):
+            if isinstance(counts, int):
+                counts = {self.main_part: counts} if counts else {}
+            for part, n in counts.items():
+                if not n:
+                    continue
+                if part not in self.part_flops:
+                    raise KeyError(f"{self.name}: part {part!r} was never declared (declare_part)")
+                f = self.part_flops[part]
+                self.flops += factor * f * n if factor is not None else f * n
+        return step.metrics
+
+    # --- the public contract (final)
+    def begin_task(self, task_id: int, classes: Sequence, n_train: int | None = None) -> None:
         if self.current_task is not None:
             raise InputError(f"task {self.current_task} is still open")
-        classes = [int(c) for c in classes]
-        for c in classes:
-            if c not in self.class_index:
-                if len(self.class_index) >= self.ctx.num_classes:
-                    raise InputError(f"more than {self.ctx.num_classes} classes")
-                self.class_index[c] = len(self.class_index)
-        self.tasks[int(task_id)] = classes
+        classes = [_class_id(c) for c in classes]
+        self.classes.open(int(task_id), classes)
+        self._account(self.on_begin_task(int(task_id), classes, n_train))
         self.current_task = int(task_id)
 
-    def end_task(self) -> None:
+    def observe(self, x: Tensor, y, ids: Tensor | None = None) -> dict:
+        if self.current_task is None:
+            raise InputError("no open task: call begin_task first")
+        if ids is not None and not self.wants_ids:
+            ids = None
+        step = self.train_step(Batch(x, y, ids, self.classes.index, self.device))
+        if step.update:
+            self.steps += 1
+        return self._account(step)
+
+    def end_task(self, x: Tensor | None = None) -> None:
+        """``x``: a freshly drawn full batch of the task, for a method with ``wants_fresh_batch`` (else ignored)."""
+        if self.current_task is None:
+            raise InputError("no open task to end")
+        self._account(self.on_end_task(x if self.wants_fresh_batch else None))
         self.current_task = None
 
+    def to_index(self, y) -> Tensor:
+        """Output column of each label (the evaluation's targets), on the method's device."""
+        return self.classes.index(y).to(self.device)
+
     def task_indices(self, task_id: int) -> list[int]:
-        return [self.class_index[c] for c in self.tasks[task_id]]
+        return self.classes.task_columns(task_id)
 
     def seen_indices(self) -> list[int]:
-        return sorted(self.class_index.values())
+        return self.classes.seen_columns()
 
-    def to_index(self, y: Tensor) -> Tensor:
-        lut = torch.full((max(self.class_index) + 1,), -1, dtype=torch.long)
-        for c, i in self.class_index.items():
-            lut[c] = i
-        return lut[y.long().cpu()].to(self.device)
+    # --- the hooks
+    def on_begin_task(self, task_id: int, classes: list, n_train: int | None) -> Step | None:
+        """A task opens (its classes are in the map already). ``n_train``: its training set's size, if known."""
+        return None
 
-    # --- the rest of the contract
-    def observe(self, x: Tensor, y: Tensor) -> dict:
+    def train_step(self, batch: Batch) -> Step:
         raise NotImplementedError
+
+    def on_end_task(self, x: Tensor | None) -> Step | None:
+        """The task closes (``x``: the fresh batch, for ``wants_fresh_batch`` methods)."""
+        return None
 
     def logits(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -241,6 +412,7 @@ class WholeModelMethod(Method):
     """
 
     trains = "whole model"
+    config_class = WholeModelConfig
 
     def __init__(self, ctx: MethodContext, **hp: Any) -> None:
         super().__init__(ctx, **hp)
@@ -249,8 +421,7 @@ class WholeModelMethod(Method):
         self.net = model.to(self.device)
         self.net.train()
         self.optimizer = self.make_optimizer(self.net.parameters())
-        probe = torch.zeros(2, *ctx.input_shape, device=self.device)
-        self.f_model = forward_flops(self.net, probe)
+        self.declare_part("model", self.net)
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         c = self.config
@@ -269,13 +440,6 @@ class WholeModelMethod(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.steps += 1
-
-    def train_flops(self, n: int) -> None:
-        self.flops += 3.0 * self.f_model * n
-
-    def forward_only_flops(self, n: int) -> None:
-        self.flops += self.f_model * n
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:

@@ -9,7 +9,8 @@ seq-cifar10, aimagelab/mammoth @ e75a491c; the SparCL authors' script; the Light
 which is also ``lightcl.engine.learner.LightCLConfig``'s). ``buffer_size`` 15 is the LightCL
 paper's Table 1 setting for every replay method.
 
-``lightcl`` uses the engine's own :class:`~lightcl.engine.learner.LightCLConfig` (the learner's
+Each method names its class (``Method.config_class``); a method of your own may define its config in
+its own file. ``lightcl`` uses the engine's own :class:`~lightcl.engine.learner.LightCLConfig` (the learner's
 options), so the engine and the benchmark cannot drift apart.
 """
 from __future__ import annotations
@@ -186,34 +187,9 @@ class LightCLSparseConfig(LightCLConfig):
     round_channels: Optional[int] = None
 
 
-# method name -> its config class (every registered method has one; tests/test_method_configs.py checks)
-CONFIGS: dict[str, type] = {
-    "sgd": SGDConfig,
-    "joint": JointConfig,
-    "ewc": EWCConfig,
-    "lwf": LwFConfig,
-    "er": ERConfig,
-    "derpp": DERppConfig,
-    "latent-replay": LatentReplayConfig,
-    "lightcl-reference": LightCLReferenceConfig,
-    "lightcl": LightCLConfig,
-    "pnn": PNNConfig,
-    "fdr": FDRConfig,
-    "sparcl-er": SparCLERConfig,
-    "sparcl-derpp": SparCLDERppConfig,
-    "lightcl-sparse": LightCLSparseConfig,
-}
-
-
-def config_class(method: str) -> type:
-    try:
-        return CONFIGS[method]
-    except KeyError:
-        raise InputError(f"no typed config for method {method!r}; known: {', '.join(CONFIGS)}") from None
-
-
-def field_names(method: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(config_class(method))]
+def field_names(cls: type) -> list[str]:
+    """The hyperparameters a config class knows."""
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def _is_number(v: Any) -> bool:
@@ -241,24 +217,24 @@ def _coerce(method: str, name: str, typ: str, v: Any) -> Any:
     raise InputError(f"{method}: hyperparameter {name} must be {typ}, got {v!r}")
 
 
-def unknown_keys(method: str, hp: dict) -> list[str]:
-    known = set(field_names(method))
+def unknown_keys(cls: type, hp: dict) -> list[str]:
+    known = set(field_names(cls))
     return sorted(k for k in hp if k not in known)
 
 
-def make_config(method: str, hp: dict | None = None, where: str | None = None) -> Any:
-    """The method's config with ``hp`` applied: unknown keys or a wrong type are one :class:`InputError` line."""
+def make_config(method: str, hp: dict | None = None, where: str | None = None, *, cls: type) -> Any:
+    """``cls`` (method ``method``'s config class) with ``hp`` applied: unknown keys or a wrong type are one
+    :class:`InputError` line."""
     hp = dict(hp or {})
-    cls = config_class(method)
-    bad = unknown_keys(method, hp)
+    bad = unknown_keys(cls, hp)
     if bad:
         at = f" in {where}" if where else ""
-        raise InputError(f"{method}: unknown hyperparameter(s) {bad}{at}; known: {sorted(field_names(method))}")
+        raise InputError(f"{method}: unknown hyperparameter(s) {bad}{at}; known: {sorted(field_names(cls))}")
     types = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
              for f in dataclasses.fields(cls)}
     return cls(**{k: _coerce(method, k, types[k], v) for k, v in hp.items()})
 
 
-def defaults(method: str) -> dict:
+def defaults(cls: type) -> dict:
     """Every field's default (derived defaults resolved), as a plain dict."""
-    return dataclasses.asdict(config_class(method)())
+    return dataclasses.asdict(cls())

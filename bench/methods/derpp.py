@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from lightcl.engine.reservoir import Reservoir
 
-from .base import WholeModelMethod
+from .base import Batch, Step, WholeModelMethod, register_method
+from .configs import DERppConfig
 
 
+@register_method
 class DERpp(WholeModelMethod):
     name = "derpp"
+    summary = "DER++ (reservoir, images + logits)"
+    config_class = DERppConfig
     cost = 1.8
 
     def __init__(self, ctx, **hp) -> None:
@@ -28,8 +31,8 @@ class DERpp(WholeModelMethod):
         self.alpha = c.alpha
         self.beta = c.beta
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.drop_gradients()
         self.net.train()
         out = self.net(x)
@@ -45,10 +48,9 @@ class DERpp(WholeModelMethod):
             n += len(b1["x"]) + len(b2["x"])
         loss = ce + self.alpha * mse + self.beta * ce2
         self.step(loss)
-        self.train_flops(n)
         self.buffer.add(x=x, y=yi, logits=out.detach())
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mse": float(mse.detach()),
-                "ce_buffer": float(ce2.detach())}
+        return Step({"loss": float(loss.detach()), "ce": float(ce.detach()), "mse": float(mse.detach()),
+                     "ce_buffer": float(ce2.detach())}, trained=n)
 
     def replayed_per_step(self) -> int:
         return 2 * min(self.minibatch, self.buffer.size)

@@ -21,3 +21,20 @@ def open_extractor(ctx: MethodContext, backend: str | None = None):
 def frozen_figures(ctx: MethodContext) -> tuple[int, float]:
     """(parameters, forward FLOPs per sample) of the frozen part; the worker puts them in ``ctx.extra``."""
     return int(ctx.extra.get("frozen_params", 0)), float(ctx.extra.get("frozen_flops", 0.0))
+
+
+def export_figures(export_dir) -> dict:
+    """``{"frozen_params", "frozen_flops"}`` of an export's frozen part, measured on it (what the worker
+    measures on the checkpoint's; ``lightcl-sparse`` runs on another export than the suite's)."""
+    import torch
+
+    from lightcl.engine.export_dir import export_file, load_export_meta
+    from lightcl.engine.frozen import load_frozen
+
+    from .base import forward_flops
+
+    meta = load_export_meta(export_dir)
+    net, _ = load_frozen(export_file(export_dir, meta, "frozen.safetensors"))
+    shape = tuple(int(v) for v in meta["input_shape"][-3:])
+    return {"frozen_params": int(sum(p.numel() for p in net.parameters())),
+            "frozen_flops": forward_flops(net, torch.zeros(2, *shape))}

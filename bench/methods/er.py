@@ -8,15 +8,18 @@ crop); Mammoth stores the un-augmented image and augments it again when replayin
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from lightcl.engine.reservoir import Reservoir
 
-from .base import WholeModelMethod
+from .base import Batch, Step, WholeModelMethod, register_method
+from .configs import ERConfig
 
 
+@register_method
 class ER(WholeModelMethod):
     name = "er"
+    summary = "Experience Replay (reservoir, images)"
+    config_class = ERConfig
     cost = 1.4
 
     def __init__(self, ctx, **hp) -> None:
@@ -24,8 +27,8 @@ class ER(WholeModelMethod):
         self.buffer = Reservoir(self.config.buffer_size, self.generator)
         self.minibatch = self.config.minibatch_size
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.drop_gradients()
         xb, yb = x, yi
         if len(self.buffer):
@@ -34,9 +37,8 @@ class ER(WholeModelMethod):
         self.net.train()
         loss = self.ce(self.net(xb), yb)
         self.step(loss)
-        self.train_flops(len(xb))
         self.buffer.add(x=x, y=yi)
-        return {"loss": float(loss.detach())}
+        return Step({"loss": float(loss.detach())}, trained=len(xb))
 
     def replayed_per_step(self) -> int:
         return min(self.minibatch, self.buffer.size)

@@ -16,11 +16,15 @@ from torch import Tensor
 
 from lightcl.engine.reservoir import Reservoir
 
-from .base import WholeModelMethod
+from .base import Batch, Step, WholeModelMethod, register_method
+from .configs import EWCConfig
 
 
+@register_method
 class EWC(WholeModelMethod):
     name = "ewc"
+    summary = "online EWC (Mammoth ewc_on)"
+    config_class = EWCConfig
     cost = 1.1
 
     def __init__(self, ctx, **hp) -> None:
@@ -31,8 +35,7 @@ class EWC(WholeModelMethod):
         self.anchor: list[Tensor] | None = None
         self._samples: Reservoir | None = None
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+    def on_begin_task(self, task_id, classes, n_train) -> None:
         self._samples = Reservoir(self.config.fisher_samples, self.generator)
 
     def penalty(self) -> Tensor:
@@ -40,19 +43,20 @@ class EWC(WholeModelMethod):
             return torch.zeros((), device=self.device)
         return sum((f * (p - a).pow(2)).sum() for f, p, a in zip(self.fisher, self.net.parameters(), self.anchor))
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.drop_gradients()
         self.net.train()
         ce = self.ce(self.net(x), yi)
         pen = self.penalty()
         loss = ce + self.e_lambda * pen
         self.step(loss)
-        self.train_flops(len(x))
         self._samples.add(x=x, y=yi)
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "ewc": float(pen.detach())}
+        return Step({"loss": float(loss.detach()), "ce": float(ce.detach()), "ewc": float(pen.detach())},
+                    trained=len(x))
 
-    def end_task(self) -> None:
+    def on_end_task(self, x) -> Step:
+        n = 0
         data = self._samples.data if self._samples is not None else {}
         if data:
             params = list(self.net.parameters())
@@ -71,12 +75,11 @@ class EWC(WholeModelMethod):
                         f += exp_cond_prob * p.grad.detach() ** 2
             self.net.zero_grad(set_to_none=True)
             self.net.train(was)
-            self.train_flops(n)
             fish = [f / n for f in fish]
             self.fisher = fish if self.fisher is None else [self.gamma * a + b for a, b in zip(self.fisher, fish)]
             self.anchor = [p.detach().clone() for p in params]
         self._samples = None
-        super().end_task()
+        return Step(trained=n)  # the Fisher pass: forward + backward per sample
 
     def extra_state(self) -> int:
         # Fisher + anchor weights: two copies of the parameters

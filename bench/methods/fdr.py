@@ -29,11 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import WholeModelMethod
+from .base import Batch, Step, WholeModelMethod, register_method
+from .configs import FDRConfig
 
 
+@register_method
 class FDR(WholeModelMethod):
     name = "fdr"
+    summary = "Function Distance Regularization (buffer + outputs)"
+    config_class = FDRConfig
     cost = 1.5
 
     def __init__(self, ctx, **hp) -> None:
@@ -47,8 +51,7 @@ class FDR(WholeModelMethod):
         self._pending: list[Tensor] = []  # this task's first samples, waiting for end_task
         self._n_pending = 0
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+    def on_begin_task(self, task_id, classes, n_train) -> None:
         self._pending, self._n_pending = [], 0
 
     def penalty(self, b: dict[str, Tensor]) -> Tensor:
@@ -61,8 +64,8 @@ class FDR(WholeModelMethod):
         idx = torch.randperm(m, generator=self.generator)[: min(n, m)]
         return {k: v[idx] for k, v in self.buf.items()}
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.drop_gradients()
         if self._n_pending < self.buffer_size:
             keep = x[: self.buffer_size - self._n_pending].detach().clone()
@@ -71,7 +74,7 @@ class FDR(WholeModelMethod):
         self.net.train()
         ce = self.ce(self.net(x), yi)
         self.step(ce)
-        self.train_flops(len(x))
+        trained = len(x)
         out = {"loss": float(ce.detach()), "ce": float(ce.detach())}
         if self.buf:
             b = self._sample(self.minibatch)
@@ -79,13 +82,14 @@ class FDR(WholeModelMethod):
             self.optimizer.zero_grad(set_to_none=True)
             (self.alpha * pen).backward()
             self.optimizer.step()
-            self.train_flops(len(b["x"]))
+            trained += len(b["x"])
             out["fdr"] = float(pen.detach())
-        return out
+        return Step(out, trained=trained)
 
-    def end_task(self) -> None:
+    def on_end_task(self, x) -> Step:
         tid = self.current_task
-        n_tasks = len(self.tasks)
+        n_tasks = self.classes.n_tasks()
+        forwarded = 0
         quota = max(1, self.buffer_size // n_tasks)
         kept: dict[str, list[Tensor]] = {"x": [], "logits": [], "task": []}
         if self.buf:
@@ -100,14 +104,14 @@ class FDR(WholeModelMethod):
             with torch.no_grad():
                 logits = self.net(xs)
             self.net.train(was)
-            self.forward_only_flops(len(xs))
+            forwarded = len(xs)  # the outputs stored with the samples
             kept["x"].append(xs)
             kept["logits"].append(logits)
             kept["task"].append(torch.full((len(xs),), int(tid), dtype=torch.long, device=xs.device))
         if kept["x"]:
             self.buf = {k: torch.cat(v) for k, v in kept.items()}
         self._pending, self._n_pending = [], 0
-        super().end_task()
+        return Step(forwarded=forwarded)
 
     def replayed_per_step(self) -> int:
         return min(self.minibatch, self.buffer_size)

@@ -3,18 +3,22 @@ earlier task's data, so each step sees all classes so far, class-balanced (cumul
 
 What is kept: every sample of every task, as first observed (the task's first epoch, one random
 crop each: ``n_train`` from ``begin_task`` says when the first epoch ends). The current task keeps
-its fresh augmented batches. Memory and FLOPs are those of an upper bound, not an edge method.
+its fresh augmented batches. Memory and compute are those of an upper bound, not an edge method.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import WholeModelMethod
+from .base import Batch, Step, WholeModelMethod, register_method
+from .configs import JointConfig
 
 
+@register_method
 class Joint(WholeModelMethod):
     name = "joint"
+    summary = "cumulative joint training (upper bound)"
+    config_class = JointConfig
     cost = 3.0
 
     def __init__(self, ctx, **hp) -> None:
@@ -26,13 +30,12 @@ class Joint(WholeModelMethod):
         self._n_train: int | None = None
         self._stored = 0
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+    def on_begin_task(self, task_id, classes, n_train) -> None:
         self._n_train = n_train
         self._cur_x, self._cur_y, self._stored = [], [], 0
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.drop_gradients()
         if self._n_train is None or self._stored < self._n_train:
             k = len(x) if self._n_train is None else min(len(x), self._n_train - self._stored)
@@ -48,15 +51,13 @@ class Joint(WholeModelMethod):
         self.net.train()
         loss = self.ce(self.net(xb), yb)
         self.step(loss)
-        self.train_flops(len(xb))
-        return {"loss": float(loss.detach())}
+        return Step({"loss": float(loss.detach())}, trained=len(xb))
 
-    def end_task(self) -> None:
+    def on_end_task(self, x) -> None:
         if self._cur_x:
             self.old_x.append(torch.cat(self._cur_x))
             self.old_y.append(torch.cat(self._cur_y))
         self._cur_x, self._cur_y = [], []
-        super().end_task()
 
     def replayed_per_step(self) -> int:
         return self.ctx.batch_size * len(self.old_x)

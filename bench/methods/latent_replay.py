@@ -12,14 +12,20 @@ from torch import Tensor
 
 from lightcl.engine.reservoir import Reservoir
 
-from .base import Method, forward_flops, n_params
+from .base import Batch, Method, Step, n_params, register_method
+from .configs import LatentReplayConfig
 from .engine_common import frozen_figures, open_extractor
 
 
+@register_method
 class LatentReplay(Method):
     name = "latent-replay"
+    summary = "frozen extractor + replay of stored frozen features"
+    config_class = LatentReplayConfig
     trains = "head (deep layers + classifier)"
     cost = 0.15
+    needs_export = True
+    main_part = "head"
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
@@ -34,16 +40,17 @@ class LatentReplay(Method):
                                          weight_decay=c.weight_decay)
         self.buffer = Reservoir(c.buffer_size, self.generator)
         self.minibatch = c.minibatch_size
-        self.frozen_params, self.f_frozen = frozen_figures(ctx)
-        self.f_head = forward_flops(self.head, torch.zeros(2, *self.head.in_features))
+        self.frozen_params, f_frozen = frozen_figures(ctx)
+        self.declare_part("frozen", per_sample=f_frozen)
+        self.declare_part("head", self.head, self.head.in_features)
 
     @torch.no_grad()
     def extract(self, x: Tensor) -> Tensor:
         return torch.as_tensor(self.extractor(x)).to(self.device, torch.float32)
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        yi = self.to_index(y)
-        f = self.extract(x)
+    def train_step(self, batch: Batch) -> Step:
+        yi = batch.y
+        f = self.extract(batch.x)
         fb, yb = f, yi
         if len(self.buffer):
             b = self.buffer.sample(self.minibatch)
@@ -53,10 +60,8 @@ class LatentReplay(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.steps += 1
-        self.flops += self.f_frozen * len(f) + 3.0 * self.f_head * len(fb)
         self.buffer.add(f=f, y=yi)
-        return {"loss": float(loss.detach())}
+        return Step({"loss": float(loss.detach())}, trained={"head": len(fb)}, forwarded={"frozen": len(f)})
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:

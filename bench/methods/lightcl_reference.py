@@ -10,61 +10,60 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Method, forward_flops, n_params
+from .base import Batch, Method, Step, n_params, register_method
+from .configs import LightCLReferenceConfig
 
 
+@register_method
 class LightCLReference(Method):
     name = "lightcl-reference"
+    summary = "the authors' LightCL procedure in plain torch"
+    config_class = LightCLReferenceConfig
     trains = "blocks after the split + classifier (whole model in torch)"
-    HP = ("lr", "beta", "buffer_size", "ratio")
     cost = 0.6
+    wants_fresh_batch = True
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        self.check_hp(self.HP)
         from lightcl.bench.reference import ReferenceLightCL
-        from lightcl.export.zoo import _split_index
+        from lightcl.export.zoo import split_index
 
         from .base import pretrained_backbone
 
         model, _ = pretrained_backbone(ctx)  # the checkpoint, or composed from the export (bench update)
         model = model.to(self.device)
-        self.k = _split_index(model, ctx.scenario.split)
-        self.ref = ReferenceLightCL(model, self.k, ctx.num_classes, lr=float(self.opt("lr", 0.01)),
-                                    beta=float(self.opt("beta", 2e-4)), buffer_size=int(self.opt("buffer_size", 15)),
-                                    ratio=float(self.opt("ratio", 0.15)), seed=int(ctx.seed))
+        self.k = split_index(model, ctx.scenario.split)
+        c = self.config
+        self.ref = ReferenceLightCL(model, self.k, ctx.num_classes, lr=float(c.lr), beta=float(c.beta),
+                                    buffer_size=int(c.buffer_size), ratio=float(c.ratio), seed=int(ctx.seed))
         self.model = model
         self._begun = False
-        probe = torch.zeros(2, *ctx.input_shape, device=self.device)
-        self.f_model = forward_flops(model, probe)
-        frozen = nn.Sequential(*model.blocks[: self.k + 1])
-        self.f_frozen = forward_flops(frozen, probe)
-        self.f_head = self.f_model - self.f_frozen
+        f_model = self.declare_part("model", model)
+        f_frozen = self.declare_part("frozen", nn.Sequential(*model.blocks[: self.k + 1]))
+        self.declare_part("head", per_sample=f_model - f_frozen)
         self.model.train()
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+    def on_begin_task(self, task_id, classes, n_train) -> None:
         self._begun = False
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
+        targets = 0
         if not self._begun:  # the authors take the buffer from the new task's first batch
             self.ref.begin_task(self.task_indices(self.current_task), x, yi)
             self._begun = True
             if self.ref.memory.active():
-                self.flops += self.f_model * len(self.ref.memory)
+                targets = len(self.ref.memory)  # the new buffer through the whole model for its targets
         out = self.ref.observe(x, yi)
-        self.steps += 1
         n = len(x) + (len(self.ref.memory) if self.ref.memory.active() else 0)
-        self.flops += self.f_frozen * n + 3.0 * self.f_head * n
-        return out
+        return Step(out, trained={"head": n}, forwarded={"model": targets, "frozen": n})
 
-    def end_task(self, x: Tensor | None = None) -> None:
-        """``x``: a fresh full batch of the task for the vital channels (the suite passes none: the last full batch)."""
-        if self._begun:
-            self.ref.end_task(None if x is None else x.to(self.device))
-            self.flops += self.f_model * self.ctx.batch_size
-        super().end_task()
+    def on_end_task(self, x: Tensor | None) -> Step | None:
+        """``x``: a fresh full batch of the task for the vital channels (the suite draws one, as for ``lightcl``)."""
+        if not self._begun:
+            return None
+        self.ref.end_task(None if x is None else x.to(self.device))
+        return Step(forwarded={"model": self.ctx.batch_size})
 
     def logits(self, x: Tensor) -> Tensor:
         return self.ref.logits(x.to(self.device))
@@ -72,7 +71,7 @@ class LightCLReference(Method):
     def accounting(self) -> dict:
         from lightcl.bench.accounting import count_activations
 
-        buf = len(self.ref.memory) or int(self.opt("buffer_size", 15))
+        buf = len(self.ref.memory) or int(self.config.buffer_size)
         n = self.ctx.batch_size + buf
         with torch.no_grad():
             f = torch.zeros(n, *self.ctx.input_shape, device=self.device)

@@ -16,15 +16,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from lightcl.engine.errors import LightCLError
-from lightcl.engine.learner import LightCLConfig
 
-from .base import forward_flops
+from .base import register_method
+from .configs import LightCLSparseConfig
+from .engine_common import export_figures
 from .lightcl import LightCLMethod
-
-SPARSE_HP = ("sparsity", "recover_epochs", "round_channels")
 
 
 def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs: int, progress: bool = False,
@@ -62,14 +59,15 @@ def ensure_sparse_export(ckpt: str | Path, split: str, sparsity, recover_epochs:
     return out
 
 
+@register_method
 class LightCLSparse(LightCLMethod):
-    """:class:`LightCLMethod` on the pruned export; ``HP``: the learner's options + the pruning's."""
+    """:class:`LightCLMethod` on the pruned export; its config: the learner's options + the pruning's."""
 
     name = "lightcl-sparse"
+    summary = "LightCL with sparsity 0.9"
+    config_class = LightCLSparseConfig
     trains = "pruned head (deep layers + classifier)"
     cost = 0.15
-
-    HP = [f.name for f in dataclasses.fields(LightCLConfig)] + list(SPARSE_HP)
 
     @classmethod
     def not_applicable(cls, model) -> str | None:
@@ -96,19 +94,14 @@ class LightCLSparse(LightCLMethod):
                                     round_channels=round_channels)
 
     def __init__(self, ctx, **hp) -> None:
-        from lightcl.engine.frozen import load_frozen
-        from lightcl.engine.export_dir import export_file, load_export_meta
+        from lightcl.engine.export_dir import load_export_meta
 
         sparsity = hp.pop("sparsity", "authors")
         recover_epochs = int(hp.pop("recover_epochs", 2))
         round_channels = hp.pop("round_channels", None)
         out = ensure_sparse_export(ctx.ckpt, ctx.scenario.split, sparsity, recover_epochs, round_channels=round_channels)
         meta = load_export_meta(out)
-        net, _ = load_frozen(export_file(out, meta, "frozen.safetensors"))
-        shape = tuple(int(v) for v in meta["input_shape"][-3:])
-        figures = {**ctx.extra, "frozen_params": int(sum(p.numel() for p in net.parameters())),
-                   "frozen_flops": forward_flops(net, torch.zeros(2, *shape))}
-        del net
+        figures = {**ctx.extra, **export_figures(out)}  # the pruned frozen part's, not the suite's dense one
         self.sparse_meta = meta["sparsity"]
         self.sparse_options = {"sparsity": sparsity, "recover_epochs": recover_epochs, "round_channels": round_channels}
         super().__init__(dataclasses.replace(ctx, export_dir=str(out), extra=figures), **hp)

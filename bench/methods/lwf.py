@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import WholeModelMethod, frozen_copy
+from .base import Batch, Step, WholeModelMethod, frozen_copy, register_method
+from .configs import LwFConfig
 
 
 def _smooth(p: Tensor, temp: float) -> Tensor:
@@ -24,8 +25,11 @@ def modified_kl_div(old: Tensor, new: Tensor) -> Tensor:
     return -torch.mean(torch.sum(old * torch.log(new), 1))
 
 
+@register_method
 class LwF(WholeModelMethod):
     name = "lwf"
+    summary = "Learning without Forgetting"
+    config_class = LwFConfig
     cost = 1.4
 
     def __init__(self, ctx, **hp) -> None:
@@ -35,31 +39,28 @@ class LwF(WholeModelMethod):
         self.teacher = None
         self.past: list[int] = []
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        self.past = self.seen_indices()
-        super().begin_task(task_id, classes, n_train)
-
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.drop_gradients()
         self.net.train()
         out = self.net(x)
         ce = self.ce(out, yi, self.seen_indices())  # over the classes seen so far
         kd = torch.zeros((), device=self.device)
+        taught = 0
         if self.teacher is not None and self.past:
             past = torch.tensor(self.past, device=self.device)
             with torch.no_grad():
                 old = self.teacher(x)[:, past]
-            self.forward_only_flops(len(x))
+            taught = len(x)  # the teacher's forward
             kd = modified_kl_div(_smooth(F.softmax(old, 1), self.temp), _smooth(F.softmax(out[:, past], 1), self.temp))
         loss = ce + self.alpha * kd
         self.step(loss)
-        self.train_flops(len(x))
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "kd": float(kd.detach())}
+        return Step({"loss": float(loss.detach()), "ce": float(ce.detach()), "kd": float(kd.detach())},
+                    trained=len(x), forwarded=taught)
 
-    def end_task(self) -> None:
+    def on_end_task(self, x) -> None:
         self.teacher = frozen_copy(self.net)
-        super().end_task()
+        self.past = self.seen_indices()  # the classes the teacher knows (no class is added before the next task)
 
     def extra_state(self) -> int:
         return sum(p.numel() for p in self.net.parameters())  # the teacher's weights

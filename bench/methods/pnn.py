@@ -52,7 +52,8 @@ from torch import Tensor, nn
 
 from lightcl.engine.classifier import fresh_classifier
 
-from .base import Method, forward_flops, n_params
+from .base import Batch, Method, Step, n_params, register_method
+from .configs import PNNConfig
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 """ResNet-18's stages (what :func:`column_stages` gives for it; kept for readers and tests)."""
@@ -153,7 +154,7 @@ class Column(nn.Module):
 
 
 class _Step(nn.Module):
-    """The current column as one module (old columns run inside, unregistered): for FLOPs and activations."""
+    """The current column as one module (old columns run inside, unregistered): for its forward cost and activations."""
 
     def __init__(self, column: Column, run_old) -> None:
         super().__init__()
@@ -164,8 +165,11 @@ class _Step(nn.Module):
         return self.column(x, self._run_old(x))[0]
 
 
+@register_method
 class PNN(Method):
     name = "pnn"
+    summary = "Progressive Neural Networks (TIL only; a column per task)"
+    config_class = PNNConfig
     trains = "one new column per task (+ laterals)"
     til_only = True
     cost = 2.0
@@ -174,7 +178,7 @@ class PNN(Method):
         super().__init__(ctx, **hp)
         self.columns: list[Column] = []
         self.column_of: dict[int, int] = {}  # task id -> column index
-        self.col_flops: list[float] = []  # forward FLOPs per sample of each column (laterals included)
+        self.col_cost: list[float] = []  # forward cost per sample of each column (laterals included)
         self.optimizer: torch.optim.Optimizer | None = None
         self._stage_shapes: dict[str, tuple[int, int, int]] | None = None
 
@@ -202,8 +206,7 @@ class PNN(Method):
             feats.append(col(x, feats if col.n_old else None)[1])
         return feats
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+    def on_begin_task(self, task_id, classes, n_train) -> None:
         if int(task_id) in self.column_of:
             raise ValueError(f"pnn: task {task_id} already has a column")
         n_old = len(self.columns)
@@ -215,22 +218,21 @@ class PNN(Method):
         self.column_of[int(task_id)] = len(self.columns) - 1
         c = self.config
         self.optimizer = torch.optim.SGD(col.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        probe = torch.zeros(2, *self.ctx.input_shape, device=self.device)
-        self.col_flops.append(forward_flops(col, probe, forward=_Step(col, self._run_old)))
+        self.col_cost.append(self.declare_part("new column", col, forward=_Step(col, self._run_old)))
+        self.declare_part("old columns", per_sample=sum(self.col_cost[:-1]))
 
-    def end_task(self) -> None:
+    def on_end_task(self, x) -> None:
         col = self.columns[-1]
         col.eval()
         for p in col.parameters():
             p.requires_grad_(False)
         self.optimizer = None
-        super().end_task()
 
     # --- the contract
-    def observe(self, x: Tensor, y: Tensor) -> dict:
+    def train_step(self, batch: Batch) -> Step:
         if self.optimizer is None:
             raise ValueError("pnn: observe() outside a task")
-        x, yi = x.to(self.device), self.to_index(y)
+        x, yi = batch.x.to(self.device), batch.y
         old = self._run_old(x)
         col = self.columns[-1]
         col.train()
@@ -239,10 +241,9 @@ class PNN(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.steps += 1
-        # old columns only forward (1x), the new column (+ laterals) trained (3x)
-        self.flops += (sum(self.col_flops[:-1]) + 3.0 * self.col_flops[-1]) * len(x)
-        return {"loss": float(loss.detach())}
+        # old columns only forward, the new column (+ laterals) trained
+        return Step({"loss": float(loss.detach())}, trained={"new column": len(x)},
+                    forwarded={"old columns": len(x)})
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:

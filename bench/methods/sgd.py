@@ -1,19 +1,20 @@
 """``sgd``: plain fine-tuning of the whole pretrained model, task after task (the lower bound)."""
 from __future__ import annotations
 
-from torch import Tensor
+from .base import Batch, Step, WholeModelMethod, register_method
+from .configs import SGDConfig
 
-from .base import WholeModelMethod
 
-
+@register_method
 class SGD(WholeModelMethod):
     name = "sgd"
+    summary = "fine-tune the whole pretrained model (lower bound)"
+    config_class = SGDConfig
 
-    def observe(self, x: Tensor, y: Tensor) -> dict:
-        x, yi = x.to(self.device), self.to_index(y)
+    def train_step(self, batch: Batch) -> Step:
+        x, yi = batch.x.to(self.device), batch.y
         self.net.train()
         self.drop_gradients()  # before the forward: the last step's gradients are not carried into the peak
         loss = self.ce(self.net(x), yi)
         self.step(loss)
-        self.train_flops(len(x))
-        return {"loss": float(loss.detach())}
+        return Step({"loss": float(loss.detach())}, trained=len(x))

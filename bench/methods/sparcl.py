@@ -57,7 +57,7 @@ Departures, stated:
 
 Accounting (the paper's Table 1 counts SparCL-DER++ at 140.6 MB against DER++'s 217.3: weights and
 gradients at 10%): weights held and gradients = unpruned parameters + the mask's kept entries;
-activations are dense. FLOPs: each pruned conv at its mask density (3x for trained samples), the
+activations are dense. Cost (the template's ledger): each pruned conv at its mask density (3x for trained samples), the
 rest dense; samples removed by DDR cost nothing.
 """
 from __future__ import annotations
@@ -71,7 +71,8 @@ from torch import Tensor, nn
 
 from lightcl.engine.reservoir import Reservoir
 
-from .base import WholeModelMethod
+from .base import Batch, Step, WholeModelMethod, per_layer_cost, masked_cost, register_method
+from .configs import SparCLDERppConfig, SparCLERConfig
 
 
 def prunable(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -105,32 +106,6 @@ def topk_mask(score: Tensor, sparsity: float) -> Tensor:
     if keep > 0:
         mask[torch.topk(score.flatten(), keep, sorted=False).indices] = 1
     return mask.view_as(score)
-
-
-def layer_flops(net: nn.Module, x: Tensor) -> dict[str, float]:
-    """Forward FLOPs per sample of every conv/linear module (2 per multiply-add), by module name."""
-    out: dict[str, float] = {}
-    hooks = []
-    for name, m in net.named_modules():
-        if isinstance(m, nn.Conv2d):
-            def h(mod, _i, o, name=name):
-                k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
-                out[name] = 2.0 * o.numel() * k / x.shape[0]
-            hooks.append(m.register_forward_hook(h))
-        elif isinstance(m, nn.Linear):
-            def h(mod, _i, o, name=name):
-                out[name] = 2.0 * o.numel() * mod.in_features / x.shape[0]
-            hooks.append(m.register_forward_hook(h))
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        net.train(was)
-        for hk in hooks:
-            hk.remove()
-    return out
 
 
 class SparCL(WholeModelMethod):
@@ -173,7 +148,7 @@ class SparCL(WholeModelMethod):
             raise MethodNotApplicable(f"{self.name}: {not_applicable(self.net)}")
         self.module_of = {n: n.rsplit(".", 1)[0] for n in self.params}
         probe = torch.zeros(2, *ctx.input_shape, device=self.device)
-        self.layer_flops = layer_flops(self.net, probe)
+        self.layer_cost = per_layer_cost(self.net, probe)
         # prune_harden + generate_mask: magnitude pruning to the target sparsity
         self.masks: dict[str, Tensor] = {}
         self.grad_masks: dict[str, Tensor] = {}
@@ -181,7 +156,7 @@ class SparCL(WholeModelMethod):
             for n, p in self.params.items():
                 self.masks[n] = topk_mask(p.detach().abs(), self.sparsity)
                 p.mul_(self.masks[n])
-        self._update_flops()
+        self._update_cost()
         self.mask_updates = 0
         self.removed_total = 0
         self._task_state(None)
@@ -211,8 +186,7 @@ class SparCL(WholeModelMethod):
         p = point if point is not None else (self.task_step / self.total_steps if self.total_steps else 0.0)
         return sum(1 for b in self.bound_points if p >= b - 1e-9)
 
-    def begin_task(self, task_id, classes, n_train=None) -> None:
-        super().begin_task(task_id, classes, n_train)
+    def on_begin_task(self, task_id, classes, n_train) -> None:
         self._task_state(n_train)
         # a new optimiser per task: plain SGD (the code: "CL no momentum and wd")
         self.optimizer = self.make_optimizer(self.net.parameters())
@@ -242,12 +216,11 @@ class SparCL(WholeModelMethod):
                 mask = mask.view_as(p)
             self.masks[n] = mask
         self.mask_updates += 1
-        self._update_flops()
+        self._update_cost()
 
-    def _update_flops(self) -> None:
-        dense = sum(self.layer_flops.values())
-        saved = sum(self.layer_flops[self.module_of[n]] * (1.0 - float(m.mean())) for n, m in self.masks.items())
-        self.f_model = dense - saved
+    def _update_cost(self) -> None:
+        """The model's forward cost at the masks' density (each pruned conv at its mask's, the rest dense)."""
+        self.declare_part("model", per_sample=masked_cost(self.layer_cost, self.masks, self.module_of))
 
     def mask_sparsity(self) -> float:
         """Fraction of zeros over all pruned layers' masks."""
@@ -308,26 +281,27 @@ class SparCL(WholeModelMethod):
             return self.ce(out, yi)
         return self.ce(out, yi, self.task_indices(self.current_task))  # the current task's outputs only
 
-    def observe(self, x: Tensor, y: Tensor, ids: Tensor | None = None) -> dict:
+    def train_step(self, batch: Batch) -> Step:
+        ids = batch.ids
         info: dict = {}
         if self.task_step in self.update_at:
             self.update_masks(self.update_at[self.task_step])
         if self.task_step in self.remove_at and ids is not None:
             info["removed"] = float(self.remove_data())
         self.task_step += 1
-        x, yi = x.to(self.device), self.to_index(y)
+        x, yi = batch.x.to(self.device), batch.y
         if ids is not None and self.removed:
             keep = torch.tensor([int(i) not in self.removed for i in ids], dtype=torch.bool)
             if not bool(keep.all()):
                 x, yi, ids = x[keep.to(x.device)], yi[keep.to(yi.device)], ids[keep]
         if len(x) == 0:
-            return {"loss": 0.0, "trained": 0.0, **info}
+            return Step({"loss": 0.0, "trained": 0.0, **info}, update=False)
         self.net.train()
         out = self.net(x)
         loss = self.ce_current(out, yi)
         n = len(x)
         parts: dict = {"ce": float(loss.detach())}
-        if len(self.tasks) > 1 and len(self.buffer):
+        if self.classes.n_tasks() > 1 and len(self.buffer):
             extra, n_rep, parts2 = self.replay_loss(x, yi)
             loss = loss + extra
             n += n_rep
@@ -343,10 +317,8 @@ class SparCL(WholeModelMethod):
         with torch.no_grad():
             for nme, p in self.params.items():
                 p.mul_(self.masks[nme])
-        self.steps += 1
-        self.train_flops(n)
         self.buffer.add(x=x, y=yi, logits=out.detach())
-        return {"loss": float(loss.detach()), "trained": float(len(x)), **parts, **info}
+        return Step({"loss": float(loss.detach()), "trained": float(len(x)), **parts, **info}, trained=n)
 
     # --- accounting
     def kept_weights(self) -> int:
@@ -370,8 +342,11 @@ class SparCL(WholeModelMethod):
         return d
 
 
+@register_method
 class SparCLER(SparCL):
     name = "sparcl-er"
+    summary = "SparCL on ER (90% weight sparsity)"
+    config_class = SparCLERConfig
     cost = 1.4
 
     def replay_loss(self, x, yi):
@@ -384,8 +359,11 @@ class SparCLER(SparCL):
         return min(self.minibatch, self.buffer.size)
 
 
+@register_method
 class SparCLDERpp(SparCL):
     name = "sparcl-derpp"
+    summary = "SparCL on DER++ (90% weight sparsity)"
+    config_class = SparCLDERppConfig
     cost = 1.8
 
     def replay_loss(self, x, yi):

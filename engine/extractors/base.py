@@ -9,6 +9,12 @@ are not thread-safe, timing of the run, and a check of what the backend returned
 :meth:`~BaseExtractor._open` (load its file, build its session) and :meth:`~BaseExtractor._run` (features of a
 checked batch already on its device), and describes itself: ``name``, ``Options`` (a typed dataclass with
 defaults whose construction validates), ``requires``/``install`` (what it needs installed) and ``info()``.
+
+Lifetime, after Polygraphy's ``activate()``/``deactivate()`` and its ``with runner:`` form: the session is
+built when the extractor is made (``_open``) and released by :meth:`BaseExtractor.close` (the backend's
+``_close`` drops its session, engine or module), which ``with load_extractor(...) as ex:`` calls on exit.
+Closing is idempotent and waits for a running call of a non-concurrent backend; a closed extractor refuses
+to run with one line.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import Any, ClassVar, ContextManager, Mapping
 import torch
 from torch import Tensor
 
-from ..errors import InputError, IntegrityError, NonFiniteError, ShapeError
+from ..errors import InputError, IntegrityError, NonFiniteError, ShapeError, StateError
 from ..validate import check_tensor_kind, check_threads
 
 # ---------------------------------------------------------------- options
@@ -142,6 +148,7 @@ class BaseExtractor:
         self.session_create_ms: float | None = None
         self.last_run_ms: float | None = None
         self._call_lock = threading.Lock()
+        self.closed = False
         t0 = time.perf_counter()
         self._open(options)
         if self.session_create_ms is None:
@@ -155,6 +162,10 @@ class BaseExtractor:
     def _run(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Features of ``x``: a checked float32 batch, detached, already on :attr:`input_device`."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _run")
+
+    def _close(self) -> None:
+        """Drop the runtime objects ``_open`` built (session, engine, module), in the order they must go.
+        Default: nothing to release."""
 
     @classmethod
     def unavailable(cls, meta: dict[str, Any], device: torch.device) -> str | None:
@@ -216,7 +227,28 @@ class BaseExtractor:
                                  f"[{n}, {', '.join(map(str, self.feature_shape))}]")
         return out
 
+    # ------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Release the session / engine now rather than whenever the garbage collector gets to it (a device
+        swapping exports, a benchmark opening one backend after another). Idempotent; afterwards a call is
+        refused with one line."""
+        with self._call_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._close()
+
+    def __enter__(self) -> "BaseExtractor":
+        if self.closed:
+            raise StateError(f"the {self.name} extractor of {self.export_dir} is closed: load it again")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __call__(self, x: Tensor) -> Tensor:
+        if self.closed:
+            raise StateError(f"the {self.name} extractor of {self.export_dir} is closed: load it again")
         x = self.check_input(x)
         with self._guard():
             t0 = time.perf_counter()

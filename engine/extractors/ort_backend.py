@@ -202,6 +202,12 @@ class OrtExtractor(BaseExtractor):
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
+    def _close(self) -> None:
+        """onnxruntime frees a session (its weights, arena and thread pools) when the last reference goes."""
+        self.session = None
+        self.io_binding = False
+        release_free_heap()
+
     def _release_model_bytes(self) -> None:
         """Drop the model file's bytes onnxruntime's Python session keeps (``InferenceSession._model_bytes``, "holding
         the memory indefinitely" by its own comment) only to re-create the session when an execution provider

@@ -150,6 +150,13 @@ class TensorRTExtractor(BaseExtractor):
             self.out_idx = self.engine.get_binding_index(self.output_name)
             self.n_bindings = self.engine.num_bindings
 
+    def _close(self) -> None:  # pragma: no cover - needs TensorRT and a GPU
+        """The execution context before its engine, the engine before the runtime that made it (TensorRT's
+        destruction order; Polygraphy's ``deactivate`` does the same)."""
+        self.context = None
+        self.engine = None
+        self._runtime = None
+
     def _run(self, x: Tensor) -> Tensor:  # pragma: no cover - needs TensorRT and a GPU
         n = int(x.shape[0])  # the template checked 1 <= n <= max_batch and moved x to this device
         x = x.contiguous()

@@ -71,6 +71,10 @@ class TorchExtractor(BaseExtractor):
         # one mode at a time: a prediction in eval_statistics() must not switch BN under a learning step
         self._mode_lock = threading.RLock()
 
+    def _close(self) -> None:
+        """The rebuilt frozen module's weights are the only thing held."""
+        self.net = None
+
     def _guard(self):
         # eval mode never switches: no lock, concurrent calls stay concurrent
         return self._mode_lock if self.frozen_bn == "train" else contextlib.nullcontext()

@@ -66,6 +66,19 @@ def add_batch(p: argparse.ArgumentParser, flag: str = "--batch-size", default: O
                                     help=(help or "samples per batch") + dflt)
 
 
+OUTPUT_KINDS = ("file", "dir", "prefix")
+
+
+def output(action: argparse.Action, kind: str) -> argparse.Action:
+    """Mark an option as a path lightcl writes (``file``; ``dir``: a directory it writes into; ``prefix``:
+    PREFIX.safetensors + PREFIX.json): the one output rule applies to it (``engine.outpath``) and
+    tests/test_output_paths.py finds every marked option in the parsers and tries hostile targets on it."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"output kind must be one of {OUTPUT_KINDS}")
+    action.lightcl_output = kind  # type: ignore[attr-defined]
+    return action
+
+
 def add_json(p: argparse.ArgumentParser, help: Optional[str] = None, to_stdout: bool = False) -> None:
     """``--json OUT``: also write the verb's result to this file (atomically; never over lightcl's own
     files), or with ``to_stdout`` a switch that prints JSON instead of a table (``lightcl info``)."""
@@ -73,4 +86,5 @@ def add_json(p: argparse.ArgumentParser, help: Optional[str] = None, to_stdout: 
     if to_stdout:
         g.add_argument("--json", action="store_true", help=help or "print JSON instead of a table")
     else:
-        g.add_argument("--json", default=None, metavar="OUT", help=help or "also write the results to this JSON file")
+        output(g.add_argument("--json", default=None, metavar="OUT",
+                              help=help or "also write the results to this JSON file"), "file")

@@ -8,6 +8,8 @@ from typing import Iterable
 
 from lightcl.engine import validate
 from lightcl.engine.errors import InputError
+from lightcl.engine.outpath import check_output_dir as _check_output_dir
+from lightcl.engine.outpath import check_output_file
 from lightcl.engine.validate import check_batch  # noqa: F401  (re-exported: the verbs import their checks from here)
 
 
@@ -30,25 +32,39 @@ def check_output(path: str | os.PathLike | None, flag: str = "--json", dirs: Ite
     directory is fine: saves keep it."""
     if path is None:
         return
-    p = Path(path)
-    if p.is_dir() and not p.is_symlink():
-        raise InputError(f"{flag} {p} is a directory; give a file name")
+    p = check_output_file(path, flag)  # the one output rule: no link, FIFO, device, directory; parent reachable
     try:
         target = p.parent.resolve() / p.name
     except (OSError, RuntimeError) as e:
         raise InputError(f"{flag} {p}: cannot resolve its folder ({e})") from None
     for f in files:
-        if f is not None and Path(f).absolute().resolve() == target:
+        if f is not None and _resolved(f) == target:
             raise InputError(f"{flag} {p} would overwrite {f}; choose another file")
     for d in dirs:
         if d is None:
             continue
-        d = Path(d).absolute().resolve()
+        d = _resolved(d)
+        if d is None:
+            continue
         if target == d:
             raise InputError(f"{flag} {p} is the directory lightcl writes its state/export to; give a file name")
         if target.parent == d and p.name in _owned(d):
             raise InputError(f"{flag} {p} would overwrite {p.name}, a file of the lightcl directory {d}; "
                              "choose another file")
+
+
+def _resolved(f) -> Path | None:
+    """``f`` resolved, or None where it cannot be (a symlink loop: the verb's own load says why)."""
+    try:
+        return Path(f).absolute().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def check_output_dir(path, flag: str = "--out") -> None:
+    """An output directory (``--out DIR``) under the one output rule (``engine.outpath``)."""
+    if path is not None:
+        _check_output_dir(path, flag)
 
 
 def check_threads(v, flag: str = "--threads") -> None:

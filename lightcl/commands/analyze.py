@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("ckpt", metavar="CKPT", help="backbone checkpoint (PATH, PATH.safetensors or PATH.json)")
     p.add_argument("--dataset", required=True, help="dataset whose classes make the old and new task")
-    p.add_argument("--out", default=None, help="directory for analysis.json, analysis.md, analysis.png")
+    _args.output(p.add_argument("--out", default=None, help="directory for analysis.json, analysis.md, analysis.png"),
+                 "dir")
     p.add_argument("--old-classes", default=None, help="comma list (default: first half of the classes)")
     p.add_argument("--new-classes", default=None, help="comma list (default: the other classes)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per fine-tuning (default 3)")
@@ -85,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.bench.analysis import analyze, format_table, write_outputs
 
     _check(args)
+    from lightcl.commands._safety import check_output_dir
+    from lightcl.engine.outpath import check_output_file
+
+    check_output_dir(args.out)
+    for name in ("analysis.json", "analysis.md", "analysis.png") if args.out else ():
+        check_output_file(f"{args.out}/{name}", "--out", root=args.out)  # before the analysis, not after it
 
     res = analyze(args.ckpt, args.dataset, old_classes=_classes(args.old_classes), new_classes=_classes(args.new_classes),
                   epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, seeds=args.seeds,

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lightcl.bench.scenarios import SCENARIOS
 
     p.add_argument("--suite", required=True, choices=list(SCENARIOS), help="scenario to run")
-    p.add_argument("--out", required=True, help="output directory")
+    _args.output(p.add_argument("--out", required=True, help="output directory"), "dir")
     p.add_argument("--methods", default="all", help=f"comma list or 'all' (default): {', '.join(METHODS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 1 for smoke, 3 otherwise)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's; smoke: 1)")
@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lightcl.bench.suite import run_suite
 
-    from lightcl.commands._safety import check_threads
+    from lightcl.commands._safety import check_output_dir, check_threads
 
+    check_output_dir(args.out)
     check_threads(args.threads or None)  # 0 = the libraries' default
     command = f"lightcl bench --suite {args.suite}"
     for flag, val in (("--methods", None if args.methods == "all" else args.methods), ("--seeds", args.seeds),

@@ -16,7 +16,8 @@ DESCRIPTION = ("The main job, end to end: pretrain a backbone (cached in ~/.cach
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default="offline", help="offline (default), offline-hard, smoke, ...")
     p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's)")
-    p.add_argument("--out", default="runs/demo", help="where the state and results go (default runs/demo)")
+    _args.output(p.add_argument("--out", default="runs/demo", help="where the state and results go (default runs/demo)"),
+                 "dir")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _args.add_backend(p, default="ort", help="extractor backend for learning")
 
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.engine.extractors import load_extractor
     from lightcl.engine.fileio import write_json_atomic
 
+    from lightcl.commands._safety import check_output_dir
+
+    check_output_dir(args.out)
     t0 = time.perf_counter()
     s = get_scenario(args.scenario, epochs=args.epochs)
     print(f"lightcl demo: scenario {s.name}: {s.description}")

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-names", default=None, metavar="A,B,...",
                    help="names of the model's own classes, one per classifier output (default: the --images folder's "
                         "class folders when there are as many)")
-    p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
+    _args.output(p.add_argument("--out", required=True, help="export directory to write (replaced atomically)"), "dir")
     p.add_argument("--split", default=None, help="last frozen block or stage, e.g. resnet18: stem, layer1..layer4, "
                                                   "layer4.0; mobilenetv2: stage1..stage7, stage6.1 (default: the "
                                                   "backbone's, layer3 / stage5); with --arch/--model any module name "
@@ -181,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
     from lightcl.export.onnx_export import export_checkpoint, summary_lines
 
     if args.arch or args.model:
-        from lightcl.commands._safety import check_output
+        from lightcl.commands._safety import check_output, check_output_dir
 
+        check_output_dir(args.out)
         check_output(args.json, dirs=[args.out], files=[args.checkpoint, args.weights])
         meta = run_own_model(args)
         for line in summary_lines(meta, args.out):
@@ -202,9 +203,10 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.fp16 and not args.tensorrt):
         raise InputError("--fp16 is a TensorRT precision: use it with --tensorrt")
-    from lightcl.commands._safety import check_output
+    from lightcl.commands._safety import check_output, check_output_dir
     from lightcl.export.checkpoint import checkpoint_paths
 
+    check_output_dir(args.out)
     check_output(args.json, dirs=[args.out], files=checkpoint_paths(args.checkpoint))
     precision = None
     if args.tensorrt:

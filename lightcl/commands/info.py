@@ -8,7 +8,7 @@ from lightcl.commands import _args
 
 DESCRIPTION = ("Versions of python, torch, onnx, onnxruntime (and which package provides it), tensorrt; "
                "the execution providers that really work (a tiny session per provider); the registered extractor "
-               "backends and backbones; CUDA devices; CPUs.")
+               "backends, backbones and torchvision-keyed families; CUDA devices; CPUs.")
 
 
 def _backbones() -> dict:
@@ -18,6 +18,15 @@ def _backbones() -> dict:
     except ImportError as e:
         return {"unavailable": str(e)}
     return {name: backbone_entry(name).default_cfg() for name in list_backbones()}
+
+
+def _torchvision_models() -> dict:
+    """The torchvision-keyed families (``tv_*``: torchvision's state-dict keys; host-side, like the zoo)."""
+    try:
+        from lightcl.export.torchvision_models import list_torchvision_models, torchvision_entry
+    except ImportError as e:
+        return {"unavailable": str(e)}
+    return {name: torchvision_entry(name).default_cfg() for name in list_torchvision_models()}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
     info["execution_providers"] = working_providers()
     info["extractor_backends"] = extractor_backends()
     info["backbones"] = _backbones()
+    info["torchvision_models"] = _torchvision_models()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    rows = [(k, v) for k, v in info.items() if k not in ("execution_providers", "cuda_devices", "extractor_backends", "backbones")]
+    listed = ("execution_providers", "cuda_devices", "extractor_backends", "backbones", "torchvision_models")
+    rows = [(k, v) for k, v in info.items() if k not in listed]
     for k, v in rows:
         print(f"{k:22s} {v if v is not None else 'not installed'}")
     print("execution providers:")
@@ -50,6 +61,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"  {name:28s} input {'x'.join(map(str, cfg['input_size']))}, default split {cfg['default_split']}, "
               f"width {cfg['default_width']}; splits: {', '.join(cfg['split_points'])}")
+    print("torchvision-keyed families (load torchvision state dicts as they are):")
+    for name, cfg in info["torchvision_models"].items():
+        if name == "unavailable":
+            print(f"  {cfg}")
+            continue
+        print(f"  {name:28s} input {'x'.join(map(str, cfg['input_size']))} (shorter side {cfg['shorter_side']}, "
+              f"centre crop), default split {cfg['default_split']}, classifier {cfg['classifier']}; "
+              f"{len(cfg['split_points'])} split points")
     print("cuda devices:" + ("" if info["cuda_devices"] else " none"))
     for d in info["cuda_devices"]:
         print(f"  [{d['index']}] {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)")

@@ -1,12 +1,16 @@
-"""``lightcl learn DIR --scenario NAME --state STATE``: continual learning with the engine."""
+"""``lightcl learn EXPORT --scenario NAME --state STATE`` or ``lightcl learn EXPORT --images DIR --lessons
+cup,ball/cat,dog --state STATE``: continual learning with the engine, on the one stream loop of
+:mod:`lightcl.data.stream` (nothing here imports the benchmark)."""
 from __future__ import annotations
 
 import argparse
 
 from lightcl.commands import _args
 
-DESCRIPTION = ("Learn a class-incremental scenario with LightCL on an export directory: progress per task, "
-               "TIL and CIL accuracy matrices after each task, state saved after each task (--resume continues).")
+DESCRIPTION = ("Learn a class-incremental stream with LightCL on an export directory: a built-in --scenario, or "
+               "named lessons from your own class-per-subfolder image folder (--images DIR --lessons cup,ball/cat,dog). "
+               "Progress per task, TIL and CIL accuracy matrices after each task, state saved after each task; an "
+               "existing --state is continued only with --resume, never overwritten.")
 
 
 def add_learner_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +23,11 @@ def add_learner_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--buffer-policy", choices=["new-task-first-batch", "reservoir"], default=None)
     g.add_argument("--loss-slice", choices=["task", "all"], default=None,
                    help="cross-entropy over the task's logits (task, authors) or all seen classes (all)")
-    g.add_argument("--expandable", action="store_true", help="grow the classifier as classes arrive")
+    g.add_argument("--expandable", action="store_true", help="grow the classifier as classes arrive (always so "
+                   "with --images or --keep-backbone-classes)")
+    g.add_argument("--keep-backbone-classes", action="store_true",
+                   help="keep the backbone's own classifier and classes (reset_classifier=False; named by the export's "
+                        "class_names): lessons add classes beside them")
     g.add_argument("--seed", type=int, default=None)
 
 
@@ -28,25 +36,38 @@ def learner_options(args: argparse.Namespace) -> dict:
     opts = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "expandable", False):
         opts["num_classes"] = None
+    if getattr(args, "keep_backbone_classes", False):
+        opts.update(reset_classifier=False, num_classes=None)
     return opts
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("export_dir", metavar="DIR", help="export directory (from `lightcl export`)")
-    p.add_argument("--scenario", default="smoke", help="smoke, offline, offline-hard, paper-cifar10, paper-tinyimg")
+    p.add_argument("export_dir", metavar="EXPORT", help="export directory (from `lightcl export`)")
+    p.add_argument("--scenario", default=None,
+                   help="a built-in scenario: smoke (the default without --images), offline, offline-hard, "
+                        "paper-cifar10, paper-tinyimg, smoke-mobilenetv2")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="your own class-per-subfolder image folder (DIR/<class>/*.png; DIR/train and DIR/test if "
+                        "present, else a seeded --test-fraction of each class is held out); needs --lessons")
+    p.add_argument("--lessons", default=None, metavar="A,B/C,D",
+                   help="with --images: the lessons in order, classes by folder name, e.g. cup,ball/cat,dog; a class "
+                        "may come back in a later lesson. --resume accepts more lessons after the state's")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="with --images and no DIR/test: the seeded fraction of each class held out for testing (0.2)")
     p.add_argument("--frozen-bn", choices=["eval", "train"], default=None,
                    help="torch backend only: train = the authors' drifting frozen BN statistics while learning "
                         "(prediction always uses fixed statistics); --resume defaults to the state's mode")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's)")
-    p.add_argument("--state", required=True, help="state directory (written atomically after each task)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per task (default: the scenario's; 1 with --images)")
+    _args.output(p.add_argument("--state", required=True, help="state directory (written atomically after each task)"),
+                 "dir")
     p.add_argument("--resume", action="store_true", help="continue after the last finished task in --state")
     p.add_argument("--max-tasks", type=int, default=None, help="stop after this many tasks (resume later)")
-    p.add_argument("--data-path", default=None, help="explicit location of the scenario's dataset")
+    p.add_argument("--data-path", default=None, help="explicit location of --scenario's dataset (needs --scenario)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _args.add_backend(p)
     _args.add_device(p)
     _args.add_threads(p, help="torch threads for the head")
-    _args.add_batch(p, help="samples per update step (default: the scenario's)")
+    _args.add_batch(p, help="samples per update step (default: the scenario's; 32 with --images)")
     _args.add_json(p)
     add_learner_arguments(p)
 
@@ -54,20 +75,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lightcl.bench.runner import learn_scenario
-    from lightcl.bench.scenarios import get_scenario
-    from lightcl.commands._safety import check_batch, check_output, check_threads, export_bytes_per_sample
+    from lightcl.data.scenarios import get_scenario
+    from lightcl.data.stream import learn_folder, learn_scenario, parse_lessons
+    from lightcl.commands._safety import (check_batch, check_output, check_output_dir, check_threads,
+                                          export_bytes_per_sample)
     from lightcl.engine.errors import InputError
     from lightcl.engine.extractors import options_for
     from lightcl.engine.fileio import write_json_atomic
 
     check_threads(args.threads)
+    check_output_dir(args.state, "--state")
     check_output(args.json, dirs=[args.state, args.export_dir])
+    if args.images is not None:
+        if args.scenario is not None or args.data_path is not None:
+            raise InputError("--images learns your own folder: it takes no --scenario or --data-path")
+        if not args.lessons:
+            raise InputError("--images needs --lessons, e.g. --lessons cup,ball/cat,dog (class folder names)")
+    elif args.lessons is not None:
+        raise InputError("--lessons names class folders of --images DIR: pass --images")
+    elif args.data_path is not None and args.scenario is None:
+        raise InputError("--data-path locates a scenario's dataset: name it with --scenario (for your own image "
+                         "folder use --images DIR --lessons ...)")
+    lessons = parse_lessons(args.lessons) if args.images is not None else None
+    if lessons is not None and args.epochs is not None and args.epochs < 1:
+        raise InputError(f"--epochs must be a positive integer, got {args.epochs}")
     if args.batch_size is not None:
         check_batch(args.batch_size, "--batch-size", export_bytes_per_sample(args.export_dir))
     if args.threads:
         torch.set_num_threads(args.threads)
-    scenario = get_scenario(args.scenario, epochs=args.epochs, batch_size=args.batch_size)
     ext_opts = {"device": args.device}
     if args.frozen_bn:
         ext_opts["frozen_bn"] = args.frozen_bn
@@ -81,9 +116,14 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{args.state} was learned with --frozen-bn train: it resumes on the torch backend "
                                  f"only (--backend torch or auto, not {args.backend})")
             ext_opts["frozen_bn"] = "train"
-    res = learn_scenario(args.export_dir, scenario, args.state, backend=args.backend, resume=args.resume,
-                         learner_options=learner_options(args), extractor_options=ext_opts,
-                         data_path=args.data_path, max_tasks=args.max_tasks, progress=not args.quiet)
+    common = dict(backend=args.backend, resume=args.resume, learner_options=learner_options(args),
+                  extractor_options=ext_opts, max_tasks=args.max_tasks, progress=not args.quiet)
+    if lessons is not None:
+        res = learn_folder(args.export_dir, args.images, lessons, args.state, epochs=args.epochs or 1,
+                           batch_size=args.batch_size or 32, test_fraction=args.test_fraction, **common)
+    else:
+        scenario = get_scenario(args.scenario or "smoke", epochs=args.epochs, batch_size=args.batch_size)
+        res = learn_scenario(args.export_dir, scenario, args.state, data_path=args.data_path, **common)
     print(f"final TIL {100 * res['final_til']:.2f}%  CIL {100 * res['final_cil']:.2f}%  "
           f"forgetting TIL {100 * res['forgetting_til']:.2f}  CIL {100 * res['forgetting_cil']:.2f}  "
           f"step {res['step_ms']:.1f} ms  peak RSS {res['peak_rss_mib']:.0f} MiB" if res["til"] else "no task learned")

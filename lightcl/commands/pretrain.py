@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", type=int, default=None, help="train on a seeded class-balanced subset of N images")
-    p.add_argument("--out", required=True, help="output path prefix: writes OUT.safetensors and OUT.json")
+    _args.output(p.add_argument("--out", required=True, help="output path prefix: writes OUT.safetensors and OUT.json"),
+                 "prefix")
     _args.add_batch(p, default=64, help="training batch size")
     _args.add_threads(p, help="torch intra-op threads")
     _args.add_json(p, help="also write the summary to this JSON file")
@@ -51,7 +52,10 @@ def _check(args: argparse.Namespace) -> None:
     from lightcl.export.checkpoint import checkpoint_paths
 
     check_output(args.json, files=checkpoint_paths(args.out))
+    from lightcl.engine.outpath import check_output_file
+
     for f in checkpoint_paths(args.out):  # fail now, not after the training
+        check_output_file(f, "--out")  # the one output rule: no link, FIFO, device there
         if f.is_dir():
             raise InputError(f"--out: {f} is a directory")
         d = f.parent
