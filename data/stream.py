@@ -36,12 +36,16 @@ class StreamData:
     """
 
     def __init__(self, train: TensorData, test: TensorData, tasks: list[Task], batch_size: int, normalization: dict,
-                 augment: bool = False, label_names: Sequence[str] | None = None) -> None:
+                 augment: bool = False, label_names: Sequence[str] | None = None,
+                 input_shape: Sequence[int] | None = None, resize: dict | None = None) -> None:
         self.train, self.test, self.tasks, self.batch_size = train, test, list(tasks), int(batch_size)
         self.label_names = None if label_names is None else list(label_names)
         mean, std = normalization["mean"], normalization["std"]
-        self.pre_train = Preprocess(mean, std, crop_padding=4 if augment else 0)
-        self.pre_eval = Preprocess(mean, std)
+        # the export's input size and rule (None: the built-in scenarios' 3 x 32 x 32, stretched)
+        shape = {} if input_shape is None else {"size": (int(input_shape[-2]), int(input_shape[-1])),
+                                                "channels": int(input_shape[0]), "resize": resize}
+        self.pre_train = Preprocess(mean, std, crop_padding=4 if augment else 0, **shape)
+        self.pre_eval = Preprocess(mean, std, **shape)
 
     def names(self, labels):
         """The learner's labels for integer data labels: themselves, or their names."""
@@ -95,26 +99,23 @@ def parse_lessons(text: str) -> list[list[str]]:
 
 
 def folder_data(path: str | Path, lessons: list[list[str]], normalization: dict, input_shape: Sequence[int],
-                batch_size: int = 32, test_fraction: float = 0.2) -> StreamData:
+                batch_size: int = 32, test_fraction: float = 0.2, resize: dict | None = None) -> StreamData:
     """Lessons from a class-per-subfolder image folder: ``path/train`` + ``path/test`` where both exist, else a
     seeded stratified ``test_fraction`` of each class is held out for testing."""
     from .datasets import load_folder
 
-    c, h, w = (int(v) for v in input_shape[-3:])
-    if h != w:
-        # TODO(lead): C1's load_folder takes the export's input_shape and resize rule; pass them here then.
-        raise InputError(f"folder lessons need a square input for now (the export's input is {h}x{w})")
+    shape = [int(v) for v in input_shape[-3:]]
     if not 0.0 < float(test_fraction) < 1.0:
         raise InputError(f"--test-fraction must be in (0, 1), got {test_fraction}")
-    # TODO(lead): C1 extends load_folder with input_shape/resize from the export's meta: pass them here.
-    train_ds = load_folder(path, "train", size=h, test_fraction=test_fraction)
-    test_ds = load_folder(path, "test", size=h, test_fraction=test_fraction)
+    # images at the export's own input size, by its resize rule (meta["resize"]; None: stretch)
+    train_ds = load_folder(path, "train", size=shape, test_fraction=test_fraction, resize=resize)
+    test_ds = load_folder(path, "test", size=shape, test_fraction=test_fraction, resize=resize)
     classes = list(train_ds.classes)
     unknown = [n for ls in lessons for n in ls if n not in classes]
     if unknown:
         raise InputError(f"--lessons name {', '.join(sorted(set(unknown))[:5])}, which {path} has no class folder "
                          f"for; its classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
-    train, test = TensorData(train_ds, size=h), TensorData(test_ds, size=h)
+    train, test = TensorData(train_ds, size=shape, resize=resize), TensorData(test_ds, size=shape, resize=resize)
     ytr, yte = train.y.numpy(), test.y.numpy()
     tasks = []
     for t, names in enumerate(lessons):
@@ -123,7 +124,8 @@ def folder_data(path: str | Path, lessons: list[list[str]], normalization: dict,
         if empty:
             raise InputError(f"class {empty[0]!r} has no training images in {path}")
         tasks.append(Task(t, ids, np.flatnonzero(np.isin(ytr, ids)), np.flatnonzero(np.isin(yte, ids))))
-    return StreamData(train, test, tasks, batch_size, normalization, augment=False, label_names=classes)
+    return StreamData(train, test, tasks, batch_size, normalization, augment=False, label_names=classes,
+                      input_shape=shape, resize=resize)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -360,7 +362,8 @@ def learn_folder(export_dir: str | Path, images: str | Path, lessons: list[list[
                             "epochs": int(epochs), "batch_size": int(batch_size)}}
 
     def data(meta: dict) -> StreamData:
-        return folder_data(images, lessons, meta["normalization"], meta["input_shape"], batch_size, test_fraction)
+        return folder_data(images, lessons, meta["normalization"], meta["input_shape"], batch_size, test_fraction,
+                           resize=meta.get("resize"))
 
     return learn_stream(export_dir, data, state_dir, identity=identity, epochs=epochs, backend=backend,
                         resume=resume, learner_options=opts, extractor_options=extractor_options,
