@@ -1,7 +1,8 @@
 """The trainable deep part: the backbone's blocks after the split point + pooling + classifier.
 
 Rebuilt on the device from a JSON config, so ``head.safetensors`` alone (no pickle, no exporter
-code) is enough to train and predict.
+code) is enough to train and predict. Two kinds of config: block specs (:class:`Head`, the zoo's
+backbones) and a graph spec (:class:`GraphHead`, any traced network: ``lightcl.export.intake``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from .blocks import block_tap_names, build_block, forward_block_taps
 from .classifier import fresh_classifier, grown_classifier
 from .errors import IntegrityError, StateError
+from .graphspec import GraphNet, check_spec
 
 HEAD_FORMAT = "lightcl-head/1"
 
@@ -30,6 +32,8 @@ class Head(nn.Module):
     from the dense defaults, and ``feat_dim`` is the last block's pruned width: the head is rebuilt from
     these counts, no special case.
     """
+
+    classifier_key = "fc"  # the classifier's prefix in state_dict()
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -123,11 +127,14 @@ class Head(nn.Module):
             raise IntegrityError(f"{where} is not a lightcl head (metadata format {meta.get('format')!r})")
         try:
             config = json.loads(meta["config"])
+            klass = GraphHead if isinstance(config, dict) and "graph" in config else cls
+            if klass is GraphHead:
+                GraphHead.check_config(config, where)  # every size checked before anything is allocated
             if _ASSIGN:
                 with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned
-                    head = cls(config)
+                    head = klass(config)
             else:  # torch < 2.1 (Jetson floor, docs/device-floor.md): build, then copy the weights in
-                head = cls(config)
+                head = klass(config)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as e:
             raise IntegrityError(f"{where}: malformed head config in its metadata ({type(e).__name__}: {e})") from None
         want = head.state_dict()
@@ -141,7 +148,92 @@ class Head(nn.Module):
         except RuntimeError as e:
             first = " ".join(str(e).split())[:300]
             raise IntegrityError(f"{where}: tensors do not match the head config ({first})") from None
+        if isinstance(head, GraphHead):
+            head.net.refresh()
         return head.to(map_location)
+
+
+class GraphHead(Head):
+    """The trainable part of a graph export: a :class:`~lightcl.engine.graphspec.GraphNet` from features to logits.
+
+    ``config``: ``{"graph": <graph spec>, "classifier": "fc", "taps": [[tap, node], ...], "in_features": [C, H, W],
+    "num_classes": K, "feat_dim": D}``. ``classifier`` names the ``Linear`` whose output is the graph's output
+    (the logits; :attr:`fc`). ``taps`` are LightCL's feature taps, chosen at export: the output of each
+    block-level submodule of the head (``layer4.0``, ``layer4.1``, ...: the last node traced inside it), then
+    ``"logits"``. ``num_classes`` overrides the classifier's ``out_features`` (a grown or reset classifier is
+    saved with its current size).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        nn.Module.__init__(self)
+        self.config = json.loads(json.dumps(config))
+        cls_path = str(self.config["classifier"])
+        self.net = GraphNet(self.config["graph"], where="head graph spec",
+                            overrides={cls_path: {"out_features": int(self.config["num_classes"])}})
+        self.classifier_path = cls_path
+        self.classifier_key = "net." + cls_path
+        self._taps = [(str(t), str(n)) for t, n in self.config.get("taps", [])]
+        self.block_names = [t for t, _ in self._taps]
+
+    @staticmethod
+    def check_config(config: Any, where: str = "head config") -> None:
+        """Everything :class:`GraphHead` reads from ``config``, as one :class:`IntegrityError` line."""
+        if not isinstance(config, dict):
+            raise IntegrityError(f"{where}: head config is not an object")
+        spec = config.get("graph")
+        check_spec(spec, f"{where}: graph spec")
+        cls_path = config.get("classifier")
+        mod = spec["modules"].get(cls_path) if isinstance(cls_path, str) else None
+        if mod is None or mod["type"] != "Linear":
+            raise IntegrityError(f"{where}: classifier {str(cls_path)[:60]!r} is not a Linear layer of the graph")
+        out = spec["nodes"][-1]["args"][0]
+        last = [n for n in spec["nodes"] if n["op"] == "call_module" and n["target"] == cls_path]
+        if len(last) != 1 or out != {"node": last[0]["name"]}:
+            raise IntegrityError(f"{where}: the graph's output must be the classifier {cls_path!r} called once")
+        k = config.get("num_classes")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 1 << 24:
+            raise IntegrityError(f"{where}: num_classes must be an integer in [0, {1 << 24}]")
+        names = {n["name"] for n in spec["nodes"]}
+        taps = config.get("taps", [])
+        if not isinstance(taps, list) or not all(
+                isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and len(t[0]) <= 200 and t[0] != "logits"
+                and t[1] in names for t in taps):
+            raise IntegrityError(f"{where}: taps must be [tap name, node name] pairs naming nodes of the graph")
+        shp = config.get("in_features")
+        if not isinstance(shp, list) or len(shp) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in shp):
+            raise IntegrityError(f"{where}: in_features must be [C, H, W]")
+
+    @property
+    def fc(self) -> nn.Linear:  # type: ignore[override]
+        """The classifier named at export (e.g. ``fc``, ``classifier.3``)."""
+        return self.net._resolve(self.classifier_path)
+
+    def _set_fc(self, fc: nn.Linear) -> None:
+        parent_path, _, leaf = self.classifier_path.rpartition(".")
+        parent = self.net.get_submodule(parent_path) if parent_path else self.net
+        parent.add_module(leaf, fc)
+        self.net.refresh()
+        self.config["num_classes"] = fc.out_features
+
+    def tap_names(self) -> list[str]:
+        return [t for t, _ in self._taps] + ["logits"]
+
+    def forward(self, f: Tensor, return_taps: bool = False):
+        if not return_taps:
+            return self.net(f)
+        logits, kept = self.net.run(f, tuple(n for _, n in self._taps))
+        taps = {t: kept[n] for t, n in self._taps}
+        taps["logits"] = logits
+        return logits, taps
+
+    def reset_classifier(self, num_classes: int, generator: torch.Generator | None = None) -> None:
+        self._set_fc(fresh_classifier(self.fc.in_features, num_classes, generator, like=self.fc))
+
+    def expand_classes(self, num_classes: int, generator: torch.Generator | None = None) -> None:
+        if num_classes <= self.fc.out_features:
+            return
+        self._set_fc(grown_classifier(self.fc, num_classes, generator))
 
 
 # torch >= 2.1: load_state_dict(assign=True) and torch.device as a context manager (meta-device build)

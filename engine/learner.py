@@ -641,10 +641,11 @@ class LightCL:
                                  f"{' ' if missing and unknown else ''}{'unknown ' + str(unknown) if unknown else ''}")
         self._check_identity(state, where)
         head_sd = state["head"]
+        fc_key = getattr(self.head, "classifier_key", "fc") + ".weight"  # "net.<classifier>" for a graph head
         if not isinstance(head_sd, Mapping) or not all(isinstance(v, Tensor) for v in head_sd.values()) \
-                or not isinstance(head_sd.get("fc.weight"), Tensor) or head_sd["fc.weight"].dim() != 2:
+                or not isinstance(head_sd.get(fc_key), Tensor) or head_sd[fc_key].dim() != 2:
             raise IntegrityError(f"{where}: head must be the head's module state dict")
-        rows = int(head_sd["fc.weight"].shape[0])
+        rows = int(head_sd[fc_key].shape[0])
         tasks, class_index = _check_tasks(state, rows, where)
         classes = ClassMap.from_state(state.get("class_map"), tasks, class_index, where)
         with self._lock:

@@ -107,8 +107,8 @@ def _quiet_exporter():
 def export_onnx(frozen: torch.nn.Module, path: str | Path, profile: str = "default",
                 input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Export ``frozen`` (eval mode) to ``path`` with the profile's exporter; return what was done.
-    ``input_shape`` None: the zoo's default ``[H, W]`` with the first block's input channels (callers with a
-    checkpoint pass its ``input_size``)."""
+    ``input_shape`` None: the zoo's default ``[H, W]`` with the first block's input channels (every intake
+    passes its model's own input shape; the default is kept for callers with a zoo FrozenNet)."""
     import onnx
 
     if input_shape is None:
@@ -162,8 +162,11 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def check_parity(frozen: torch.nn.Module, head: torch.nn.Module, onnx_path: Path, frozen_st: Path,
-                 x: torch.Tensor, y: torch.Tensor, atol: float, images: str) -> dict[str, Any]:
-    """torch vs onnxruntime on the same real batch; also the device's torch rebuild and batch-1 runs."""
+                 x: torch.Tensor, y: torch.Tensor | None, atol: float, images: str,
+                 relative: bool = False) -> dict[str, Any]:
+    """torch vs onnxruntime on the same real batch; also the device's torch rebuild and batch-1 runs.
+    ``relative``: the tolerance is ``atol * max(1, max |reference feature|)`` (any model's features, whatever
+    their scale; the zoo's checkpoints keep the absolute ``atol``)."""
     frozen.eval()
     ref = frozen(x)
     sess = ort_session(onnx_path)
@@ -181,11 +184,15 @@ def check_parity(frozen: torch.nn.Module, head: torch.nn.Module, onnx_path: Path
     logits_ref = head(ref)
     logits_onnx = head(got)
     rep["top1_agreement"] = float((logits_ref.argmax(1) == logits_onnx.argmax(1)).float().mean())
-    rep["top1_accuracy_torch"] = float((logits_ref.argmax(1) == y).float().mean())
-    rep["top1_accuracy_onnx"] = float((logits_onnx.argmax(1) == y).float().mean())
+    if y is not None:  # images without labels of the model's own classes: agreement only
+        rep["top1_accuracy_torch"] = float((logits_ref.argmax(1) == y).float().mean())
+        rep["top1_accuracy_onnx"] = float((logits_onnx.argmax(1) == y).float().mean())
     worst = max(rep["max_abs_diff"], rep["batch1_max_abs_diff"], rep["batch7_max_abs_diff"],
                 rep["torch_rebuild_max_abs_diff"])
-    rep["passed"] = bool(worst <= atol)
+    tol = atol * max(1.0, rep["reference_max_abs"]) if relative else atol
+    if relative:
+        rep["tolerance"] = tol
+    rep["passed"] = bool(worst <= tol)
     return rep
 
 
@@ -328,7 +335,9 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         raise StateError(f"checkpoint {ckpt_path} records no dataset: parity needs real images")
     say(f"loading real {dataset} images for parity{' and int8 calibration' if int8 else ''}")
     n_heldout = HELDOUT_BATCH if int8 else PARITY_BATCH
-    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1)
+    # parity and calibration at the checkpoint's own input size (not 32), stretched as the zoo's datasets are
+    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1, input_shape=input_shape,
+                                 resize={"rule": "stretch"})
     x_par, y_par = x_test[:PARITY_BATCH], y_test[:PARITY_BATCH]
     st_path, js_path = checkpoint_paths(ckpt_path)
 
@@ -339,6 +348,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         "input_shape": list(input_shape), "feature_shape": feature_shape,
         "normalization": {"mean": list(norm["mean"]), "std": list(norm["std"]), "scale": norm.get("scale", "0-1")},
         "dataset": dataset, "classes": list(ck.get("classes", [])), "num_classes": int(model.num_classes),
+        "resize": {"rule": "stretch"},  # the zoo's datasets are stretched to the input size (CONTRACT.md)
+        "model": {"intake": "checkpoint", "arch": model.arch, "factory": None, "split": split, "classifier": "fc"},
         "profile": profile,
         "checkpoint": {"path": str(Path(ckpt_path).absolute()), "weights_sha256": ck.get("sha256"),
                        "meta_sha256": sha256_file(js_path), "dataset": dataset,
@@ -349,22 +360,56 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     if prune_rep is not None:
         meta["sparsity"] = prune_rep
 
+    def calib(n: int) -> torch.Tensor:
+        return real_images(dataset, "train", n, norm, data_path, seed=2, input_shape=input_shape,
+                           resize={"rule": "stretch"})[0]
+
+    return write_export(
+        out, frozen=frozen, head=head, meta=meta, input_shape=input_shape, x_par=x_par, y_par=y_par,
+        x_test=x_test, y_test=y_test, calib=calib, profile=profile, atol=atol, int8=int8, calib_size=calib_size,
+        int8_options=int8_options, min_agreement=min_agreement, force=force, tensorrt=tensorrt,
+        trt_precision=trt_precision, trt_mod=trt_mod, max_batch=max_batch, workspace_mib=workspace_mib,
+        trt_cache_dir=trt_cache_dir, say=say, t_start=t_start, progress=progress,
+        frozen_extra={"split": split, "arch": model.arch, "width": model.width},
+        parity_desc=f"{dataset} test, {x_par.shape[0]} images (seed 1)",
+        calib_desc=f"{dataset} train, {{n}} images (seed 2)", heldout_desc=f"{dataset} test, {x_test.shape[0]} images (seed 1)")
+
+
+def write_export(out: Path, *, frozen: torch.nn.Module, head: torch.nn.Module, meta: dict[str, Any],
+                 input_shape: tuple[int, ...], x_par: torch.Tensor, y_par: torch.Tensor | None, x_test: torch.Tensor,
+                 y_test: torch.Tensor | None, calib: Callable[[int], torch.Tensor], profile: str, atol: float,
+                 int8: bool, calib_size: int, int8_options: dict[str, Any] | None, min_agreement: float, force: bool,
+                 say: Callable[[str], None], t_start: float, frozen_extra: dict[str, Any], progress: bool,
+                 parity_desc: str, calib_desc: str, heldout_desc: str, tensorrt: bool = False,
+                 trt_precision: str | None = None, trt_mod: Any = None, max_batch: int = 32, workspace_mib: int = 1024,
+                 trt_cache_dir: str | Path | None = None, device_frozen: torch.nn.Module | None = None,
+                 before_meta: Callable[[Path, dict[str, Any]], None] | None = None,
+                 relative_atol: bool = False) -> dict[str, Any]:
+    """Write the export directory atomically: ONNX, frozen.safetensors, head, parity, int8, TensorRT, meta.
+
+    The one writer for every intake (a lightcl checkpoint, a torchvision-keyed file, any module):
+    ``frozen`` is what ONNX exports, ``device_frozen`` (default ``frozen``) what frozen.safetensors stores
+    (a FrozenNet's block specs or a GraphNet's graph spec); ``calib(n)`` returns ``n`` normalised
+    calibration images; ``y_*`` None when the images carry no labels of the model's classes.
+    ``before_meta(tmp, meta)`` may add figures (e.g. accuracy) before meta.json is written.
+    """
+    stored = frozen if device_frozen is None else device_frozen
     with atomic_directory(out, owned=owned_names) as tmp:
         onnx_path = tmp / "frozen.onnx"
         prof = PROFILES[profile]
-        say(f"exporting frozen part ({', '.join(frozen.block_names)}) with the {prof['exporter']} exporter, "
-            f"opset {prof['opset']}")
+        say(f"exporting frozen part ({meta['split']} and everything before it) with the {prof['exporter']} "
+            f"exporter, opset {prof['opset']}")
         info = export_onnx(frozen, onnx_path, profile, input_shape)
         meta.update(exporter=info["exporter"], opset=info["opset"], onnx=info)
         meta["profile_reason"] = info["reason"]
         onnx_sha = sha256_file(onnx_path)
-        save_frozen(tmp / "frozen.safetensors", frozen, list(frozen.block_names),
-                    extra={"onnx_sha256": onnx_sha, "feature_shape": feature_shape, "input_shape": list(input_shape),
-                           "split": split, "arch": model.arch, "width": model.width})
+        save_frozen(tmp / "frozen.safetensors", stored, list(getattr(stored, "block_names", [])),
+                    extra={"onnx_sha256": onnx_sha, "feature_shape": meta["feature_shape"],
+                           "input_shape": list(input_shape), **frozen_extra})
         head.save(tmp / "head.safetensors")
-        say(f"parity: torch vs onnxruntime on {x_par.shape[0]} real {dataset} test images")
+        say(f"parity: torch vs onnxruntime on {parity_desc}")
         par = check_parity(frozen, head, onnx_path, tmp / "frozen.safetensors", x_par, y_par, atol,
-                           images=f"{dataset} test, {x_par.shape[0]} images (seed 1)")
+                           images=parity_desc, relative=relative_atol)
         meta["parity"] = par
         say(f"parity: max abs diff {par['max_abs_diff']:.3g}, mean {par['mean_abs_diff']:.3g} (atol {atol:g}); "
             f"top-1 agreement {par['top1_agreement']:.4f}")
@@ -372,16 +417,17 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
             raise ParityError(
                 f"ONNX export differs from PyTorch: max abs diff {par['max_abs_diff']:.3g} "
                 f"(batch 1: {par['batch1_max_abs_diff']:.3g}, torch rebuild: {par['torch_rebuild_max_abs_diff']:.3g}) "
-                f"> atol {atol:g}; nothing written")
+                f"> {'tolerance %.3g (atol %g x max |feature| %.3g)' % (par['tolerance'], atol, par['reference_max_abs']) if relative_atol else 'atol %g' % atol}"
+                "; nothing written")
 
         if int8:
-            x_cal, _ = real_images(dataset, "train", calib_size, norm, data_path, seed=2)
-            say(f"int8: static QDQ quantization calibrated on {x_cal.shape[0]} real {dataset} train images")
+            x_cal = calib(calib_size)
+            say(f"int8: static QDQ quantization calibrated on {calib_desc.format(n=x_cal.shape[0])}")
             qinfo = quantize.quantize_frozen(onnx_path, tmp / "frozen.int8.onnx", x_cal, progress=progress,
                                     **(int8_options or {}))
             rep = quantize.int8_report(onnx_path, tmp / "frozen.int8.onnx", head, x_test, y_test)
-            rep.update(quantization=qinfo, calib_images=f"{dataset} train, {x_cal.shape[0]} images (seed 2)",
-                       heldout_images=f"{dataset} test, {x_test.shape[0]} images (seed 1)",
+            rep.update(quantization=qinfo, calib_images=calib_desc.format(n=x_cal.shape[0]),
+                       heldout_images=heldout_desc,
                        min_agreement=min_agreement, forced=bool(force and rep["top1_agreement"] < min_agreement))
             meta["int8"] = rep
             say(f"int8: feature cosine {rep['feature_cosine_mean']:.4f} (min {rep['feature_cosine_min']:.4f}), "
@@ -402,7 +448,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
             with torch.no_grad():
                 ref_par = frozen(x_par)
             if trt_precision == "int8":
-                x_cal_trt, _ = real_images(dataset, "train", max(calib_size, 1), norm, data_path, seed=2)
+                x_cal_trt = calib(max(calib_size, 1))
             say(f"tensorrt: building a {trt_precision} plan, batch 1..{max_batch}, workspace {workspace_mib} MiB")
             entry = build_plan(onnx_path, tmp, precision=trt_precision, max_batch=max_batch,
                                workspace_mib=workspace_mib, calib_x=x_cal_trt, cache_dir=trt_cache_dir,
@@ -411,6 +457,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
             say(f"tensorrt: wrote {entry['file']} in {entry['build_s']:.1f} s")
 
         files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != META_NAME and not p.name.startswith("."))
+        if before_meta is not None:
+            before_meta(tmp, meta)
         meta["files"] = {name: sha256_file(tmp / name) for name in files}
         meta["frozen_id"] = frozen_id_of(meta["files"])  # every byte of the frozen part (engine.export_dir)
         meta["export_seconds"] = round(time.perf_counter() - t_start, 3)
@@ -422,13 +470,20 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
 
 def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:
     par = meta["parity"]
+    width = "" if meta.get("width") is None else f" width {meta['width']}"
+    intake = (meta.get("model") or {}).get("intake", "checkpoint")
     lines = [
-        f"exported {meta['arch']} width {meta['width']} split {meta['split']} -> {out_dir}",
+        f"exported {meta['arch']}{width} ({intake}) split {meta['split']} at input {'x'.join(map(str, meta['input_shape']))} "
+        f"-> {out_dir}",
         f"  frozen.onnx: {meta['exporter']} exporter, opset {meta['opset']}, profile {meta['profile']}, "
         f"features {meta['feature_shape']}, frozen_id {meta['frozen_id'][:16]}",
         f"  parity on {par['batch']} real images: max abs diff {par['max_abs_diff']:.3g}, mean abs diff "
         f"{par['mean_abs_diff']:.3g} (atol {par['atol']:g}), top-1 agreement {par['top1_agreement']:.4f}",
     ]
+    if meta.get("accuracy"):
+        a = meta["accuracy"]
+        lines.append(f"  accuracy on {a['images']}: torch {a['torch']:.4f}, export {a['export']:.4f}"
+                     + (f", int8 {a['export_int8']:.4f}" if "export_int8" in a else ""))
     if meta.get("sparsity"):
         sp = meta["sparsity"]
         rec = sp.get("recovery") or {}

@@ -203,7 +203,13 @@ def add_plan_to_export(export_dir: str | Path, precision: str = "fp32", max_batc
     meta = load_export_meta(export_dir, verify=True)
     calib = None
     if precision == "int8":
-        calib, _ = real_images(meta["dataset"], "train", calib_size, meta["normalization"], data_path, seed=2)
+        if not meta.get("dataset"):  # graph exports (lightcl.export.intake) calibrate on the user's images
+            from lightcl.engine.errors import InputError
+
+            raise InputError(f"export {export_dir} records no dataset to calibrate an int8 plan on; build it at "
+                             "export time (lightcl export ... --tensorrt --int8 --images DIR)")
+        calib, _ = real_images(meta["dataset"], "train", calib_size, meta["normalization"], data_path, seed=2,
+                               input_shape=meta["input_shape"], resize=meta.get("resize"))
     # files lightcl did not write are carried over by the swap (never deleted)
     with atomic_directory(export_dir, owned=owned_names) as tmp:
         for name in meta["files"]:
