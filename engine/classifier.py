@@ -17,7 +17,12 @@ def xavier_rows_(weight: torch.Tensor, generator: torch.Generator | None = None)
     out_f, in_f = weight.shape
     bound = (6.0 / (in_f + out_f)) ** 0.5 if in_f + out_f else 0.0
     with torch.no_grad():
-        weight.uniform_(-bound, bound, generator=generator)
+        if generator is not None and generator.device != weight.device:
+            # a CPU generator for a CUDA weight: draw on the generator's device, then copy (same numbers everywhere)
+            weight.copy_(torch.empty(weight.shape, dtype=weight.dtype, device=generator.device)
+                         .uniform_(-bound, bound, generator=generator))
+        else:
+            weight.uniform_(-bound, bound, generator=generator)
     return weight
 
 

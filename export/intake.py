@@ -91,6 +91,25 @@ def _block_of(path: str, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def _plain_classifier(model: nn.Module, name: str, fc: nn.Module) -> nn.Module:
+    """``model`` itself, or a copy whose classifier is a plain ``nn.Linear`` with the same weights when the named
+    classifier is a subclass (timm's ``Linear``): fx traces into a subclass, and a device rebuilds built-in layers
+    only. The split's check against the ORIGINAL model refuses a subclass whose forward is not a linear map."""
+    if type(fc) is nn.Linear:
+        return model
+    import copy
+
+    plain = nn.Linear(fc.in_features, fc.out_features, bias=fc.bias is not None)
+    with torch.no_grad():
+        plain.weight.copy_(fc.weight)
+        if fc.bias is not None:
+            plain.bias.copy_(fc.bias)
+    twin = copy.deepcopy(model)
+    parent, _, leaf = name.rpartition(".")
+    setattr(twin.get_submodule(parent) if parent else twin, leaf, plain.eval())
+    return twin
+
+
 def split_module(model: nn.Module, split: str, classifier: str, input_shape: tuple[int, ...] | list[int],
                  check: bool = True) -> Split:
     """Split ``model`` after the module named ``split``: ``head(frozen(x)) == model(x)`` in eval mode.
@@ -112,7 +131,7 @@ def split_module(model: nn.Module, split: str, classifier: str, input_shape: tup
                           "nn.Linear that produces the logits")
     if _in(classifier, split) or _in(split, classifier):
         raise IntakeError(f"--split {split!r} and --classifier {classifier!r} overlap: the classifier must come after the split")
-    gm = trace(model)
+    gm = trace(_plain_classifier(model, classifier, modules[classifier]))
     nodes = list(gm.graph.nodes)
     inside = [n for n in nodes if n.op not in ("placeholder", "output") and any(_in(p, split) for p in _scope(n))]
     if not inside:
@@ -177,7 +196,8 @@ def split_module(model: nn.Module, split: str, classifier: str, input_shape: tup
         if b is not None and not _in(classifier, b):
             blocks.pop(b, None)
             blocks[b] = henv[n].name
-    x = torch.zeros(2, *[int(v) for v in input_shape])
+    # a seeded random batch, not zeros: the check below must see the weights, not only the biases
+    x = torch.randn(2, *[int(v) for v in input_shape], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         try:
             f = frozen_gm(x)

@@ -123,6 +123,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: list = []
     torch.set_num_threads(8)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 against fp32
     check_torchvision(results)
     check_any_module(results, out)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=1))

@@ -346,3 +346,28 @@ def test_checkpoint_exports_at_its_own_input_size(digits_ckpt, tmp_path):
     assert out["parity"]["passed"] and out["resize"] == {"rule": "stretch"}
     assert out["model"] == {"intake": "checkpoint", "arch": "resnet18", "factory": None, "split": "layer3",
                             "classifier": "fc"}
+
+
+class _TimmLinear(torch.nn.Linear):
+    """timm's ``Linear``: an nn.Linear subclass whose forward is F.linear (fx traces into a subclass)."""
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+class _NotLinear(torch.nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_a_linear_subclass_classifier_is_taken_and_a_non_linear_one_refused():
+    m = _randomise_bn(tiny_resnet(5))
+    m.fc = _TimmLinear(m.fc.in_features, 5)
+    sp = split_module(m, "stages", "fc", SHAPE)
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(sp.head(sp.frozen(x)), m.eval()(x), atol=1e-5)
+    assert type(sp.head.get_submodule("fc")) is torch.nn.Linear
+    m.fc = _NotLinear(m.fc.in_features, 5)
+    with pytest.raises(IntakeError, match="differs from model"):
+        split_module(m, "stages", "fc", SHAPE)
