@@ -108,7 +108,17 @@ def run_ray(jobs: list[Job], on_done: OnDone, address: Optional[str] = None, num
             # a fresh local instance of our own, never somebody's RAY_ADDRESS by accident
             kw.update(address="local", num_cpus=num_cpus, object_store_memory=80 * 2 ** 20)
         t0 = time.perf_counter()
-        ray.init(**kw)
+        if address:
+            from .ray_address import check_address
+
+            check_address(address)  # never a ray.init that retries forever
+        try:
+            ray.init(**kw)
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:  # Ray's own refusals: one line
+            from lightcl.engine.errors import StateError
+
+            raise StateError(f"ray: cannot {'connect to ' + address if address else 'start a local instance'} "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
         res = ray.cluster_resources()
         echo(f"ray: {'connected to ' + address if address else 'local instance'} in {time.perf_counter() - t0:.1f} s; "
              f"{res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s)")

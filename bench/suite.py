@@ -29,6 +29,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def check_method_config(config_dir: str | Path) -> None:
         files = sorted(p.glob("*.json"))
         if not files:
             raise InputError(f"--method-config {p}: no METHOD.json files in this directory")
-    elif p.is_file():
+    elif os.path.lexists(p):  # a file, or a FIFO/link/device that _read_config refuses in one line
         files = [p]
     else:
         raise InputError(f"--method-config {p}: no such file or directory")
@@ -92,18 +93,23 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
     from lightcl.bench.methods.configs import field_names, make_config, unknown_keys
     from lightcl.engine.errors import InputError, StateError
 
-    if not path.is_file():
+    from lightcl.engine.fileio import MAX_JSON_BYTES, loads_json, open_regular
+
+    from .config_check import check_config, check_document
+
+    if not os.path.lexists(path):
         raise StateError(f"no config for method {method!r}: {path} is missing")
-    raw = path.read_bytes()
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    with open_regular(path, "method config", max_bytes=MAX_JSON_BYTES, error=InputError) as f:
+        raw = f.read(MAX_JSON_BYTES + 1)  # bounded: the file may grow between fstat and read
+    if len(raw) > MAX_JSON_BYTES:
+        raise InputError(f"{path}: more than {MAX_JSON_BYTES} bytes; a method config is a few hundred")
+    doc = loads_json(raw, str(path), error=InputError)  # bad JSON, nesting, huge integers: one line
     if not isinstance(doc, dict) or not isinstance(doc.get("default", {}), dict) \
             or not isinstance(doc.get("scenarios", {}), dict):
         raise InputError(f"{path}: expected {{\"default\": {{...}}, \"scenarios\": {{NAME: {{...}}}}}}")
     if doc.get("method", method) != method:
-        raise InputError(f"{path}: says method {doc.get('method')!r}, expected {method!r}")
+        raise InputError(f"{path}: says method {str(doc.get('method'))[:40]!r}, expected {method!r}")
+    check_document(path, doc)
     parts = [("default", doc.get("default", {}))] + [
         (f"scenarios.{k}", {kk: vv for kk, vv in v.items() if kk != "source"} if isinstance(v, dict) else v)
         for k, v in doc.get("scenarios", {}).items()]
@@ -115,8 +121,8 @@ def _read_config(path: Path, method: str) -> tuple[bytes, dict]:
         if bad:
             raise InputError(f"{path}: unknown hyperparameter(s) {bad} for {method} in {where}; "
                              f"known: {sorted(field_names(cls))}")
-        try:  # a value of the wrong type: one line here, not in a worker
-            make_config(method, hp, cls=cls)
+        try:  # a value of the wrong type or out of range: one line here, not in a worker
+            check_config(method, make_config(method, hp, cls=cls))
         except InputError as e:
             raise InputError(f"{path}: {where}: {e}") from None
     return raw, doc
@@ -267,7 +273,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
     scenario = Scenario(**spec["scenario"])
     meta = load_export_meta(spec["export_dir"], verify=False)
     input_shape = tuple(int(v) for v in meta["input_shape"][-3:])
-    data = ScenarioData(scenario, meta["normalization"], spec.get("data_path"))
+    data = ScenarioData(scenario, meta, spec.get("data_path"))
     n_classes = scenario.n_tasks * scenario.classes_per_task
     figures = spec.get("frozen") or _frozen_figures(spec["ckpt"], scenario.split, input_shape)
     ctx = MethodContext(scenario=scenario, ckpt=spec["ckpt"], export_dir=spec["export_dir"], num_classes=n_classes,
@@ -332,7 +338,7 @@ def run_one(spec: dict, progress: Callable[[int], None] | None = None) -> dict:
 
 # --------------------------------------------------------------------------- worker process
 # --------------------------------------------------------------------------- records on disk (resume)
-RECORDS_DIR = "records"
+from .records import RECORDS_DIR, record_path  # noqa: E402,F401  (records on disk: bench/records.py)
 
 
 def run_key(spec: dict) -> str:
@@ -341,20 +347,12 @@ def run_key(spec: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def record_path(out: str | Path, method: str, seed: int) -> Path:
-    return Path(out) / RECORDS_DIR / f"{method}-seed{seed}.json"
+def load_finished(out: str | Path, spec: dict, echo: Callable[[str], None] | None = None) -> dict | None:
+    """The finished record of this exact run in ``out/records``, or None (absent, failed, other spec, or not
+    trusted: ``bench.records`` reads it like every other lightcl file and ``echo`` is told why)."""
+    from .records import load_finished as _load
 
-
-def load_finished(out: str | Path, spec: dict) -> dict | None:
-    """The finished record of this exact run in ``out/records``, or None (absent, failed, other spec, unreadable)."""
-    path = record_path(out, spec["method"], spec["seed"])
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(rec, dict) or rec.get("status") != "ok" or rec.get("run_key") != run_key(spec):
-        return None
-    return rec
+    return _load(out, spec, run_key(spec), echo)
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -392,6 +390,10 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if address and executor != "ray":
         raise InputError("--address needs --executor ray")
+    if address:
+        from .ray_address import check_address
+
+        check_address(address)  # form, ray[client] for ray://, reachable within 10 s: one line before any work
     defaults = SUITE_DEFAULTS.get(suite, {})
     seeds = int(seeds if seeds is not None else defaults.get("seeds", 1))
     if seeds < 1:
@@ -490,12 +492,17 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
                 "export_dir": str(export_dir), "hyperparameters": hp, "threads": threads, "frozen": frozen,
                 "backend": backend, "device": device, "data_path": data_path,
                 "config": {k: cfg[k] for k in ("file", "version", "sha256", "source")}}
-        old = load_finished(out, spec) if resume else None
+        old = load_finished(out, spec, echo) if resume else None
         if old is not None:
             finished[(seed, m)] = old
         else:
             jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE,
                             root=out))
+    from lightcl.engine.outpath import check_output_file
+
+    for j in jobs:  # what each run will write, under the one output rule, before any run starts
+        check_output_file(j.log_path, "suite log", root=out)
+        check_output_file(record_path(out, j.method, j.seed), "suite record", root=out)
     total = sum(steps * j.weight for j in jobs)
     bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,

@@ -551,8 +551,9 @@ def prepare_data(export_dir: str | Path, batch: int, out: Path, data_path: str |
     from lightcl.engine.export_dir import load_export_meta
 
     meta = load_export_meta(export_dir, verify=False)
-    td = TensorData(load_dataset(meta["dataset"], "train", data_path))
-    pre = Preprocess(meta["normalization"]["mean"], meta["normalization"]["std"])
+    # the export's input shape and resize rule (a zoo export: 3 x 32 x 32, stretch, as before)
+    td = TensorData(load_dataset(meta["dataset"], "train", data_path), meta["input_shape"], meta.get("resize"))
+    pre = Preprocess.from_meta(meta)
     rng = np.random.default_rng(0)
     y = td.y.numpy()
     tensors = {}

@@ -341,6 +341,30 @@ def _cifar_labels(raw, n: int, where: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
+MAX_CLASS_NAME = 256
+MAX_CLASSES = 100_000
+
+
+def _cifar_names(raw, where: Path, key: str) -> list:
+    """The class names of a CIFAR meta file: a list of distinct short (byte) strings, or one IntegrityError line
+    (an integer, a dict or nested lists there used to be a traceback)."""
+    if not isinstance(raw, (list, tuple)) or not 0 < len(raw) <= MAX_CLASSES:
+        raise IntegrityError(f"{where}: {key!r} must be a list of class names, got {type(raw).__name__}")
+    names = []
+    for c in raw:
+        if isinstance(c, bytes):
+            try:
+                c = c.decode()
+            except UnicodeDecodeError:
+                raise IntegrityError(f"{where}: {key!r} holds a name that is not UTF-8") from None
+        if not isinstance(c, str) or not 0 < len(c) <= MAX_CLASS_NAME:
+            raise IntegrityError(f"{where}: {key!r} must hold non-empty strings of at most {MAX_CLASS_NAME} characters")
+        names.append(c)
+    if len(set(names)) != len(names):
+        raise IntegrityError(f"{where}: {key!r} names a class twice")
+    return names
+
+
 def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
     spec = CIFAR[name]
     missing = [b for b in spec[split] + [spec["meta"]] if not os.path.lexists(d / b)]  # a FIFO is refused when read
@@ -361,7 +385,7 @@ def _cifar_from_dir(d: Path, name: str, split: str) -> ImageDataset:
     meta = _load_cifar_pickle(_read_bytes(d / spec["meta"], "CIFAR meta file"), str(d / spec["meta"]))
     if spec["names_key"] not in meta:
         raise IntegrityError(f"{d / spec['meta']}: no {spec['names_key']!r}")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec["names_key"]]]
+    classes = _cifar_names(meta[spec["names_key"]], d / spec["meta"], spec["names_key"])
     y = np.concatenate(ys)
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         raise IntegrityError(f"{d}: labels outside 0..{len(classes) - 1}")

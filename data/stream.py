@@ -33,15 +33,22 @@ class StreamData:
 
     ``label_names``: the name of each integer label of the data (a folder's class names); the learner then
     gets names (``"cup"``), not folder indices. None: the integer labels are the class names.
+    ``normalization``: the export's ``meta`` (normalisation, input shape, channels, resize rule), or a bare
+    ``{"mean", "std"}`` for the zoo's 32x32 RGB input.
     """
 
     def __init__(self, train: TensorData, test: TensorData, tasks: list[Task], batch_size: int, normalization: dict,
                  augment: bool = False, label_names: Sequence[str] | None = None) -> None:
         self.train, self.test, self.tasks, self.batch_size = train, test, list(tasks), int(batch_size)
         self.label_names = None if label_names is None else list(label_names)
-        mean, std = normalization["mean"], normalization["std"]
-        self.pre_train = Preprocess(mean, std, crop_padding=4 if augment else 0)
-        self.pre_eval = Preprocess(mean, std)
+        pad = 4 if augment else 0
+        if "normalization" in normalization:  # an export's meta: its input shape, channels and resize rule too
+            self.pre_train = Preprocess.from_meta(normalization, crop_padding=pad)
+            self.pre_eval = Preprocess.from_meta(normalization)
+        else:  # a bare {"mean", "std"}: the zoo's 32x32 RGB
+            mean, std = normalization["mean"], normalization["std"]
+            self.pre_train = Preprocess(mean, std, crop_padding=pad)
+            self.pre_eval = Preprocess(mean, std)
 
     def names(self, labels):
         """The learner's labels for integer data labels: themselves, or their names."""
@@ -94,27 +101,24 @@ def parse_lessons(text: str) -> list[list[str]]:
     return lessons
 
 
-def folder_data(path: str | Path, lessons: list[list[str]], normalization: dict, input_shape: Sequence[int],
-                batch_size: int = 32, test_fraction: float = 0.2) -> StreamData:
+def folder_data(path: str | Path, lessons: list[list[str]], meta: dict, batch_size: int = 32,
+                test_fraction: float = 0.2) -> StreamData:
     """Lessons from a class-per-subfolder image folder: ``path/train`` + ``path/test`` where both exist, else a
-    seeded stratified ``test_fraction`` of each class is held out for testing."""
+    seeded stratified ``test_fraction`` of each class is held out for testing. Images are brought to the export's
+    input shape by its resize rule (``meta``)."""
     from .datasets import load_folder
 
-    c, h, w = (int(v) for v in input_shape[-3:])
-    if h != w:
-        # TODO(lead): C1's load_folder takes the export's input_shape and resize rule; pass them here then.
-        raise InputError(f"folder lessons need a square input for now (the export's input is {h}x{w})")
+    shape, resize = [int(v) for v in meta["input_shape"][-3:]], meta.get("resize")
     if not 0.0 < float(test_fraction) < 1.0:
         raise InputError(f"--test-fraction must be in (0, 1), got {test_fraction}")
-    # TODO(lead): C1 extends load_folder with input_shape/resize from the export's meta: pass them here.
-    train_ds = load_folder(path, "train", size=h, test_fraction=test_fraction)
-    test_ds = load_folder(path, "test", size=h, test_fraction=test_fraction)
+    train_ds = load_folder(path, "train", size=shape[1:], test_fraction=test_fraction, resize=resize)
+    test_ds = load_folder(path, "test", size=shape[1:], test_fraction=test_fraction, resize=resize)
     classes = list(train_ds.classes)
     unknown = [n for ls in lessons for n in ls if n not in classes]
     if unknown:
         raise InputError(f"--lessons name {', '.join(sorted(set(unknown))[:5])}, which {path} has no class folder "
                          f"for; its classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
-    train, test = TensorData(train_ds, size=h), TensorData(test_ds, size=h)
+    train, test = TensorData(train_ds, shape, resize), TensorData(test_ds, shape, resize)
     ytr, yte = train.y.numpy(), test.y.numpy()
     tasks = []
     for t, names in enumerate(lessons):
@@ -123,7 +127,7 @@ def folder_data(path: str | Path, lessons: list[list[str]], normalization: dict,
         if empty:
             raise InputError(f"class {empty[0]!r} has no training images in {path}")
         tasks.append(Task(t, ids, np.flatnonzero(np.isin(ytr, ids)), np.flatnonzero(np.isin(yte, ids))))
-    return StreamData(train, test, tasks, batch_size, normalization, augment=False, label_names=classes)
+    return StreamData(train, test, tasks, batch_size, meta, augment=False, label_names=classes)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -342,7 +346,7 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
     """Learn a built-in ``scenario`` (its fixed classifier of n_tasks x classes_per_task outputs unless the
     options say otherwise) with the export in ``export_dir``; state saved to ``state_dir`` after each task."""
     opts = {"num_classes": scenario.n_tasks * scenario.classes_per_task, **(learner_options or {})}
-    return learn_stream(export_dir, lambda meta: ScenarioData(scenario, meta["normalization"], data_path), state_dir,
+    return learn_stream(export_dir, lambda meta: ScenarioData(scenario, meta, data_path), state_dir,
                         identity={"scenario": scenario.to_dict()}, epochs=scenario.epochs, backend=backend,
                         resume=resume, learner_options=opts, extractor_options=extractor_options,
                         max_tasks=max_tasks, progress=progress, echo=echo)
@@ -360,7 +364,7 @@ def learn_folder(export_dir: str | Path, images: str | Path, lessons: list[list[
                             "epochs": int(epochs), "batch_size": int(batch_size)}}
 
     def data(meta: dict) -> StreamData:
-        return folder_data(images, lessons, meta["normalization"], meta["input_shape"], batch_size, test_fraction)
+        return folder_data(images, lessons, meta, batch_size, test_fraction)
 
     return learn_stream(export_dir, data, state_dir, identity=identity, epochs=epochs, backend=backend,
                         resume=resume, learner_options=opts, extractor_options=extractor_options,

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .errors import InputError, IntegrityError, UnknownClassError, UnknownTaskError
+from .errors import InputError, IntegrityError, ShapeError, UnknownClassError, UnknownTaskError
 
 KINDS = ("int", "str")
 MAX_NAME = 200  # characters of one class name
@@ -157,9 +157,9 @@ class ClassMap:
         if isinstance(y, Tensor):
             values = None
             if y.dim() != 1:
-                raise InputError(f"{what} must be 1-D, got shape {list(y.shape)}")
+                raise ShapeError(f"{what} must be a 1-D tensor (one value per image), got shape {list(y.shape)}")
             if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-                raise InputError(f"{what} must be class names (ints or strs), got a {y.dtype} tensor (never cast)")
+                raise ShapeError(f"{what} must be class names (ints or strs), got dtype {y.dtype} (never cast)")
             if self.kind == "str":
                 raise InputError(f"this learner's classes are named by strs ({self._names[:3]}...): pass {what} "
                                  "as a list of names, not an int tensor")
@@ -175,8 +175,8 @@ class ClassMap:
             try:
                 values = list(y)
             except TypeError:
-                raise InputError(f"{what} must be a list of class names or an int tensor, got {type(y).__name__}") \
-                    from None
+                raise ShapeError(f"{what} must be a 1-D sequence of class names (one per image) or an int tensor, "
+                                 f"got {type(y).__name__}") from None
             kinds = {_kind_of(v) for v in values}
             if len(kinds) > 1:
                 raise InputError(f"{what} mix str and int names: use one kind")
@@ -195,7 +195,7 @@ class ClassMap:
                     raise UnknownClassError(f"{what} {ints[:10]} hold classes outside 0..2**63-1")
                 out = torch.tensor(ints, dtype=torch.long)
         if n is not None and out.shape[0] != n:
-            raise InputError(f"{what} must hold {n} values (one per image), got {out.shape[0]}")
+            raise ShapeError(f"{what} must hold {n} values (one per image), got {out.shape[0]}")
         return out
 
     def outside(self, y, n: int, names: list) -> list:
@@ -203,7 +203,7 @@ class ClassMap:
         changing the map: ``begin_task`` checks its buffer batch before the task's new classes exist."""
         if isinstance(y, Tensor):
             if y.dim() != 1:
-                raise InputError(f"labels must be 1-D, got shape {list(y.shape)}")
+                raise ShapeError(f"labels must be a 1-D tensor of {n} values, got shape {list(y.shape)}")
             values = self._tensor_values(y, "labels")
         else:
             if hasattr(y, "dtype") and hasattr(y, "tolist") and not isinstance(y, (list, tuple)):
@@ -215,19 +215,19 @@ class ClassMap:
             try:
                 values = list(y)
             except TypeError:
-                raise InputError(f"labels must be a list of class names or an int tensor, got {type(y).__name__}") \
-                    from None
+                raise ShapeError(f"labels must be a 1-D sequence of class names (one per image) or an int tensor, "
+                                 f"got {type(y).__name__}") from None
             for v in values:
                 _kind_of(v)
         if len(values) != n:
-            raise InputError(f"labels must hold {n} values (one per image), got {len(values)}")
+            raise ShapeError(f"labels must hold {n} values (one per image), got {len(values)}")
         allowed = set(names)
         return sorted({v for v in values if v not in allowed}, key=str)
 
     @staticmethod
     def _tensor_values(t: Tensor, what: str) -> list:
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise InputError(f"{what} must be class names (ints or strs), got a {t.dtype} tensor (never cast)")
+            raise ShapeError(f"{what} must be class names (ints or strs), got dtype {t.dtype} (never cast)")
         return t.reshape(-1).tolist()
 
     # ---------------------------------------------------------------- ids <-> columns

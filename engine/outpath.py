@@ -48,9 +48,10 @@ def check_output_file(path: PathLike, what: str = "output", root: Optional[PathL
     """Check that ``path`` may be written (created, or a regular file replaced) under the rule above;
     returns it. ``root``: the directory lightcl writes into; ``path`` must lie inside it and no component
     below ``root`` may be a link. Raises ``error`` (one line); nothing is created."""
-    p = Path(os.fspath(path))
-    if not p.name or p.name in (".", ".."):
-        raise error(f"{what} {p}: give a file name, not a directory")
+    raw = os.fspath(path)
+    p = Path(raw)
+    if not p.name or p.name in (".", "..") or str(raw).endswith(("/", os.sep)) or "\0" in str(raw):
+        raise error(f"{what} {str(raw)[:200]!r}: give a file name, not a directory")
     try:
         st = _lstat(str(p))
     except OSError as e:  # ELOOP in a parent, ENOTDIR (a parent is a file), EACCES

@@ -53,7 +53,7 @@ def resize_rule(resize: Optional[dict], input_shape: Sequence[int]) -> dict:
     if resize is None:
         return {"rule": "stretch"}
     if not isinstance(resize, dict) or resize.get("rule") not in RESIZE_RULES:
-        raise InputError(f"resize must be {{'rule': one of {', '.join(RESIZE_RULES)}}}, got {resize!r}")
+        raise InputError(f"resize must be {{'rule': one of {', '.join(RESIZE_RULES)}}}, got {repr(resize)[:200]}")
     rule = resize["rule"]
     if rule == "shorter-side-center-crop":
         s = resize.get("shorter_side")
@@ -214,6 +214,8 @@ class ImagePreprocess:
     resize: Optional[dict] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.input_shape, int):  # the old third field, ``size``: a square RGB input
+            self.input_shape = (3, self.input_shape, self.input_shape)
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
         _hw(self.input_shape)
         if len(self.input_shape) != 3 or self.input_shape[0] not in (1, 3):

@@ -14,7 +14,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "info": ("lightcl.commands.info", "versions, execution providers that really work, devices"),
     "pretrain": ("lightcl.commands.pretrain", "train a backbone on a dataset (safetensors + json)"),
     "export": ("lightcl.commands.export", "split a checkpoint: frozen part to ONNX (int8, TensorRT), head to safetensors"),
-    "learn": ("lightcl.commands.learn", "learn a class-incremental scenario continually with LightCL"),
+    "learn": ("lightcl.commands.learn", "learn continually with LightCL: a built-in scenario, or lessons from your own image folder"),
     "predict": ("lightcl.commands.predict", "predict labels with a learned state"),
     "bench": ("lightcl.commands.bench", "benchmarks: latency, update, and method suites"),
     "analyze": ("lightcl.commands.analyze", "layer analysis: learning plasticity and memory stability per block"),

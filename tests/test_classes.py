@@ -265,3 +265,34 @@ def test_keeping_the_backbone_classes_stays_far_above_chance(half_digits_export,
         assert after > 0.6, (before, after)  # chance: 1/7
     else:  # measured, not a goal: nothing replays the backbone classes, so "all" trades them for the new ones
         assert res["cil"][0] > 0.8, res
+
+
+class NamedExtractor(V1.PoolExtractor):
+    """The fixture's extractor with an export's meta that names the backbone's classes."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.meta = {"class_names": names}
+
+
+def test_export_class_names_name_the_kept_columns(tmp_path):
+    k = V1.HEAD_CONFIG["num_classes"]
+    names = [f"c{i}" for i in range(k)]
+    lr = LightCL(NamedExtractor(names), Head(V1.HEAD_CONFIG), reset_classifier=False, num_classes=None)
+    assert lr.class_names() == names and lr.tasks == {}
+    w = lr.head.fc.weight.detach().clone()
+    lr.begin_task(0, ["c1", "lamp"])  # c1: a backbone class gets a lesson; lamp: a new column
+    assert lr.class_names() == names + ["lamp"] and lr.task_columns(0) == [1, k]
+    assert torch.equal(lr.head.fc.weight[:k], w)  # the pretrained rows are kept
+    for x, _ in V1.batches(1, [0, 1], 2):
+        lr.observe(x, ["c1", "lamp"] * 3)
+    lr.end_task()
+    lr.save(tmp_path / "s")
+    back = LightCL.load(tmp_path / "s", NamedExtractor(names))
+    assert back.class_names() == names + ["lamp"]
+    with pytest.raises(InputError, match="ints"):
+        back.begin_task(1, [3])
+    with pytest.raises(InputError, match="class_names"):
+        LightCL(NamedExtractor(names[:-1]), Head(V1.HEAD_CONFIG), reset_classifier=False, num_classes=None)
+    with pytest.raises(InputError, match="num_classes"):
+        LightCL(NamedExtractor(names), Head(V1.HEAD_CONFIG), reset_classifier=False, num_classes=k - 1)

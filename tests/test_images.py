@@ -114,6 +114,14 @@ def test_data_layer_takes_the_exports_shape_and_rule():
     x0, _ = real_images("digits", "test", 4, {"mean": [0.5] * 3, "std": [0.5] * 3})
     assert x0.shape == (4, 3, 32, 32)
     assert load_dataset("digits", "test").x.shape[1:] == (8, 8, 1)
+    # Preprocess.size is applied, not only recorded (it was stored and never used)
+    from lightcl.data.transforms import Preprocess
+
+    pre = Preprocess([0.5] * 3, [0.5] * 3, size=(48, 64), resize=rule)
+    assert pre(TensorData(ds).x).shape == (3, 3, 48, 64)
+    assert Preprocess([0.5], [0.5], size=(48, 64), channels=1)(td.x).shape == (3, 1, 48, 64)
+    meta = {"input_shape": [1, 48, 64], "normalization": {"mean": [0.5], "std": [0.5]}, "resize": rule}
+    assert torch.equal(Preprocess.from_meta(meta)(td.x), ImagePreprocess.from_meta(meta)(td.x))
 
 
 # ---------------------------------------------------------------- 8-bit conversion of image files
@@ -218,6 +226,8 @@ def test_folder_rules_symlinks_empty_and_skipped(tmp_path, capsys):
     assert err.count("\n") == 1 and "broken.jpg" in err
     assert (d.x[d.y == 1][..., 0] == 200).all()
     assert len(image_files(root)) == 11
+    (store / "cup" / "loop").symlink_to(store / "cup", target_is_directory=True)  # walked once, not forever
+    assert len(image_files(root)) == 11
     (root / "empty").mkdir()
     with pytest.raises(InputError, match="empty.*no images"):
         load_folder(root, "train")
@@ -268,3 +278,29 @@ def test_predict_images_converts_skips_and_scores_folders(state, digits_export, 
     (root / "9").mkdir()
     rc, out, err = cli(["predict", state, "--images", root, "--export", digits_export, "--backend", "torch"])
     assert rc == 1 and "no images" in err
+
+
+# ---------------------------------------------------------------- examples/robot_loop.py: the data's own classes
+def test_robot_loop_takes_lessons_and_folders_from_the_data(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robot_loop", Path(__file__).parents[1] / "examples" / "robot_loop.py")
+    robot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(robot)
+    assert robot.lessons_of(torch.tensor([100, 3, 7, 3]), 2, None) == [[3, 7], [100]]  # any labels, no 0-5
+    assert robot.lessons_of(torch.tensor([5, 1, 9, 2, 0]), 2, 2) == [[0, 1], [2, 5]]
+    for name in ("cup", "ball", "cat"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.fromarray(_u8(30, 40)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cat" / "broken.png").write_bytes(b"nope")
+    pre = ImagePreprocess.from_meta({"input_shape": [3, 24, 32], "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+                                     "resize": {"rule": "shorter-side-center-crop"}})
+    train, test, names = robot.folder_frames(tmp_path, pre)
+    assert names == {0: "ball", 1: "cat", 2: "cup"}
+    assert train.x.shape == (12, 3, 24, 32) and test.x.shape == (3, 3, 24, 32)  # 4 + 1 of each class
+    assert sorted(train.y.tolist() + test.y.tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    assert "broken.png" in capsys.readouterr().err
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(InputError, match="dog has no images"):
+        robot.folder_frames(tmp_path, pre)

@@ -242,3 +242,15 @@ def test_open_stream_never_follows_a_link_or_blocks(tmp_path):
     with open_stream(f) as s:
         s.write("new")
     assert f.read_text() == "new"
+
+
+def test_a_trailing_slash_or_nul_is_not_a_file_name(tmp_path):
+    """`--json newdir/` used to write a file named `newdir`."""
+    from lightcl.engine.errors import LightCLError
+    from lightcl.engine.fileio import write_json_atomic
+
+    for bad in (f"{tmp_path}/newdir/", f"{tmp_path}/a\0b", f"{tmp_path}/.."):
+        with pytest.raises((LightCLError, ValueError)):
+            write_json_atomic(bad, {})
+        count("data loss", "output paths: not a file name")
+    assert not (tmp_path / "newdir").exists()

@@ -236,7 +236,8 @@ def learner_cases():
                                 (True, [4, 5], "bool id"), (5, [], "no classes"), (5, [4, 4], "repeated class"),
                                 (5, [0.5], "fractional class"), (5, "45", "classes as a string"),
                                 (5, None, "classes None"), (5, [-3], "negative class"), (5, [2 ** 64], "class > int64"),
-                                (5, [0, 9], "class of an earlier task"), (0, [0, 1], "task already learned"),
+                                (5, [0, 1.5], "a fractional class beside a learned one"),
+                                (0, [0, 1], "task already learned"),
                                 (1, [2, 3], "task already learned (1)")):
         add("bad task/class spec", label, "closed", lambda e, lr, t=tid, cs=classes: lr.begin_task(t, cs), InputError)
     add("bad task/class spec", "begin while a task is open", "open", lambda e, lr: lr.begin_task(5, [8, 9]), InputError)

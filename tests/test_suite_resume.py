@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from test_suite import _seed_cache
+from test_suite_records import ok_record
 
 
 # two cheap methods (the frozen part runs in onnxruntime; only the head trains), 1 epoch per task
@@ -58,7 +59,7 @@ def test_a_record_is_reused_only_for_the_same_run(tmp_path):
 
     spec = {"method": "sgd", "seed": 0, "scenario": {"epochs": 1}, "hyperparameters": {"lr": 0.1}}
     path = record_path(tmp_path, "sgd", 0)
-    write_json_atomic(path, {"status": "ok", "run_key": run_key(spec), "final_cil": 0.5})
+    write_json_atomic(path, ok_record(spec, run_key(spec)))
     assert load_finished(tmp_path, spec)["final_cil"] == 0.5
     assert load_finished(tmp_path, {**spec, "scenario": {"epochs": 2}}) is None  # other settings: run again
     assert load_finished(tmp_path, {**spec, "seed": 1}) is None

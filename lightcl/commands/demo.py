@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     export_dir = ensure_export(ckpt, s.split, progress=not args.quiet)
     out = Path(args.out)
     state = out / "state"
+    n = 1
+    while state.exists():  # an earlier demo's state is kept, never overwritten: this run learns beside it
+        n += 1
+        state = out / f"state-{n}"
     print(f"learning {s.n_tasks} tasks x {s.classes_per_task} classes of {s.cl_dataset}, {s.epochs} epochs/task, "
           f"backend {args.backend} ...")
     res = learn_scenario(export_dir, s, state, backend=args.backend, progress=not args.quiet)
