@@ -110,8 +110,9 @@ def test_steps_become_flops_and_labels_go_through_one_map():
 
 
 # FLOPs after each of 3 steps and each end_task, 3 tasks of the smoke scenario (seed 0, 1 thread), as the
-# code counted them before the template (main @ 95277ba, /tmp/g-pin/pin.py in the G report): architecture
-# and sample counts only, so they hold for any weights of the width-16 digits backbone.
+# code counted them before the template (main @ 95277ba, each method hand-writing its ledger), by the same
+# loop as _flops_trace below: architecture and sample counts only, so they hold for any weights of the
+# width-16 digits backbone.
 PINNED = {
     "lwf": [6728957952, 13457915904, 20186873856, 20186873856, 29158817792, 38130761728, 47102705664, 47102705664,
             56074649600, 65046593536, 74018537472, 74018537472],
