@@ -41,6 +41,10 @@ class ScenarioData:
         order = class_order(len(self.train.classes), scenario.class_order_seed)
         self.tasks = split_tasks(self.train.y.numpy(), self.test.y.numpy(), scenario.n_tasks,
                                  scenario.classes_per_task, order)
+        if getattr(scenario, "blurry", 0.0):
+            from lightcl.data.blurry import blur_tasks
+
+            self.tasks = blur_tasks(self.tasks, scenario.blurry, seed=0)
         mean, std = normalization["mean"], normalization["std"]
         self.pre_train = Preprocess(mean, std, crop_padding=4 if scenario.augment else 0)
         self.pre_eval = Preprocess(mean, std)

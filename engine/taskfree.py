@@ -44,7 +44,7 @@ class TaskFree:
         new classes the vital channels and the buffer are refreshed."""
         lr = self.learner
         labels = check_labels(y, len(x) if hasattr(x, "__len__") else -1).tolist()
-        new = [c for c in dict.fromkeys(labels) if c not in lr.class_index]
+        new = sorted({c for c in labels if c not in lr.class_index})  # columns: new classes of a batch in label order
         refreshed = False
         if new:
             if any(c < 0 for c in new):

@@ -181,3 +181,23 @@ def test_task_free_stream_grows_columns_and_refreshes(tmp_path):
     lr2.begin_task(0, [0, 1])
     with pytest.raises(UnknownClassError):
         lr2.observe(x, y)  # the task API is unchanged: a task's batch holds its own classes only
+
+
+def test_blurry_tasks_move_a_fraction_and_keep_every_sample():
+    import numpy as np
+
+    from lightcl.data.blurry import blur_tasks
+    from lightcl.data.tasks import Task
+
+    y = np.repeat(np.arange(10), 50)
+    tasks = [Task(t, [2 * t, 2 * t + 1], np.where((y // 2) == t)[0], np.arange(3)) for t in range(5)]
+    blurred = blur_tasks(tasks, 0.1, seed=0)
+    all_idx = np.concatenate([t.train_idx for t in blurred])
+    assert sorted(all_idx.tolist()) == list(range(500))  # nothing lost, nothing twice
+    for t, b in zip(tasks, blurred):
+        own = np.isin(y[b.train_idx], t.classes)
+        assert own.sum() == 90 and (~own).sum() > 0  # 10% of its 100 samples gone; others' samples arrived
+        assert b.classes == t.classes and b.test_idx is t.test_idx
+    assert blur_tasks(tasks, 0.0) is tasks
+    with pytest.raises(InputError):
+        blur_tasks(tasks, 1.0)

@@ -15,6 +15,9 @@
 ``sparcl-er``        SparCL (weights 90% sparse, TDM + DDR + DGM) on ER
 ``sparcl-derpp``     SparCL on DER++
 ``lightcl-sparse``   LightCL on a physically pruned export (the paper's sparsity-0.9 row)
+``lightcl-replay``   LightCL + the engine's int8 feature-replay memory (2 MiB byte budget)
+``lightcl-replay-free`` the same, task-free (no boundaries reach the learner; runs the blurry scenarios)
+``remind``           REMIND-style: PQ-compressed frozen features replayed through the head (no penalty)
 ==================== =========================================================================
 
 A method with ``til_only = True`` (``pnn``) is task-incremental only: its logits are meaningful
@@ -49,10 +52,15 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "sparcl-er": ("lightcl.bench.methods.sparcl", "SparCLER", "SparCL on ER (90% weight sparsity)"),
     "sparcl-derpp": ("lightcl.bench.methods.sparcl", "SparCLDERpp", "SparCL on DER++ (90% weight sparsity)"),
     "lightcl-sparse": ("lightcl.bench.methods.lightcl_sparse", "LightCLSparse", "LightCL with sparsity 0.9"),
+    "lightcl-replay": ("lightcl.bench.methods.lightcl_replay", "LightCLReplay",
+                       "LightCL + int8 feature replay under a byte budget"),
+    "lightcl-replay-free": ("lightcl.bench.methods.lightcl_replay", "LightCLReplayFree",
+                            "LightCL + feature replay, task-free (blurry streams)"),
+    "remind": ("lightcl.bench.methods.lightcl_replay", "Remind", "REMIND-style PQ feature replay"),
 }
 METHODS = list(REGISTRY)
 # methods that run the split export through the engine's extractor
-ENGINE_METHODS = ("latent-replay", "lightcl", "lightcl-sparse")
+ENGINE_METHODS = ("latent-replay", "lightcl", "lightcl-sparse", "lightcl-replay", "lightcl-replay-free", "remind")
 
 
 class MethodNotBuilt(LightCLError):
