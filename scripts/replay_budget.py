@@ -17,7 +17,13 @@ import numpy as np
 
 
 def _records(d: str) -> list[dict]:
-    return [r for r in json.loads((Path(d) / "results.json").read_text())["records"] if r.get("status") == "ok"]
+    """The suite's results.json, or (a suite still running or stopped) the finished runs in DIR/records/."""
+    res = Path(d) / "results.json"
+    if res.is_file():
+        recs = json.loads(res.read_text())["records"]
+    else:
+        recs = [json.loads(p.read_text()) for p in sorted((Path(d) / "records").glob("*.json"))]
+    return [r for r in recs if r.get("status") == "ok"]
 
 
 def _stats(recs: list[dict], key: str) -> tuple[float, float]:
