@@ -248,3 +248,9 @@ class StepSampler:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def bytes_as_elements(nbytes: int) -> int:
+    """A buffer held in other dtypes (int8 codes, PQ indices, float16 scales) counted at its real bytes, in the
+    fp32 elements :func:`theoretical_mib` takes (rounded up)."""
+    return (int(nbytes) + 3) // 4

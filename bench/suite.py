@@ -44,6 +44,8 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 1, "seeds": 1},
     "offline": {"seeds": 3},
     "offline-hard": {"seeds": 3},
+    "offline-blurry": {"seeds": 3},
+    "smoke-blurry": {"epochs": 1, "seeds": 1},
     "paper-cifar10": {"seeds": 3},
     "paper-tinyimg": {"seeds": 3},
 }
@@ -440,6 +442,14 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     # methods that cannot run on this backbone (Method.not_applicable: e.g. no block they can sparsify) are
     # recorded with their reason, like unbuilt ones, and the others run
     runnable = _applicable(runnable, str(ckpt), skipped, echo)
+    if scenario.blurry:  # no task boundaries: only the task-free methods can take such a stream
+        from lightcl.bench.methods import method_class
+
+        for m in [m for m in runnable if not method_class(m).task_free]:
+            runnable.remove(m)
+            skipped.append({"method": m, "status": "not applicable",
+                            "reason": "a blurry (task-free) stream: the method needs task boundaries"})
+            echo(f"suite: {m}: needs task boundaries (skipped on a blurry stream)")
     if not runnable:
         from lightcl.bench.methods import MethodNotBuilt
         from lightcl.bench.methods.base import MethodNotApplicable

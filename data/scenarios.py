@@ -31,6 +31,9 @@ class Scenario:
     augment: bool = True  # random crop with padding 4 during continual training (Mammoth's seq-cifar10)
     description: str = ""
     arch: str = "resnet18"  # a backbone of the zoo (lightcl.export.zoo.list_backbones())
+    # fraction of each task's training samples moved to other tasks (data/blurry.py); > 0: a task-free
+    # stream that only methods with ``task_free = True`` run
+    blurry: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +59,14 @@ SCENARIOS: dict[str, Scenario] = {
         "smoke-mobilenetv2", "digits", "digits", 5, 2, width=16, pretrain_epochs=3, epochs=1, arch="mobilenetv2",
         description="width-16 MobileNetV2 (alpha 0.25) pretrained on digits; Split digits 5x2, 1 epoch per task. "
                     "The second backbone family end to end; seconds."),
+    "offline-blurry": Scenario(
+        "offline-blurry", "fashion-mnist", "mnist-5k", 5, 2, width=32, pretrain_epochs=2, epochs=5,
+        pretrain_subset=15000, blurry=0.1,
+        description="offline's data as a blurry stream: 10% of each task's samples spread over the other "
+                    "tasks; no task boundary reaches the learner (task-free methods only)."),
+    "smoke-blurry": Scenario(
+        "smoke-blurry", "digits", "digits", 5, 2, width=16, pretrain_epochs=3, epochs=3, blurry=0.1,
+        description="smoke's data as a blurry stream (10% of each task's samples elsewhere); task-free methods."),
 }
 
 

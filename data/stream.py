@@ -87,6 +87,10 @@ class ScenarioData(StreamData):
         test = TensorData(load_dataset(scenario.cl_dataset, "test", data_path))
         order = class_order(len(train.classes), scenario.class_order_seed)
         tasks = split_tasks(train.y.numpy(), test.y.numpy(), scenario.n_tasks, scenario.classes_per_task, order)
+        if scenario.blurry:  # a task-free stream: part of each task's samples moved to the others (data/blurry.py)
+            from .blurry import blur_tasks
+
+            tasks = blur_tasks(tasks, scenario.blurry, seed=0)
         super().__init__(train, test, tasks, scenario.batch_size, normalization, augment=scenario.augment)
 
 

@@ -67,6 +67,13 @@ class LightCLConfig:
     # per-parameter: the SGD update applied to each parameter as its gradient is ready, during backward
     # (engine/optim.py; no full set of gradients is ever held; same numbers as plain); plain: torch.optim.SGD.
     optimizer_step: str = "per-parameter"
+    # Feature replay (engine/replay.py): a byte budget ("2MiB", "512KiB"; None = off) of compressed frozen
+    # features replayed through the head with each batch, cross-entropy over every seen class.
+    replay_budget: Any = None
+    replay_codec: str = "int8"  # int8 (per-channel scales), pq (REMIND's product quantisation), fp32
+    replay_batch: int = 32  # replayed samples per step
+    replay_weight: float = 1.0
+    replay_pq_subvectors: int = 0  # pq: pieces per feature vector (0: channels / 8)
 
     def validate(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "beta", "ratio"):
@@ -97,6 +104,21 @@ class LightCLConfig:
             raise InputError("buffer_size >= 0, lr > 0 and beta >= 0 are required")
         if self.num_classes is not None and self.num_classes < 1:
             raise InputError("num_classes must be >= 1 (or None for an expandable classifier)")
+        if self.replay_budget is not None:
+            from .codecs import CODECS
+            from .replay import parse_bytes
+
+            parse_bytes(self.replay_budget)
+            if self.replay_codec not in CODECS:
+                raise InputError(f"replay_codec must be one of {CODECS}, got {self.replay_codec!r}")
+            for name in ("replay_batch", "replay_pq_subvectors"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "replay_batch" else 0):
+                    raise InputError(f"{name} must be a {'positive' if name == 'replay_batch' else 'non-negative'} "
+                                     f"integer, got {v!r}")
+            w = self.replay_weight
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise InputError(f"replay_weight must be a finite number >= 0, got {w!r}")
 
 
 class LightCL:
@@ -121,6 +143,7 @@ class LightCL:
         if optimizer is not None and not callable(optimizer):
             raise InputError("optimizer must be a factory: params -> torch.optim.Optimizer")
         self._optimizer_factory = optimizer
+        self._head_in_features = tuple(head.in_features)
         self.loss_components: list[LossComponent] = self._components(loss_components)
         self.extractor = extractor
         self.device = torch.device(self.config.device)
@@ -141,6 +164,8 @@ class LightCL:
         # features of the task's last full-size batch: end_task() without a batch uses them (never a remainder)
         self._last_features: Tensor | None = None
         self._lock = threading.RLock()  # one head version for predict while observe trains
+        # "task": observe() takes the open task's classes only; "seen": any class seen (engine/taskfree.py)
+        self.label_scope = "task"
         self.optimizer = self._make_optimizer()
 
     # ------------------------------------------------------------------ helpers
@@ -173,6 +198,13 @@ class LightCL:
     def class_names(self) -> list:
         """Every class the learner knows (the backbone's kept ones first), in logit-column order."""
         return self.classes.names()
+
+    @property
+    def replay(self):
+        """The feature-replay component (engine/replay.py) when ``replay_budget`` is set, else None."""
+        from .replay import FeatureReplay
+
+        return next((c for c in self.loss_components if isinstance(c, FeatureReplay)), None)
 
     @property
     def frozen_id(self) -> str | None:
@@ -236,6 +268,12 @@ class LightCL:
         if isinstance(extra, LossComponent) or not isinstance(extra, (list, tuple)):
             raise InputError("loss_components must be a list of LossComponent")
         comps: list[LossComponent] = [SlicedCrossEntropy(), FeaturePattern(self.config.beta)]
+        if self.config.replay_budget is not None:
+            from .replay import make_replay
+
+            c = self.config
+            comps.append(make_replay(c.replay_budget, c.replay_codec, self._head_in_features, c.replay_batch,
+                                     c.replay_weight, c.seed + 1, c.replay_pq_subvectors))
         for c in extra:
             if not isinstance(c, LossComponent):
                 raise InputError(f"loss_components takes LossComponent instances, got {type(c).__name__}")
@@ -417,7 +455,9 @@ class LightCL:
         if self.current_task is None:
             raise InputError("no open task: call begin_task(task_id, classes) first")
         x = self._check_x(x)
-        y = self._label_ids(y, x.shape[0], self.tasks[self.current_task]).to(self.device)
+        # "task": the open task's classes only; "seen": any class seen (task-free learning, engine/taskfree.py)
+        allowed = self.tasks[self.current_task] if self.label_scope == "task" else list(self.class_index)
+        y = self._label_ids(y, x.shape[0], allowed).to(self.device)
         t0 = time.perf_counter()
         task = self.current_task
         with self._frozen_guard():
@@ -466,7 +506,8 @@ class LightCL:
         logits = self.head(feats)
         columns = self.task_columns(task) if self.config.loss_slice == "task" else self.seen_columns()
         context = LossContext(logits=logits, target_index=self.classes.columns(y).to(y.device), columns=columns, labels=y,
-                              features=feats, task=task, memory=self.memory, buffer_taps=buffer_taps)
+                              features=feats, task=task, memory=self.memory, buffer_taps=buffer_taps,
+                              head=self.head, seen_columns=self.seen_columns())
         loss, values = total_loss(self.loss_components, context)
         out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
         if not torch.isfinite(loss):
@@ -482,6 +523,8 @@ class LightCL:
         loss.backward()
         self.optimizer.step()
         bump(self.counters, "steps")
+        for c in self.loss_components:
+            c.after_step(context)
         if self.config.buffer_policy == "reservoir" and self.config.buffer_size > 0:
             self.memory.reservoir_add(feats, y, task, self.generator, images=x if self._batch_statistics else None)
         if self._last_features is None or feats.shape[0] >= self._last_features.shape[0]:
@@ -624,6 +667,7 @@ class LightCL:
                 "rng": self.generator.get_state(),
                 "frozen_statistics": {k: v.detach() for k, v in self.frozen_statistics().items()},
                 "last_features": None if self._last_features is None else self._last_features.detach(),
+                **({} if self.replay is None else {"replay": self.replay.memory.state_dict()}),
             }
 
     def load_state_dict(self, state: Mapping[str, Any], where: str = "state dict") -> None:
@@ -662,6 +706,16 @@ class LightCL:
                 raise IntegrityError(f"{where}: head weights do not fit this head (names, shapes or non-finite values)")
             checked = self._check_plain(state, head, rows, class_index, where)
             whole = check_whole(state, tasks, where)  # cross-field invariants and the RNG, before any change
+            replay = self.replay
+            if "replay" in state and replay is None:
+                raise IntegrityError(f"{where} holds a replay memory but this learner has no replay_budget")
+            if replay is not None:  # a state without one (made before replay existed) starts with an empty memory
+                fresh = replay.memory.empty_like()
+                if "replay" in state:
+                    if not isinstance(state["replay"], Mapping):
+                        raise IntegrityError(f"{where}: replay must be the replay memory's state dict")
+                    fresh.load_state_dict(state["replay"], known_columns=class_index.values(),
+                                          where=f"{where}: replay")
             optimizer = self._make_optimizer(head=head)
             try:
                 self._load_optimizer(optimizer, state["optimizer"], where)
@@ -682,6 +736,8 @@ class LightCL:
             if hasattr(self.optimizer, "remove"):
                 self.optimizer.remove()
             self.head, self.optimizer, self.memory = head, optimizer, checked["memory"]
+            if replay is not None:
+                replay.memory = fresh
             self.config.seed = state["config"].get("seed", self.config.seed)
             self.config.reset_classifier = state["config"].get("reset_classifier", self.config.reset_classifier)
             self.generator.set_state(state["rng"])
@@ -708,7 +764,9 @@ class LightCL:
                 or not isinstance(config.get("reset_classifier", True), bool):
             raise IntegrityError(f"{where}: config seed must be an integer and reset_classifier true or false")
         mine = asdict(self.config)
-        differ = sorted(k for k in set(mine) | set(config) if k not in INIT_ONLY_OPTIONS and config.get(k) != mine.get(k))
+        defaults = asdict(LightCLConfig())  # an option a state predates has its default
+        differ = sorted(k for k in set(mine) | set(config)
+                        if k not in INIT_ONLY_OPTIONS and config.get(k, defaults.get(k)) != mine.get(k))
         if differ:
             raise IntegrityError(f"{where} was made with other options ({', '.join(differ)}): use LightCL.load, or a "
                                  "learner made with the state's config")
@@ -819,7 +877,8 @@ class LightCL:
                           loss_components=loss_components)
 
     def memory_report(self) -> dict:
-        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks.
+        """Bytes held by the trainable part: weights, gradients, optimizer state, buffer + masks, and the
+        feature-replay memory (``replay_bytes``: codes + labels + codebooks, never above ``replay_budget``).
 
         ``head_grads_bytes`` is the most gradient bytes the step holds at once: every trainable parameter's
         with the plain step; with the per-parameter step (hooks active) one parameter's at a time, since each
@@ -832,6 +891,7 @@ class LightCL:
                   if isinstance(v, Tensor))
         return {"head_weights_bytes": params, "head_grads_bytes": max(grads, default=0) if in_backward else sum(grads),
                 "optimizer_bytes": opt, "memory_bytes": self.memory.nbytes(),
+                "replay_bytes": 0 if self.replay is None else self.replay.memory.nbytes(),
                 "optimizer_step": "per-parameter" if in_backward else "plain"}
 
 
@@ -839,7 +899,8 @@ STATE_KEYS = ("config", "tasks", "class_index", "current_task", "finished_tasks"
               "metrics", "extra", "head", "memory", "optimizer", "rng", "frozen_statistics", "last_features")
 # options that act only when a learner is made (its device stays; the state's seed and classifier reset are adopted)
 INIT_ONLY_OPTIONS = ("device", "seed", "reset_classifier")
-OPTIONAL_STATE_KEYS = frozenset({"frozen_id", "frozen_bn", "loss_components", "optimizer_class", "class_map"})
+OPTIONAL_STATE_KEYS = frozenset({"frozen_id", "frozen_bn", "loss_components", "optimizer_class", "class_map",
+                                 "replay"})
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 

@@ -44,6 +44,8 @@ class LossContext:
     task: int
     memory: Any
     buffer_taps: dict[str, Tensor] | None = None
+    head: Any = None  # the trainable head (train mode): components that run other samples through it
+    seen_columns: list[int] | None = None  # logit columns of every class seen so far
 
 
 class LossComponent:
@@ -72,6 +74,9 @@ class LossComponent:
     def uses_buffer(self) -> bool:
         """Whether the step must run the buffer through the head for this component."""
         return self.needs_buffer and self.weight > 0
+
+    def after_step(self, context: LossContext) -> None:
+        """Called once the step's update is applied (never for a skipped step): e.g. store the batch."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"

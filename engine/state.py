@@ -9,8 +9,10 @@ their kind, the backbone's kept classes; lightcl.engine.classmap):
 - ``learner.safetensors`` every other tensor of the state dict: the memory's own entries under their
                           names (``buffer.*``, ``target.<tap>``, ``mask.<tap>``), ``rng.generator``,
                           ``frozen_bn.<name>`` (frozen_statistics), ``task.last_features``, and the
-                          optimizer state dict's tensors as ``optim.state.<param>.<key>``
+                          optimizer state dict's tensors as ``optim.state.<param>.<key>``, and the
+                          feature-replay memory's tensors (when ``replay_budget`` is set) as ``replay.<name>``
 - ``state.json``          the JSON entries of the state dict (``memory``: the memory's non-tensor entries;
+                          ``replay``: the replay memory's, only in a state that has one;
                           ``optimizer``: its state dict without tensors), ``format``, the sha256 of each
                           file, and ``self_sha256``: the sha256 of its own canonical JSON (without that key)
 
@@ -105,6 +107,10 @@ def _split(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         else:
             memory_json[k] = v
     tensors["rng.generator"] = sd.pop("rng")
+    replay = sd.pop("replay", None)
+    if replay is not None:  # the feature-replay memory: tensors under replay.*, the rest in state.json
+        sd["replay"] = {k: v for k, v in replay.items() if not isinstance(v, torch.Tensor)}
+        tensors.update({f"replay.{k}": v for k, v in replay.items() if isinstance(v, torch.Tensor)})
     tensors.update({f"frozen_bn.{k}": v for k, v in sd.pop("frozen_statistics").items()})
     last = sd.pop("last_features")
     if last is not None:
@@ -242,10 +248,13 @@ def _join(where: str, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
     frozen: dict[str, torch.Tensor] = {}
     optim_tensors: dict[int, dict[str, torch.Tensor]] = {}
     rng = last = None
+    replay: dict[str, Any] = {}
     for k, v in tensors.items():
         m = (V1_MOMENTUM if v1 else OPTIM_TENSOR).match(k)
         if k.startswith(MEMORY_PREFIXES):
             memory[k] = v
+        elif k.startswith("replay."):
+            replay[k[len("replay."):]] = v
         elif k == "rng.generator":
             rng = v
         elif k.startswith("frozen_bn."):
@@ -279,6 +288,11 @@ def _join(where: str, doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
             state.setdefault(i, {}).update(st)
         optimizer = {"state": state, "param_groups": optimizer["param_groups"]}
     sd.update(memory=memory, optimizer=optimizer, rng=rng, frozen_statistics=frozen, last_features=last)
+    if "replay" in sd or replay:
+        replay_json = sd.pop("replay", None)
+        if not isinstance(replay_json, dict) or any(k in replay for k in replay_json):
+            raise IntegrityError(f"{where}: replay tensors need their replay entry in state.json (and vice versa)")
+        sd["replay"] = {**replay_json, **replay}
     return sd
 
 

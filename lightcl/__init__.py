@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     # the learner and what it is built from
     "LightCL": "lightcl.engine.learner",
     "LightCLConfig": "lightcl.engine.learner",
+    "TaskFree": "lightcl.engine.taskfree",
     "Head": "lightcl.engine.head",
     "load_head": "lightcl.engine.export_dir",
     "load_export_meta": "lightcl.engine.export_dir",

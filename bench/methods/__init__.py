@@ -34,7 +34,7 @@ from .base import REGISTRY, Method, MethodContext, Step, register_method
 
 # The report order of the paper's Table 1 rows; a registered method not listed here follows, by name.
 TABLE_ORDER = ("sgd", "joint", "ewc", "lwf", "er", "derpp", "latent-replay", "lightcl-reference", "lightcl", "pnn",
-               "fdr", "sparcl-er", "sparcl-derpp", "lightcl-sparse")
+               "fdr", "sparcl-er", "sparcl-derpp", "lightcl-sparse", "lightcl-replay", "lightcl-replay-free", "remind")
 _SUPPORT = {"base", "classes", "configs", "engine_common"}  # modules of this package that hold no method
 
 

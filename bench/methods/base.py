@@ -262,6 +262,7 @@ class Method:
     wants_fresh_batch = False
     wants_ids = False
     needs_export = False
+    task_free = False  # learns without task boundaries: the only kind a blurry scenario runs
     main_part = "model"  # the part a plain sample count in a Step refers to
 
     FINAL = ("begin_task", "observe", "end_task", "to_index", "task_indices", "seen_indices")

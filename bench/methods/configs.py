@@ -187,6 +187,36 @@ class LightCLSparseConfig(LightCLConfig):
     round_channels: Optional[int] = None
 
 
+@dataclass
+class LightCLReplayConfig(LightCLConfig):
+    """The learner's options (the authors' defaults) + an int8 feature-replay memory of 2 MiB, 32 replayed
+    samples per step (ER's ``minibatch_size``), weight 1: fixed a priori, not tuned (docs/benchmarks.md)."""
+
+    replay_budget: Any = "2MiB"
+    replay_codec: str = "int8"
+
+
+@dataclass
+class LightCLReplayFreeConfig(LightCLReplayConfig):
+    """Task-free: CE over every seen class (no task to slice by); masks and buffer refreshed every 50 steps
+    (about a quarter of an offline task's epoch) or when a new class arrives."""
+
+    loss_slice: str = "all"
+    refresh_every: int = 50
+
+
+@dataclass
+class RemindConfig(LightCLConfig):
+    """REMIND-style: PQ codes (pieces of 8 channels, 256 centroids), 2 MiB, CE over every seen class, no
+    feature-pattern penalty (beta 0, no buffer); step size: latent replay's (docs/benchmarks.md)."""
+
+    beta: float = 0.0
+    buffer_size: int = 0
+    loss_slice: str = "all"
+    replay_budget: Any = "2MiB"
+    replay_codec: str = "pq"
+
+
 def field_names(cls: type) -> list[str]:
     """The hyperparameters a config class knows."""
     return [f.name for f in dataclasses.fields(cls)]
