@@ -46,9 +46,14 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     "round_channels": (1, 4096, True, "int"),
     "num_classes": (1, 1 << 31, True, "int"),
     "seed": (0, (1 << 63) - 1, True, "int"),
+    "replay_batch": (1, 1_000_000, True, "int"),
+    "replay_weight": (0.0, BIG, True, "num"),
+    "replay_pq_subvectors": (0, 1 << 20, True, "int"),
+    "refresh_every": (1, 1 << 40, True, "int"),
 }
 # fields whose value is a choice or a flag: the typed config's own type check is all there is to check
-NOT_NUMERIC = {"use_cl_mask", "buffer_policy", "loss_slice", "reset_classifier", "device", "optimizer_step"}
+NOT_NUMERIC = {"use_cl_mask", "buffer_policy", "loss_slice", "reset_classifier", "device", "optimizer_step",
+               "replay_codec", "replay_budget"}  # the last two: checked by LightCLConfig.validate (codec names, bytes)
 SPARSITY_WORDS = ("authors",)
 MAX_TEXT = 4000  # characters of a ``source`` or ``note``
 
