@@ -83,7 +83,7 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
     export_dir, state_dir = Path(export_dir), Path(state_dir)
     check_state_path(state_dir)  # before any work: a foreign directory at --state is refused, not replaced
     meta = load_export_meta(export_dir)
-    extractor = load_extractor(export_dir, backend=backend, **(extractor_options or {}))
+    extractor = load_extractor(export_dir, backend=backend, learning=True, **(extractor_options or {}))
     data = ScenarioData(scenario, meta["normalization"], data_path)
     n_classes = scenario.n_tasks * scenario.classes_per_task
     opts = {"num_classes": n_classes, **(learner_options or {})}
@@ -99,6 +99,8 @@ def learn_scenario(export_dir: str | Path, scenario: Scenario, state_dir: str | 
         learner = LightCL(extractor, load_head(export_dir), **opts)
         learner.extra.update(scenario=scenario.to_dict(), export_dir=str(export_dir.resolve()), backend=backend,
                              step_ms=[], wall_s=0.0)
+    # which extractor really learns (auto: int8 where its agreement check passed), saved with the state
+    learner.extra["extractor"] = {k: extractor.info().get(k) for k in ("backend", "file", "micro_batch")}
     start = len(learner.finished_tasks)
     stop = scenario.n_tasks if max_tasks is None else min(scenario.n_tasks, start + max_tasks)
     echo(f"extractor: {extractor.info()}")

@@ -86,13 +86,13 @@ class TensorData:
 
 
 def real_images(dataset: str, split: str, n: int, normalization: dict, data_path: str | None = None,
-                seed: int = 0, offset: int = 0) -> tuple[Tensor, Tensor]:
-    """``n`` real images of ``dataset`` (seeded selection), resized to 32x32 and normalised with
+                seed: int = 0, offset: int = 0, size: int = 32) -> tuple[Tensor, Tensor]:
+    """``n`` real images of ``dataset`` (seeded selection), resized to ``size`` x ``size`` and normalised with
     ``normalization`` (``{"mean", "std"}`` in [0, 1] units, as a checkpoint records it): ``(x, y)``.
 
     ``offset`` skips the first images of the seeded order (fewer than ``offset`` images: from the start).
     """
-    data = TensorData(load_dataset(dataset, split, data_path))
+    data = TensorData(load_dataset(dataset, split, data_path), size=size)
     if len(data) == 0:
         raise StateError(f"dataset {dataset!r} split {split!r} is empty")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))

@@ -327,9 +327,12 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     dataset = ck.get("dataset")
     if not dataset:
         raise StateError(f"checkpoint {ckpt_path} records no dataset: parity needs real images")
+    if input_shape[-1] != input_shape[-2]:  # TODO(lead): C1's resize_to_input takes non-square shapes
+        raise InputError(f"input size {list(input_shape)}: parity images are square resizes here")
+    size = int(input_shape[-1])  # parity and calibration images at the model's own input size
     say(f"loading real {dataset} images for parity{' and int8 calibration' if int8 else ''}")
     n_heldout = HELDOUT_BATCH if int8 else PARITY_BATCH
-    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1)
+    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1, size=size)
     x_par, y_par = x_test[:PARITY_BATCH], y_test[:PARITY_BATCH]
     st_path, js_path = checkpoint_paths(ckpt_path)
 
@@ -376,7 +379,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
                 f"> atol {atol:g}; nothing written")
 
         if int8:
-            x_cal, _ = real_images(dataset, "train", calib_size, norm, data_path, seed=2)
+            x_cal, _ = real_images(dataset, "train", calib_size, norm, data_path, seed=2, size=size)
             say(f"int8: static QDQ quantization calibrated on {x_cal.shape[0]} real {dataset} train images")
             qinfo = quantize.quantize_frozen(onnx_path, tmp / "frozen.int8.onnx", x_cal, progress=progress,
                                     **(int8_options or {}))
@@ -403,7 +406,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
             with torch.no_grad():
                 ref_par = frozen(x_par)
             if trt_precision == "int8":
-                x_cal_trt, _ = real_images(dataset, "train", max(calib_size, 1), norm, data_path, seed=2)
+                x_cal_trt, _ = real_images(dataset, "train", max(calib_size, 1), norm, data_path, seed=2, size=size)
             say(f"tensorrt: building a {trt_precision} plan, batch 1..{max_batch}, workspace {workspace_mib} MiB")
             entry = build_plan(onnx_path, tmp, precision=trt_precision, max_batch=max_batch,
                                workspace_mib=workspace_mib, calib_x=x_cal_trt, cache_dir=trt_cache_dir,
