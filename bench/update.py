@@ -15,6 +15,12 @@ Modes (same data, same head):
                          process's glibc malloc with a fixed mmap threshold and two arenas (``LEAN_ENV``)
 - ``lightcl-system``, ``lightcl-sparse-system``, ``lightcl-int8-system`` (opt-in) the engine with glibc's
                          malloc forced (``LIGHTCL_MALLOC=system``) and onnxruntime's arena on
+- ``lightcl-whole``, ``lightcl-int8-whole`` (opt-in) the engine without micro-batched extraction
+                         (``extract_budget=None``: whole batches through the frozen part, as before it);
+                         ``lightcl-int8-lean`` the int8 engine with ``LEAN_ENV``
+- ``lightcl-overlap``, ``lightcl-int8-overlap`` (opt-in) the next batch extracted while the head trains
+                         (``LightCL.prefetch``): onnxruntime 1 thread, torch the other cores; the ledger's and the
+                         phases' extra steps run sequentially
 
 Engine modes apply the engine's allocator policy (engine/allocator.py: glibc's defaults unless
 ``LIGHTCL_MALLOC=lean`` is set, e.g. ``LIGHTCL_MALLOC=lean lightcl bench update ...``) where ``load_extractor``
@@ -57,7 +63,8 @@ from lightcl.bench.methods.base import compose_backbone  # noqa: F401  (moved th
 
 MODES = ("lightcl", "lightcl-torch", "lightcl-reference", "finetune", "lightcl-int8", "lightcl-sparse",
          "lightcl-sparse-int8", "lightcl-plain", "lightcl-noarena", "lightcl-lean", "lightcl-lean-plain",
-         "lightcl-sparse-lean", "finetune-lean", "lightcl-system", "lightcl-sparse-system", "lightcl-int8-system")
+         "lightcl-sparse-lean", "finetune-lean", "lightcl-system", "lightcl-sparse-system", "lightcl-int8-system",
+         "lightcl-whole", "lightcl-int8-whole", "lightcl-int8-lean", "lightcl-overlap", "lightcl-int8-overlap")
 DEFAULT_MODES = MODES[:4]
 
 
@@ -83,7 +90,22 @@ ENGINE_MODES: dict[str, tuple[str, str, dict, dict]] = {
     "lightcl-sparse-system": ("ort", "sparse", {}, SYSTEM_ORT),
     "lightcl-sparse-lean": ("ort", "sparse", {}, {"arena": False}),
     "lightcl-sparse-int8": ("ort-int8", "sparse", {}, LEARNING_ORT),
+    # the engine before micro-batched extraction (engine/microbatch.py): whole batches through the frozen part
+    "lightcl-whole": ("ort", "dense", {"extract_budget": None}, LEARNING_ORT),
+    "lightcl-int8-whole": ("ort-int8", "dense", {"extract_budget": None}, LEARNING_ORT),
+    "lightcl-int8-lean": ("ort-int8", "dense", {}, {"arena": False}),
+    # extraction of the next batch overlapped with the head's step (engine/prefetch.py): onnxruntime 1 thread,
+    # torch the other cores (OVERLAP_THREADS)
+    "lightcl-overlap": ("ort", "dense", {}, {**LEARNING_ORT, "threads": 1}),
+    "lightcl-int8-overlap": ("ort-int8", "dense", {}, {**LEARNING_ORT, "threads": 1}),
 }
+OVERLAP_MODES = ("lightcl-overlap", "lightcl-int8-overlap")
+
+
+def overlap_threads() -> "tuple[int, int]":
+    """(onnxruntime, torch) threads of an overlapped step: one core extracts, the others train the head."""
+    n = os.cpu_count() or 1
+    return 1, max(1, n - 1)
 # glibc malloc for a lean process set from the environment (what engine/allocator.py now does from inside
 # the process): a fixed mmap threshold and two arenas.
 LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
@@ -91,7 +113,7 @@ SYSTEM_ENV = {"LIGHTCL_MALLOC": "system"}
 MODE_ENV: dict[str, dict[str, str]] = {"lightcl-lean": LEAN_ENV, "lightcl-lean-plain": LEAN_ENV,
                                        "lightcl-sparse-lean": LEAN_ENV, "finetune-lean": LEAN_ENV,
                                        "lightcl-system": SYSTEM_ENV, "lightcl-sparse-system": SYSTEM_ENV,
-                                       "lightcl-int8-system": SYSTEM_ENV}
+                                       "lightcl-int8-system": SYSTEM_ENV, "lightcl-int8-lean": LEAN_ENV}
 LEDGER_ROWS = ("frozen_weights", "frozen_session", "run_buffers", "head_weights", "gradients", "optimizer_state",
                "activations", "buffer_masks", "step_inputs", "malloc_other", "torch_temporaries", "malloc_free",
                "library_pages", "peak_elsewhere")
@@ -121,7 +143,7 @@ def _context(export_dir: str, n_classes: int, batch: int, threads: int | None, e
     meta = load_export_meta(export_dir, verify=False)
     scenario = Scenario("bench-update", str(meta.get("dataset")), str(meta.get("dataset")), 2, 2,
                         width=int(meta["width"]), pretrain_epochs=0, epochs=1, batch_size=int(batch),
-                        split=meta["split"], augment=False)
+                        split=meta["split"], augment=False, arch=str(meta.get("arch") or "resnet18"))
     return MethodContext(scenario=scenario, ckpt=None, export_dir=str(export_dir), num_classes=n_classes, seed=0,
                          input_shape=tuple(int(v) for v in meta["input_shape"][-3:]), threads=threads,
                          extractor=extractor)
@@ -185,10 +207,12 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         from lightcl.engine.extractors import options_for
 
         opts = {**options_for(backend, threads=threads or None, spin=False), **xopts}
+        if mode in OVERLAP_MODES:
+            torch.set_num_threads(overlap_threads()[1])
         from lightcl.engine.allocator import apply_lean_malloc, release_free_heap
 
         # the engine's default as a learner/extractor is created (LIGHTCL_MALLOC=system in *-system modes)
-        malloc = apply_lean_malloc()
+        malloc = apply_lean_malloc(profile=load_export_meta(edir, verify=False).get("profile"))
         m_pre_load = mallinfo()
         ext = load_extractor(edir, backend=backend, **opts)
         trimmed = release_free_heap()  # the session's one-time temporaries (a no-op unless the lean allocator is on)
@@ -208,14 +232,23 @@ def worker(mode: str, export_dir: str, data_file: str, steps: int, warmup: int, 
         method.observe(xa, ya)
         method.end_task()
         method.begin_task(1, cb)
+        # overlapped modes: the next batch's features come from the prefetch thread; the step's time is from
+        # asking for them to the end of the head's step (the extraction it waited for included)
+        feed = (iter(learner.prefetch((xb, yb) for _ in range(warmup + steps))) if mode in OVERLAP_MODES else None)
         for i in range(warmup + steps):
             t, c, f = time.perf_counter(), time.process_time(), _minor_faults()
-            learner.observe(xb, yb)
+            if feed is not None:
+                x_, y_, f_ = next(feed)
+                learner.observe(x_, y_, features=f_)
+            else:
+                learner.observe(xb, yb)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
                 cpu_times.append((time.process_time() - c) * 1000)
                 faults.append(_minor_faults() - f)
             hwm.append(peak_mib())  # after the step's figures: which step raised the process's peak
+        if feed is not None:
+            feed.close()  # the prefetch thread ends
         peak_timed = peak_mib()
         head = learner.head
         gm = GradientMeter(head.parameters(), forward_of=head)
@@ -616,20 +649,29 @@ def bench_update(export_dir: str | Path, batch: int = 32, steps: int = 30, warmu
     ft = by.get("finetune", {}).get("peak_rss_delta_mib")
     for m in ("lightcl-sparse", "lightcl-sparse-int8", "lightcl-int8", "lightcl-plain", "lightcl-noarena",
               "lightcl-lean", "lightcl-lean-plain", "lightcl-sparse-lean", "lightcl-system", "lightcl-sparse-system",
-              "lightcl-int8-system"):
+              "lightcl-int8-system", "lightcl-whole", "lightcl-int8-whole", "lightcl-int8-lean", *OVERLAP_MODES):
         if m in by and ft:
             ratios[f"rss_{m}_over_finetune"] = by[m]["peak_rss_delta_mib"] / max(1e-9, ft)
     ftl = by.get("finetune-lean", {}).get("peak_rss_delta_mib")
     for m in ("lightcl", "lightcl-sparse", "lightcl-lean", "lightcl-sparse-lean"):
         if m in by and ftl:
             ratios[f"rss_{m}_over_finetune-lean"] = by[m]["peak_rss_delta_mib"] / max(1e-9, ftl)
-    for m in ("lightcl-sparse", "lightcl-int8", "lightcl-sparse-int8", "lightcl-system", "lightcl-torch"):
+    for m in ("lightcl-sparse", "lightcl-int8", "lightcl-sparse-int8", "lightcl-system", "lightcl-torch",
+              "lightcl-whole", "lightcl-int8-whole", "lightcl-lean", "lightcl-int8-lean", *OVERLAP_MODES):
         if m in by and "lightcl-reference" in by:
             ratios[f"step_{m}_over_reference"] = by[m]["step_ms"] / by["lightcl-reference"]["step_ms"]
     env = collect()
     env["threads"] = threads
+    from lightcl.engine.export_dir import load_export_meta
+    from lightcl.engine.extractors import int8_unusable
+
+    why_not = int8_unusable(load_export_meta(export_dir, verify=False))
+    # what `lightcl learn --backend auto` learns with on a CPU (engine/extractors: LEARNING_AUTO)
+    learning_default = {"backend": "ort" if why_not else "ort-int8", "why": why_not or "its int8 agreement check passed",
+                        "mode": "lightcl" if why_not else "lightcl-int8"}
     return {"results": results, "ratios": ratios, "env": env, "sparse_export": sparse_export,
-            "export": str(export_dir), "batch": batch, "steps": steps, "warmup": warmup}
+            "export": str(export_dir), "batch": batch, "steps": steps, "warmup": warmup,
+            "learning_default": learning_default}
 
 
 LEDGER_LABELS = {"frozen_weights": "frozen weights", "frozen_session": "runtime session (malloc in use)",
@@ -684,10 +726,19 @@ def format_table(res: dict) -> str:
                      f"{r.get('step_minor_faults', -1):7d} {r['peak_rss_delta_mib']:19.1f} {r['theoretical_mib']:16.1f}")
     for k, v in res["ratios"].items():
         lines.append(f"{k}: {v:.3f}")
+    ld = res.get("learning_default")
+    if ld:
+        lines.append(f"learning default on CPU (backend auto): {ld['backend']} ({ld['why']}; mode {ld['mode']})")
     for r in res["results"]:
         ph = r.get("phases_ms")
         if ph:
             lines.append(f"{r['mode']} step phases (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()))
+    for r in res["results"]:
+        x = r.get("extractor") or {}
+        if x.get("micro_batch") is not None or x.get("activation_bytes_per_image"):
+            lines.append(f"{r['mode']} extraction: micro-batch {x.get('micro_batch') or 'whole batch'} images "
+                         f"(budget {(x.get('memory_budget') or 0) / 2**20:.1f} MiB, estimated "
+                         f"{(x.get('activation_bytes_per_image') or 0) / 2**20:.2f} MiB per image)")
     for r in res["results"]:
         i8 = (r.get("extractor") or {}).get("int8")
         if i8 and i8.get("forced"):

@@ -251,7 +251,8 @@ def learn_stream(export_dir: str | Path, data: StreamData | Callable[[dict], Str
         raise StateError(f"{state_dir} already holds a learner state: pass --resume to continue it, or choose "
                          "another --state (it is never overwritten)")
     meta = load_export_meta(export_dir)
-    extractor = load_extractor(export_dir, backend=backend, **(extractor_options or {}))
+    # learning=True: with backend "auto", the fastest extractor whose agreement check passed (int8 where it did)
+    extractor = load_extractor(export_dir, backend=backend, learning=True, **(extractor_options or {}))
     data = data if isinstance(data, StreamData) else data(meta)
     n_tasks = len(data.tasks)
     if resume and exists:
@@ -265,6 +266,8 @@ def learn_stream(export_dir: str | Path, data: StreamData | Callable[[dict], Str
         learner = LightCL(extractor, load_head(export_dir), **(learner_options or {}))
         learner.extra.update(export_dir=str(export_dir.resolve()), backend=backend, step_ms=[], wall_s=0.0)
     learner.extra.update(identity)
+    # which extractor really learns (auto: int8 where its agreement check passed), saved with the state
+    learner.extra["extractor"] = {k: extractor.info().get(k) for k in ("backend", "file", "micro_batch")}
     start = len(learner.finished_tasks)
     stop = n_tasks if max_tasks is None else min(n_tasks, start + max_tasks)
     echo(f"extractor: {extractor.info()}")

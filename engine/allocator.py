@@ -12,11 +12,13 @@ launcher has to set them.
 
 Process-wide, so: applied once, only on glibc (a no-op elsewhere: musl, macOS, Windows), never over
 settings the user made (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_ARENA_MAX`` / ``GLIBC_TUNABLES`` in
-the environment win), and OPT-IN: ``LIGHTCL_MALLOC=lean`` before the first learner/extractor is made (or
+the environment win), and OPT-IN on generic profiles: ``LIGHTCL_MALLOC=lean`` before the first learner/extractor is made (or
 ``apply_lean_malloc(enable=True)``). ``LIGHTCL_MALLOC=arenas`` caps the arenas only and keeps glibc's
-dynamic threshold (no extra page faults, a smaller saving). It is not the default because it made the
-dense width-64 update step about 1.7x slower (run A in docs/results/ledger.md) for a 35 % lower peak:
-a device short of memory turns it on, one short of time leaves it off.
+dynamic threshold (no extra page faults, a smaller saving). It made the dense width-64 update step about
+1.5-1.7x slower (docs/results/ledger.md) for a 26-35 % lower peak: a device short of memory wants it, one
+short of time does not. So the device profile decides: an export made with ``--profile jetson-nano`` (4 GB
+shared by CPU and GPU) turns it on by default when the extractor is loaded (``LEAN_PROFILES``), every other
+profile keeps glibc's defaults, and ``LIGHTCL_MALLOC=system|lean`` overrides either way.
 
 The price is page faults: a block that is its own mapping comes back as fresh zeroed pages every time
 it is allocated again, so a step that allocates and frees large tensors spends more time in the kernel.
@@ -40,7 +42,9 @@ M_ARENA_MAX = -8
 
 DEFAULT_MMAP_THRESHOLD = 64 * 1024
 DEFAULT_ARENA_MAX = 2
-ENV = "LIGHTCL_MALLOC"  # "system" (default: glibc's own behaviour) | "lean" | "arenas"
+ENV = "LIGHTCL_MALLOC"  # "system" (glibc's own behaviour) | "lean" | "arenas"; unset: the profile's default
+#: export profiles (meta.json ``profile``) whose default is the lean allocator: memory over time
+LEAN_PROFILES = ("jetson-nano",)
 _USER_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 _lock = threading.Lock()
@@ -66,19 +70,25 @@ def glibc():
 
 
 def apply_lean_malloc(enable: Optional[bool] = None, mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
-                      arena_max: int = DEFAULT_ARENA_MAX) -> Dict[str, Any]:
+                      arena_max: int = DEFAULT_ARENA_MAX, profile: Optional[str] = None) -> Dict[str, Any]:
     """Set glibc's mmap threshold and arena count once per process; later calls return the first result.
 
-    ``enable=None`` follows ``$LIGHTCL_MALLOC`` (default off); ``False`` records an opt-out so that later
-    calls (the engine's own) leave the allocator alone. Returns what was done, for ``info()`` records.
+    ``enable=None`` follows ``$LIGHTCL_MALLOC``; unset, the device profile decides (:data:`LEAN_PROFILES`:
+    an export made with ``--profile jetson-nano`` is for a device short of memory, so lean is its default; every
+    other profile keeps glibc's defaults). ``LIGHTCL_MALLOC=system`` turns it off on any profile. ``False``
+    records an opt-out so that later calls (the engine's own) leave the allocator alone. Returns what was done,
+    for ``info()`` records.
     """
     global _state
     with _lock:
         if _state is not None:
             return dict(_state)
         env = os.environ.get(ENV, "").strip().lower()
+        by_profile = False
         if enable is None:
             enable = env in ("lean", "arenas", "on", "1", "yes", "true")
+            if not env and profile in LEAN_PROFILES:
+                enable = by_profile = True
         if env == "arenas":  # the arena cap only, glibc's dynamic mmap threshold kept
             mmap_threshold = 0
         state: Dict[str, Any] = {"lean": False, "mmap_threshold": None, "arena_max": None}
@@ -95,7 +105,9 @@ def apply_lean_malloc(enable: Optional[bool] = None, mmap_threshold: int = DEFAU
             ok_a = libc.mallopt(M_ARENA_MAX, int(arena_max)) == 1
             state.update(lean=ok_t and ok_a, mmap_threshold=int(mmap_threshold) if ok_t else None,
                          arena_max=int(arena_max) if ok_a else None,
-                         reason="mallopt applied" if ok_t and ok_a else "mallopt refused a setting")
+                         reason=("mallopt refused a setting" if not (ok_t and ok_a) else
+                                 f"mallopt applied (the {profile} profile's default)" if by_profile
+                                 else "mallopt applied"))
         _state = state
         return dict(state)
 
@@ -119,4 +131,5 @@ def malloc_state() -> Dict[str, Any]:
         return dict(_state) if _state is not None else {"lean": False, "reason": "not applied"}
 
 
-__all__ = ["apply_lean_malloc", "glibc", "malloc_state", "ENV", "DEFAULT_MMAP_THRESHOLD", "DEFAULT_ARENA_MAX"]
+__all__ = ["apply_lean_malloc", "glibc", "malloc_state", "ENV", "LEAN_PROFILES", "DEFAULT_MMAP_THRESHOLD",
+           "DEFAULT_ARENA_MAX"]

@@ -220,6 +220,33 @@ class Stem(Block):
         return cls(*_ints(spec, "cin", "cout"))
 
 
+@register_block("imagenet_stem")
+class ImageNetStem(Block):
+    """ImageNet-style ResNet stem (He et al. 2016; torchvision's ``conv1, bn1, relu, maxpool``): 7x7 stride-2
+    conv, BN, ReLU, 3x3 stride-2 max-pool, so a 224x224 image reaches layer1 at 56x56. Not prunable (the
+    pruner knows the CIFAR stem only)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        if min(cin, cout) < 1:
+            raise ValueError(f"a stem needs at least one channel (cin {cin}, cout {cout})")
+        self.cin, self.cout = cin, cout
+        self.conv1 = nn.Conv2d(cin, cout, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=False)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def spec(self) -> dict:
+        return {"type": "imagenet_stem", "cin": self.cin, "cout": self.cout}
+
+    @classmethod
+    def from_spec(cls, spec: Dict[str, Any]) -> "ImageNetStem":
+        return cls(*_ints(spec, "cin", "cout"))
+
+
 _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 

@@ -74,6 +74,11 @@ class LightCLConfig:
     replay_batch: int = 32  # replayed samples per step
     replay_weight: float = 1.0
     replay_pq_subvectors: int = 0  # pq: pieces per feature vector (0: channels / 8)
+    # Memory for the frozen part's transient activations while learning (engine/microbatch.py): "auto" = the
+    # head's weight bytes (so extraction never dominates the step's peak), an int = bytes, None = whole batches.
+    # Acts on an extractor with set_memory_budget, eval-mode frozen BN and no micro_batch of its own; the
+    # features equal whole-batch ones to float32 rounding.
+    extract_budget: Any = "auto"
 
     def validate(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "beta", "ratio"):
@@ -119,6 +124,9 @@ class LightCLConfig:
             w = self.replay_weight
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
                 raise InputError(f"replay_weight must be a finite number >= 0, got {w!r}")
+        b = self.extract_budget
+        if not (b is None or b == "auto" or (isinstance(b, int) and not isinstance(b, bool) and b > 0)):
+            raise InputError(f"extract_budget must be 'auto', a positive number of bytes or None, got {b!r}")
 
 
 class LightCL:
@@ -138,7 +146,9 @@ class LightCL:
             raise InputError(f"unknown LightCL option(s) {unknown}; known: {sorted(known)}")
         self.config = LightCLConfig(**options)
         self.config.validate()
-        apply_lean_malloc()  # LIGHTCL_MALLOC=lean (engine/allocator.py); a no-op by default
+        # LIGHTCL_MALLOC, else the export's device profile (engine/allocator.py; jetson-nano: lean); a no-op
+        # when load_extractor already decided
+        apply_lean_malloc(profile=(getattr(extractor, "meta", None) or {}).get("profile"))
         check_learner_args(extractor, head, self.config)
         if optimizer is not None and not callable(optimizer):
             raise InputError("optimizer must be a factory: params -> torch.optim.Optimizer")
@@ -167,6 +177,22 @@ class LightCL:
         # "task": observe() takes the open task's classes only; "seen": any class seen (engine/taskfree.py)
         self.label_scope = "task"
         self.optimizer = self._make_optimizer()
+        self._size_extraction()
+
+    def _size_extraction(self) -> None:
+        """Micro-batch the extractor from ``extract_budget`` (engine/microbatch.py), where it can and was not
+        already told: eval-mode frozen BN only (chunks would change train-mode batch statistics)."""
+        ext, budget = self.extractor, self.config.extract_budget
+        if (budget is None or self._batch_statistics or not hasattr(ext, "set_memory_budget")
+                or getattr(ext, "micro_batch", None) is not None):
+            return
+        if budget == "auto":
+            budget = sum(p.numel() * p.element_size() for p in self.head.parameters())
+        try:
+            ext.set_memory_budget(int(budget))
+        except (LightCLError, OSError, ValueError, RuntimeError):
+            # no estimate for this frozen part (e.g. no torch rebuild to probe): whole batches, as before
+            ext.set_memory_budget(None)
 
     # ------------------------------------------------------------------ helpers
     def _backbone_classes(self) -> ClassMap:
@@ -328,6 +354,28 @@ class LightCL:
             raise NonFiniteError("the frozen part gave NaN/Inf features for these images (pixel values far out of "
                                  "range?): refusing to use them")
 
+    def _given_features(self, features: Tensor, x: Tensor) -> Tensor:
+        if self._batch_statistics:
+            raise InputError("features given to observe() with frozen_bn='train': the step extracts the buffer and "
+                             "the batch itself, in the authors' order; pass images only")
+        if not isinstance(features, Tensor) or features.dim() != 4 or features.shape[0] != x.shape[0] \
+                or tuple(features.shape[1:]) != tuple(self.head.in_features):
+            got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ShapeError(f"features {got} do not fit this batch and head: want [{x.shape[0]}, "
+                             f"{', '.join(map(str, self.head.in_features))}]")
+        return features.detach().to(self.device, torch.float32)
+
+    def prefetch(self, batches: Iterable, depth: int = 1):
+        """``(x, y, features)`` for each ``(x, y)`` of ``batches``, the next batch's features extracted in a
+        background thread while the caller's ``observe(x, y, features)`` trains on this one (engine/prefetch.py;
+        identical results to extracting inside ``observe``). Refused with train-mode frozen BN."""
+        from .prefetch import FeaturePrefetcher
+
+        if self._batch_statistics:
+            raise InputError("prefetch with frozen_bn='train' would reorder the frozen BN statistics' updates: "
+                             "use observe(x, y) in sequence")
+        return FeaturePrefetcher(self.extract, batches, depth=depth)
+
     def _check_x(self, x) -> Tensor:
         return check_images(x, self.input_shape).to(self.device)
 
@@ -443,10 +491,13 @@ class LightCL:
         self.head.train()
         return self.head(features, return_taps=True)
 
-    def observe(self, x: Tensor, y) -> dict[str, float]:
+    def observe(self, x: Tensor, y, features: Tensor | None = None) -> dict[str, float]:
         """One update step on a batch of the current task. Returns ``loss`` (the weighted sum), each loss
         component's unweighted value by name (``ce``, ``feature_pattern``, then any extra), ``skipped``
         and ``step_ms``.
+
+        ``features``: this batch's frozen features already extracted (:meth:`prefetch` overlaps that with the
+        previous step); refused with train-mode frozen BN, where extraction is part of the step's order.
 
         Order as in the authors' ``my_train``: the buffer goes through the model first (on its own), then
         the batch; the head's BN statistics (and, with ``frozen_bn="train"``, the frozen part's) see them
@@ -458,6 +509,8 @@ class LightCL:
         # "task": the open task's classes only; "seen": any class seen (task-free learning, engine/taskfree.py)
         allowed = self.tasks[self.current_task] if self.label_scope == "task" else list(self.class_index)
         y = self._label_ids(y, x.shape[0], allowed).to(self.device)
+        if features is not None:
+            features = self._given_features(features, x)
         t0 = time.perf_counter()
         task = self.current_task
         with self._frozen_guard():
@@ -471,7 +524,7 @@ class LightCL:
                     captured = self.extract(x[:n_buf])
                 if use_buffer:
                     buffer_feats = self.extract(x[:n_buf]) if capture else self._buffer_features()
-            feats = self.extract(x)
+            feats = self.extract(x) if features is None else features
             if not all(bool(torch.isfinite(f).all()) for f in (captured, buffer_feats, feats) if f is not None):
                 # Finite but extreme pixels can overflow the frozen part. Such a batch must not reach the
                 # buffer, the BN statistics or the masks: skip it like a non-finite loss.
@@ -898,7 +951,7 @@ class LightCL:
 STATE_KEYS = ("config", "tasks", "class_index", "current_task", "finished_tasks", "pending_capture", "counters",
               "metrics", "extra", "head", "memory", "optimizer", "rng", "frozen_statistics", "last_features")
 # options that act only when a learner is made (its device stays; the state's seed and classifier reset are adopted)
-INIT_ONLY_OPTIONS = ("device", "seed", "reset_classifier")
+INIT_ONLY_OPTIONS = ("device", "seed", "reset_classifier", "extract_budget")
 OPTIONAL_STATE_KEYS = frozenset({"frozen_id", "frozen_bn", "loss_components", "optimizer_class", "class_map",
                                  "replay"})
 INT64 = (-(1 << 63), (1 << 63) - 1)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from lightcl.engine.blocks import BasicBlock, ConvBNAct, InvertedResidual, Stem
+from lightcl.engine.blocks import BasicBlock, ConvBNAct, ImageNetStem, InvertedResidual, Stem
 from lightcl.engine.head import Head
 
 DEFAULT_INPUT_SIZE: Tuple[int, int, int] = (3, 32, 32)
@@ -155,14 +155,27 @@ class Backbone(nn.Module):
                    description="CIFAR-style ResNet-18 (the paper's backbone)")
 def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> Backbone:
     """CIFAR-style ResNet-18: 3x3 stem, no max-pool, stages w/2w/4w/8w, 2 basic blocks each."""
-    blocks: list[tuple[str, nn.Module]] = [("stem", Stem(in_channels, width))]
+    return _resnet18("resnet18", Stem(in_channels, width), num_classes, width)
+
+
+@register_backbone("resnet18_imagenet", input_size=(3, 224, 224), default_split="layer3", default_width=64,
+                   description="ImageNet-style ResNet-18 at 224x224 (7x7 stride-2 stem + max-pool)")
+def resnet18_imagenet(num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> Backbone:
+    """ImageNet-style ResNet-18 (He et al. 2016, torchvision's architecture; the zoo's block names, not
+    torchvision's state-dict keys): 7x7 stride-2 stem and max-pool, then the same four stages; 224x224
+    reaches layer4 at 7x7. The camera-resolution benchmark's model (docs/results/camera.md)."""
+    return _resnet18("resnet18_imagenet", ImageNetStem(in_channels, width), num_classes, width)
+
+
+def _resnet18(arch: str, stem: nn.Module, num_classes: int, width: int) -> Backbone:
+    blocks: list[tuple[str, nn.Module]] = [("stem", stem)]
     cin = width
     for stage, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
         cout = width * mult
         for i in range(2):
             blocks.append((f"layer{stage}.{i}", BasicBlock(cin, cout, stride if i == 0 else 1)))
             cin = cout
-    return Backbone("resnet18", blocks, feat_dim=cin, num_classes=num_classes, width=width)
+    return Backbone(arch, blocks, feat_dim=cin, num_classes=num_classes, width=width)
 
 
 MOBILENETV2_STAGES: Tuple[Tuple[int, int, int, int], ...] = (
@@ -189,19 +202,34 @@ def mobilenetv2(num_classes: int = 10, width: int = 64, in_channels: int = 3) ->
     the last conv never narrower than 1280. Blocks: ``stem``, ``stage1.0`` .. ``stage7.0``, ``last_conv``;
     the default split ``stage5`` leaves trainable everything that runs at 4x4 (stages 6-7 and the last
     conv), as ``layer3`` does for the ResNet."""
+    return _mobilenetv2("mobilenetv2", num_classes, width, in_channels, stem_stride=1, stages=MOBILENETV2_STAGES)
+
+
+@register_backbone("mobilenetv2_imagenet", input_size=(3, 224, 224), default_split="stage5", default_width=64,
+                   description="ImageNet-style MobileNetV2 at 224x224 (the paper's strides)")
+def mobilenetv2_imagenet(num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> Backbone:
+    """MobileNetV2 with the paper's strides (stride-2 stem and stage 2: Sandler et al. Table 2), 224x224 in,
+    7x7 at stages 6-7; the default split ``stage5`` leaves those stages and the last conv trainable."""
+    stages = tuple((t, c, n, 2 if i == 1 else s) for i, (t, c, n, s) in enumerate(MOBILENETV2_STAGES))
+    return _mobilenetv2("mobilenetv2_imagenet", num_classes, width, in_channels, stem_stride=2, stages=stages)
+
+
+def _mobilenetv2(arch: str, num_classes: int, width: int, in_channels: int, stem_stride: int,
+                 stages: Tuple[Tuple[int, int, int, int], ...]) -> Backbone:
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
     alpha = width / 64.0
     cin = make_divisible(32 * alpha)
-    blocks: list[tuple[str, nn.Module]] = [("stem", ConvBNAct(in_channels, cin, kernel=3, stride=1, act="relu6"))]
-    for stage, (t, c, n, s) in enumerate(MOBILENETV2_STAGES, start=1):
+    blocks: list[tuple[str, nn.Module]] = [("stem", ConvBNAct(in_channels, cin, kernel=3, stride=stem_stride,
+                                                              act="relu6"))]
+    for stage, (t, c, n, s) in enumerate(stages, start=1):
         cout = make_divisible(c * alpha)
         for i in range(n):
             blocks.append((f"stage{stage}.{i}", InvertedResidual(cin, cout, s if i == 0 else 1, expand=t)))
             cin = cout
     last = make_divisible(MOBILENETV2_LAST * max(1.0, alpha))
     blocks.append(("last_conv", ConvBNAct(cin, last, kernel=1, stride=1, act="relu6")))
-    return Backbone("mobilenetv2", blocks, feat_dim=last, num_classes=num_classes, width=width)
+    return Backbone(arch, blocks, feat_dim=last, num_classes=num_classes, width=width)
 
 
 def split_points(model: Backbone) -> list[str]:

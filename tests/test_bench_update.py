@@ -170,3 +170,20 @@ def test_cpu_ort_session_drops_the_model_bytes_and_computes_the_same(digits_expo
     ref = ort.InferenceSession(str(digits_export / "frozen.onnx"), providers=["CPUExecutionProvider"])
     want = ref.run(None, {ref.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(ext(x).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_update_camera_levers_modes(digits_export, tmp_path):
+    """The levers' modes run and say what they did: whole-batch extraction, overlapped extraction."""
+    out = tmp_path / "u.json"
+    r = subprocess.run([sys.executable, "-m", "lightcl", "bench", "update", str(digits_export), "--steps", "2",
+                        "--warmup", "1", "--modes", "lightcl,lightcl-whole,lightcl-overlap", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    by = {x["mode"]: x for x in res["results"]}
+    assert by["lightcl-whole"]["extractor"]["micro_batch"] is None
+    # width 16: the head's weights (the auto budget) hold fewer images' transients than the batch of 32
+    mb = by["lightcl"]["extractor"]["micro_batch"]
+    assert mb is not None and 1 <= mb < 32 and "micro-batch" in r.stdout
+    assert by["lightcl-overlap"]["extractor"]["threads"] == 1 and by["lightcl-overlap"]["step_ms"] > 0
+    assert "step_lightcl-overlap_over_reference" not in res["ratios"]  # no reference in this run

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lightcl")
 
 __all__ = ["Extractor", "load_extractor", "BACKENDS", "resolve_device", "register_backend", "get_backend",
-           "backend_names", "options_for"]
+           "backend_names", "options_for", "int8_unusable", "LEARNING_AUTO"]
 
 
 def __getattr__(name: str):
@@ -98,8 +98,25 @@ def options_for(backend: str, **wanted: Any) -> dict[str, Any]:
     return get_backend(backend).Options.pick(wanted)
 
 
+#: what ``backend="auto"`` does for learning (``load_extractor(..., learning=True)``), for ``lightcl info``
+LEARNING_AUTO = ("on CPU, ort-int8 first where the export's int8 agreement check passed (not kept with --force), "
+                 "else the order above: the fastest extractor that passed its check")
+
+
+def int8_unusable(meta: dict) -> str | None:
+    """Why the export's int8 model is not a first-class learning extractor, or None: it must exist and have
+    passed its top-1 agreement check against fp32 at export time (a model kept with ``--force`` did not)."""
+    i8 = meta.get("int8") or {}
+    if "frozen.int8.onnx" not in (meta.get("files") or {}):
+        return "ort-int8: no frozen.int8.onnx (export made without --int8)"
+    agree, need = i8.get("top1_agreement"), i8.get("min_agreement")
+    if i8.get("forced") or agree is None or need is None or float(agree) < float(need):
+        return f"ort-int8: its agreement check did not pass (top-1 {agree} < {need}, kept with --force)"
+    return None
+
+
 def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | torch.device = "cpu",
-                   **options: Any) -> Extractor:
+                   learning: bool = False, **options: Any) -> Extractor:
     """Verify the export (sha256 of every file against ``meta.json``) and open its frozen part.
 
     ``backend``: ``"auto"`` (see the module docstring for the order) or a registered backend
@@ -108,6 +125,10 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
     anything is opened: an option the backend does not take is one line naming the ones it does. With
     ``"auto"`` each candidate gets the options it takes, and an option no backend takes is an error.
 
+    ``learning=True`` (the learner's extractor; ``"auto"`` only): on CPU the int8 model comes first where the
+    export's int8 agreement check passed (:data:`LEARNING_AUTO`): the fastest extractor that passed its check.
+    Prediction keeps fp32 unless asked.
+
     Raises :class:`IntegrityError` naming a tampered or foreign file, :class:`StateError` for a
     missing one, :class:`MissingDependencyError` (exit code 3) when an explicitly requested
     runtime is not installed or does not get the device.
@@ -115,7 +136,6 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
     from ..allocator import apply_lean_malloc
     from ..export_dir import load_export_meta
 
-    apply_lean_malloc()  # LIGHTCL_MALLOC=lean: before any runtime allocates (a no-op by default)
     check_name(backend)
     if not isinstance(export_dir, (str, os.PathLike)):
         raise InputError(f"export_dir must be a path, got {type(export_dir).__name__}")
@@ -123,6 +143,8 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
         cls = get_backend(backend)
         opts = cls.Options.build(backend, options)  # checked before the export is read
         meta = load_export_meta(export_dir, verify=True)
+        # LIGHTCL_MALLOC, else the export's device profile (jetson-nano: lean), before any runtime allocates
+        apply_lean_malloc(profile=meta.get("profile"))
         ext = cls(export_dir, meta, resolve_device(device), opts)
         log.info("extractor: %s", _describe(ext, f"backend={backend} requested"))
         return ext
@@ -135,6 +157,7 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
                          f"{', '.join(sorted(known))})")
     given = {name: cls.Options.build(name, cls.Options.pick(options)) for name, cls in classes.items()}
     meta = load_export_meta(export_dir, verify=True)
+    apply_lean_malloc(profile=meta.get("profile"))
     dev = resolve_device(device)
     skipped: list[str] = []
     pinned = [(name, why) for name, o in given.items() for why in [o.exclusive()] if why]
@@ -146,6 +169,12 @@ def load_extractor(export_dir: str | Path, backend: str = "auto", device: str | 
         chosen = FALLBACK
         ranked = [(c.auto_rank[dev.type], n) for n, c in classes.items() if dev.type in c.auto_rank and n != FALLBACK]
         candidates = [n for _, n in sorted(ranked)]
+        if learning and dev.type == "cpu" and "ort-int8" in classes:
+            why_not = int8_unusable(meta)
+            if why_not:
+                skipped.append(why_not)
+            else:
+                candidates.insert(0, "ort-int8")
     for name in candidates:
         cls = classes[name]
         reason = cls.unavailable(meta, dev)
@@ -169,7 +198,8 @@ def _why(chosen: str, dev: torch.device, skipped: list[str]) -> str:
     classes = backend_classes()
     ranked = sorted((c.auto_rank[dev.type], n) for n, c in classes.items() if dev.type in c.auto_rank and n != FALLBACK)
     order = " > ".join([n for _, n in ranked] + [FALLBACK])
-    why = f"auto on {dev.type}, order {order}"
+    why = f"auto on {dev.type}, order {order}" + (" (learning: ort-int8 first, its check passed)"
+                                                   if chosen == "ort-int8" else "")
     return why + (f"; skipped: {'; '.join(skipped)}" if skipped else f"; {chosen} is the first that works")
 
 

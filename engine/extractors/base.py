@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, IntegrityError, NonFiniteError, ShapeError, StateError
+from ..microbatch import activation_bytes_per_image, check_micro_batch, chunks, micro_batch_for_budget
 from ..validate import check_tensor_kind, check_threads
 
 # ---------------------------------------------------------------- options
@@ -145,6 +146,9 @@ class BaseExtractor:
         self.input_shape: tuple[int, ...] = tuple(int(v) for v in meta["input_shape"])
         self.device = torch.device(device)
         self.max_batch: int | None = None  # a backend with a fixed profile (TensorRT) sets its bound
+        self.micro_batch: int | None = None  # images per run (engine/microbatch.py); None: the whole batch
+        self.memory_budget: int | None = None  # bytes the micro-batch was sized from, if it was
+        self._per_image_bytes: int | None = None
         self.session_create_ms: float | None = None
         self.last_run_ms: float | None = None
         self._call_lock = threading.Lock()
@@ -250,16 +254,59 @@ class BaseExtractor:
         if self.closed:
             raise StateError(f"the {self.name} extractor of {self.export_dir} is closed: load it again")
         x = self.check_input(x)
+        n = int(x.shape[0])
+        parts = chunks(n, self.micro_batch)
         with self._guard():
             t0 = time.perf_counter()
-            out = self._run(x)
+            if len(parts) == 1:
+                out = self.check_output(self._run(x), n)
+            else:  # micro-batched: each chunk's features written into one output, chunk buffers freed per run
+                out = None
+                for i, j in parts:
+                    part = self.check_output(self._run(x[i:j]), j - i)
+                    if out is None:
+                        out = torch.empty((n, *self.feature_shape), dtype=part.dtype, device=part.device)
+                    out[i:j] = part
+                    del part
             self.last_run_ms = (time.perf_counter() - t0) * 1e3
-        return self.check_output(out, int(x.shape[0]))
+        return out
+
+    # ------------------------------------------------------------ micro-batching (engine/microbatch.py)
+    def set_micro_batch(self, images: int | None) -> None:
+        """Run batches in chunks of at most ``images`` (None: whole batches). Same features with eval-mode BN;
+        refused for train-mode frozen BN (batch statistics)."""
+        self.micro_batch = check_micro_batch(images, bool(getattr(self, "batch_statistics", False)))
+        self.memory_budget = None
+
+    def activation_bytes_per_image(self) -> int:
+        """Estimated transient bytes of one image through the frozen part (the torch rebuild of
+        ``frozen.safetensors``, loaded for the estimate and dropped; cached)."""
+        if self._per_image_bytes is None:
+            from ..export_dir import export_file
+            from ..frozen import load_frozen
+
+            net, _ = load_frozen(export_file(self.export_dir, self.meta, "frozen.safetensors"))
+            self._per_image_bytes = activation_bytes_per_image(net, self.input_shape)
+            del net
+        return self._per_image_bytes
+
+    def set_memory_budget(self, budget_bytes: int | None) -> int | None:
+        """Size :attr:`micro_batch` so that one chunk's transient activations stay within ``budget_bytes``
+        (None: whole batches). Returns the chunk size."""
+        if budget_bytes is None:
+            self.set_micro_batch(None)
+            return None
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1:
+            raise InputError(f"memory budget must be a positive number of bytes, got {budget_bytes!r}")
+        self.set_micro_batch(micro_batch_for_budget(self.activation_bytes_per_image(), budget_bytes))
+        self.memory_budget = budget_bytes
+        return self.micro_batch
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": str(self.device), "frozen_id": self.frozen_id,
                 "feature_shape": list(self.feature_shape), "session_create_ms": self.session_create_ms,
-                "max_batch": self.max_batch}
+                "max_batch": self.max_batch, "micro_batch": self.micro_batch, "memory_budget": self.memory_budget,
+                "activation_bytes_per_image": self._per_image_bytes}
 
     def __repr__(self) -> str:
         i = self.info()

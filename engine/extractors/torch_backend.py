@@ -85,6 +85,20 @@ class TorchExtractor(BaseExtractor):
         with torch.no_grad():
             return self.net(x)
 
+    def activation_bytes_per_image(self) -> int:
+        """The estimate from this backend's own module (no second copy of the weights)."""
+        if self._per_image_bytes is None:
+            from ..microbatch import activation_bytes_per_image
+
+            with self._guard():
+                mode = self.frozen_bn
+                self.net.set_bn_mode("eval")  # the probe image must not move train-mode statistics
+                try:
+                    self._per_image_bytes = activation_bytes_per_image(self.net, self.input_shape)
+                finally:
+                    self.net.set_bn_mode(mode)
+        return self._per_image_bytes
+
     @property
     def module(self) -> torch.nn.Module:
         """The underlying ``FrozenNet`` (parameters frozen)."""

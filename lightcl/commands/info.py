@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     info = collect()
     info["execution_providers"] = working_providers()
     info["extractor_backends"] = extractor_backends()
+    from lightcl.engine.extractors import LEARNING_AUTO
+
+    info["learning_extractor"] = LEARNING_AUTO
     info["backbones"] = _backbones()
     info["torchvision_models"] = _torchvision_models()
     if args.json:
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print("extractor backends:")
     for name, status in info["extractor_backends"].items():
         print(f"  {name:28s} {status}")
+    print(f"  learning with auto: {info['learning_extractor']}")
     print("backbones:")
     for name, cfg in info["backbones"].items():
         if name == "unavailable":
