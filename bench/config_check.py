@@ -53,7 +53,7 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
 }
 # fields whose value is a choice or a flag: the typed config's own type check is all there is to check
 NOT_NUMERIC = {"use_cl_mask", "buffer_policy", "loss_slice", "reset_classifier", "device", "optimizer_step",
-               "replay_codec", "replay_budget"}  # the last two: checked by LightCLConfig.validate (codec names, bytes)
+               "replay_codec", "replay_budget", "extract_budget"}  # the last three: LightCLConfig.validate checks them
 SPARSITY_WORDS = ("authors",)
 MAX_TEXT = 4000  # characters of a ``source`` or ``note``
 
