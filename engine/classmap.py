@@ -242,8 +242,9 @@ class ClassMap:
         return torch.tensor([self.index[c] for c in labels], dtype=torch.long)
 
     def ids_of_columns(self, cols: Tensor) -> Tensor:
-        inv = torch.empty(max(self.index.values()) + 1, dtype=torch.long)
-        for c, i in self.index.items():
+        items = list(self.index.items())  # one snapshot (a reader may run beside a task opening)
+        inv = torch.empty(max(i for _, i in items) + 1, dtype=torch.long)
+        for c, i in items:
             inv[i] = c
         return inv[cols.cpu()]
 

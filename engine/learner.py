@@ -635,17 +635,19 @@ class LightCL:
         names (``["cup", "ball", ...]``, or ints for int classes)."""
         if mode not in ("cil", "til"):
             raise InputError(f"mode must be 'cil' or 'til', got {mode!r}")
-        if not self.class_index:
-            raise InputError("the learner has seen no class yet")
-        if mode == "til":
-            if task_id is None:
-                raise InputError("mode='til' needs task_id")
-            idx = self.task_columns(task_id)
-        else:
-            idx = self.seen_columns()
-        out = self.logits(x)[:, idx]
-        ids = self._index_to_labels(torch.tensor(idx)[out.argmax(1).cpu()])
-        return [self.classes.name(c) for c in ids.tolist()] if names else ids
+        with self._lock:  # the class map is read under the lock that begin_task changes it under
+            if not self.class_index:
+                raise InputError("the learner has seen no class yet")
+            if mode == "til":
+                if task_id is None:
+                    raise InputError("mode='til' needs task_id")
+                idx = self.task_columns(task_id)
+            else:
+                idx = self.seen_columns()
+        out = self.logits(x)[:, idx]  # columns only grow: those read above are all in these logits
+        with self._lock:
+            ids = self._index_to_labels(torch.tensor(idx)[out.argmax(1).cpu()])
+            return [self.classes.name(c) for c in ids.tolist()] if names else ids
 
     @torch.no_grad()
     def evaluate(self, stream: Iterable[tuple[int, Iterable[tuple[Tensor, Tensor]]]], record: bool = True) -> dict:
@@ -660,7 +662,8 @@ class LightCL:
         except (TypeError, ValueError):
             raise InputError("evaluate() takes an iterable of (task_id, batches of (x, y))") from None
         for task_id, batches in items:
-            tcols, scols = self.task_columns(task_id), self.seen_columns()
+            with self._lock:  # the class map is read under the lock begin_task changes it under
+                tcols, scols = self.task_columns(task_id), self.seen_columns()
             n = ct = cc = 0
             try:
                 batches = iter(batches)
@@ -672,8 +675,10 @@ class LightCL:
                 except (TypeError, ValueError):
                     raise InputError(f"evaluate(): each batch of task {task_id} must be a pair (x, y)") from None
                 logits = self.logits(x).cpu()
-                y = self._label_ids(y, x.shape[0], self.tasks[task_id]).cpu()
-                t, c = count_correct(logits, self.classes.columns(y), tcols, scols)
+                with self._lock:
+                    y = self._label_ids(y, x.shape[0], self.tasks[task_id]).cpu()
+                    target = self.classes.columns(y)
+                t, c = count_correct(logits, target, tcols, scols)
                 ct, cc, n = ct + t, cc + c, n + len(y)
             til.append(ct / max(1, n))
             cil.append(cc / max(1, n))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,7 @@ def test_predict_while_observe_trains_sees_whole_versions(digits_export, digits,
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert not errors, errors
+    assert not errors, ["".join(traceback.format_exception(type(e), e, e.__traceback__))[-1500:] for e in errors]
     feats = ext(probe)
     vlog = versions.logits(feats)
     for name in ("logits-1", "logits-2"):
