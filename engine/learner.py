@@ -557,10 +557,11 @@ class LightCL:
             _, buffer_taps = self.head(self.memory.features if buffer_feats is None else buffer_feats,
                                        return_taps=True)
         logits = self.head(feats)
-        columns = self.task_columns(task) if self.config.loss_slice == "task" else self.seen_columns()
+        seen = self.seen_columns()  # once per step: the loss slice and the replay component both use it
+        columns = self.task_columns(task) if self.config.loss_slice == "task" else seen
         context = LossContext(logits=logits, target_index=self.classes.columns(y).to(y.device), columns=columns, labels=y,
                               features=feats, task=task, memory=self.memory, buffer_taps=buffer_taps,
-                              head=self.head, seen_columns=self.seen_columns())
+                              head=self.head, seen_columns=seen)
         loss, values = total_loss(self.loss_components, context)
         out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
         if not torch.isfinite(loss):
