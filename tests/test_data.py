@@ -102,6 +102,20 @@ def _dead_port():
     return s, s.getsockname()[1]
 
 
+@pytest.mark.skipif(not SYSTEM_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_val_never_overlaps_the_offline_pretraining():
+    """The hyperparameter-validation stream (docs/tuning.md) holds only training images that the offline
+    backbone's pretraining subset (what ``lightcl pretrain --subset 15000 --seed 0`` keeps) never saw."""
+    full = data.load_fashion_mnist("train", download_ok=False)
+    pretrain = data.seeded_split(len(full.y), full.y, "test", test_fraction=15000 / len(full.y), seed=0)
+    tr, te = load_dataset("fashion-mnist-val", "train"), load_dataset("fashion-mnist-val", "test")
+    a, b = set(tr.extra["train_indices"].tolist()), set(te.extra["train_indices"].tolist())
+    assert (len(a), len(b)) == (4000, 1000) and not a & b
+    assert not (a | b) & set(pretrain.tolist())
+    assert np.bincount(tr.y).tolist() == [400] * 10 and np.bincount(te.y).tolist() == [100] * 10
+    assert np.array_equal(tr.x, full.x[tr.extra["train_indices"]]) and tr.classes == full.classes
+
+
 @pytest.fixture
 def no_fashion_mnist(tmp_path, monkeypatch):
     empty = tmp_path / "no-system-data"
