@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .allocator import apply_lean_malloc
-from .classmap import ClassMap
+from .classmap import ClassMap, backbone_classes
 from .config import BUFFER_POLICIES, LOSS_SLICES, OPTIMIZER_STEPS, LightCLConfig
 from .errors import InputError, LightCLError, NonFiniteError, ShapeError, UnknownClassError
 from .head import Head
@@ -74,7 +74,8 @@ class LightCL:
             self.head.reset_classifier(self.config.num_classes or 0, generator=self.generator)
             self.classes = ClassMap()
         else:  # (a state being loaded brings its own class map and a head of its own size)
-            self.classes = ClassMap() if _restoring else self._backbone_classes()
+            self.classes = ClassMap() if _restoring else backbone_classes(self.head, self.extractor,
+                                                                             self.config.num_classes, self.generator)
         self.memory = FeaturePatternMemory(self.config.buffer_size, self.config.ratio)
         self.current_task: int | None = None
         self.finished_tasks: list[int] = []
@@ -106,22 +107,6 @@ class LightCL:
             ext.set_memory_budget(None)
 
     # ------------------------------------------------------------------ helpers
-    def _backbone_classes(self) -> ClassMap:
-        """``reset_classifier=False``: the head's classifier keeps the backbone's classes, named by the export's
-        ``class_names`` (absent: ``"0".."K-1"``, or the ints ``0..K-1`` if the lessons use ints)."""
-        k = self.head.num_classes
-        names = (getattr(self.extractor, "meta", None) or {}).get("class_names")
-        if names is not None and (not isinstance(names, list) or len(names) != k):
-            raise InputError(f"the export's class_names name {len(names) if isinstance(names, list) else '?'} "
-                             f"classes, its classifier has {k} outputs")
-        capacity = self.config.num_classes
-        if capacity is not None and capacity < k:
-            raise InputError(f"num_classes={capacity} is less than the backbone's {k} classes kept by "
-                             "reset_classifier=False (use num_classes=None: the classifier grows)")
-        if capacity is not None and capacity > k:
-            self.head.expand_classes(capacity, generator=self.generator)
-        return ClassMap(names if names is not None else k)
-
     @property
     def tasks(self) -> dict[int, list[int]]:
         """task id -> its classes' ids (:mod:`lightcl.engine.classmap`; for int classes the ints themselves)."""
