@@ -317,3 +317,20 @@ class ClassMap:
         if not in_tasks <= set(index) or any(index[c] >= backbone for c in set(index) - in_tasks):
             raise IntegrityError(f"{where}: the tasks' classes and class_index disagree")
         return m
+
+
+def backbone_classes(head: Any, extractor: Any, capacity: int | None, generator: torch.Generator) -> ClassMap:
+    """``reset_classifier=False``: the head's classifier keeps the backbone's classes, named by the export's
+    ``class_names`` (absent: ``"0".."K-1"``, or the ints ``0..K-1`` if the lessons use ints). A fixed
+    ``capacity`` above the backbone's K grows the classifier now (``generator`` draws the new rows)."""
+    k = head.num_classes
+    names = (getattr(extractor, "meta", None) or {}).get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != k):
+        raise InputError(f"the export's class_names name {len(names) if isinstance(names, list) else '?'} "
+                         f"classes, its classifier has {k} outputs")
+    if capacity is not None and capacity < k:
+        raise InputError(f"num_classes={capacity} is less than the backbone's {k} classes kept by "
+                         "reset_classifier=False (use num_classes=None: the classifier grows)")
+    if capacity is not None and capacity > k:
+        head.expand_classes(capacity, generator=generator)
+    return ClassMap(names if names is not None else k)

@@ -1,6 +1,6 @@
 """Whole-state checks of a learner state dict that ``LightCL.load_state_dict`` runs before it changes anything.
 
-Field types are checked where the fields are read (``engine/learner.py``); this module holds what spans
+Field types are checked where the fields are read (``engine/learner_state.py``); this module holds what spans
 fields and what must hold for the *next* ``save()`` to load again:
 
 * the task protocol: the open task is not also finished; with no open task there is no pending buffer
@@ -97,7 +97,7 @@ def check_extra(extra: Any, where: str) -> dict:
 
 
 def check_protocol(state: Mapping[str, Any], where: str) -> None:
-    """Invariants between the task fields (their types were checked by ``_check_tasks``)."""
+    """Invariants between the task fields (their types were checked by ``learner_state.check_tasks``)."""
     cur = state["current_task"]
     if cur is not None and cur in state["finished_tasks"]:
         raise IntegrityError(f"{where}: current_task {cur} is also a finished task")

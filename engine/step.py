@@ -1,0 +1,211 @@
+"""One update step of the LightCL learner, and what only the step needs: the loss components, the optimizer,
+the head's taps and the frozen features in the authors' order.
+
+Why a module of its own: the step is where the numbers are made (extraction order, BN statistics, the
+buffer capture, the loss, the optimizer update, the rollback of a non-finite batch); the learner
+(engine/learner.py) only checks the caller's input, opens and closes tasks and predicts. The step's
+inputs travel as one :class:`StepInput` instead of nine positional arguments.
+
+Functions take the learner as their first argument (``lrn``) and read or set its fields; nothing here is
+public API. Python 3.8-compatible (device side).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import InputError, ShapeError
+from .head import Head
+from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
+from .state_check import bump
+
+RESERVED_STEP_KEYS = ("loss", "skipped", "step_ms")
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """What one update step works on, gathered (and checked finite) by :func:`gather` before the step.
+
+    ``captured``: the buffer's own features when it is captured from this batch with train-mode frozen BN;
+    ``buffer_feats``: the buffer's features for this step's pass when they must be extracted again (train-mode
+    frozen BN), else None (the stored ones are used); ``saved_frozen``: the frozen part's statistics before
+    this batch, restored if the loss is not finite.
+    """
+
+    x: Tensor
+    y: Tensor
+    feats: Tensor
+    task: int
+    capture: bool
+    use_buffer: bool
+    saved_frozen: dict
+    captured: Tensor | None = None
+    buffer_feats: Tensor | None = None
+
+
+def make_components(config: Any, head_in_features: tuple, extra: Sequence[LossComponent]) -> list[LossComponent]:
+    """The default terms (cross-entropy on the step's columns, the feature-pattern penalty) + ``extra``."""
+    if isinstance(extra, LossComponent) or not isinstance(extra, (list, tuple)):
+        raise InputError("loss_components must be a list of LossComponent")
+    comps: list[LossComponent] = [SlicedCrossEntropy(), FeaturePattern(config.beta)]
+    if config.replay_budget is not None:
+        from .replay import make_replay
+
+        c = config
+        comps.append(make_replay(c.replay_budget, c.replay_codec, head_in_features, c.replay_batch,
+                                 c.replay_weight, c.seed + 1, c.replay_pq_subvectors))
+    for c in extra:
+        if not isinstance(c, LossComponent):
+            raise InputError(f"loss_components takes LossComponent instances, got {type(c).__name__}")
+        comps.append(c)
+    names = [c.name for c in comps]
+    clash = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_STEP_KEYS})
+    if clash:
+        raise InputError(f"loss component names must be distinct and not {list(RESERVED_STEP_KEYS)}: {clash}")
+    return comps
+
+
+def make_optimizer(config: Any, factory: OptimizerFactory | None, head: Head,
+                   old: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+    """A new optimizer over ``head``'s parameters: ``factory``'s, else the configured SGD step. ``old``: the
+    optimizer it replaces after classifier growth (its hooks removed; surviving parameters keep their state)."""
+    if old is not None and hasattr(old, "remove"):
+        old.remove()  # PerParameterSGD: its hooks sit on the parameters that survive; never update them twice
+    if factory is not None:
+        opt = factory(head.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise InputError(f"the optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+    elif config.optimizer_step == "per-parameter":
+        from .optim import PerParameterSGD
+
+        opt = PerParameterSGD(head.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    if old is not None:  # classifier growth: surviving parameters keep their state and group settings
+        for p in head.parameters():
+            if p in old.state:
+                opt.state[p] = old.state[p]
+        if len(old.param_groups) == len(opt.param_groups):
+            for g_new, g_old in zip(opt.param_groups, old.param_groups):
+                g_new.update({k: v for k, v in g_old.items() if k != "params"})
+    return opt
+
+
+@torch.no_grad()
+def train_taps(head: Head, features: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Head taps in train mode (as the authors record them), no graph."""
+    head.train()
+    return head(features, return_taps=True)
+
+
+def buffer_features(lrn: Any) -> Tensor:
+    """Frozen features of the buffer. With batch-dependent features (train-mode frozen BN) the buffer
+    images go through the frozen part on their own, as in the authors' code; else the stored features."""
+    if lrn._batch_statistics and lrn.memory.images is not None:
+        return lrn.extract(lrn.memory.images)
+    return lrn.memory.features
+
+
+def given_features(lrn: Any, features: Tensor, x: Tensor) -> Tensor:
+    """Features the caller extracted for ``x`` (``observe(x, y, features)``), checked and moved to the device."""
+    if lrn._batch_statistics:
+        raise InputError("features given to observe() with frozen_bn='train': the step extracts the buffer and "
+                         "the batch itself, in the authors' order; pass images only")
+    if not isinstance(features, Tensor) or features.dim() != 4 or features.shape[0] != x.shape[0] \
+            or tuple(features.shape[1:]) != tuple(lrn.head.in_features):
+        got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ShapeError(f"features {got} do not fit this batch and head: want [{x.shape[0]}, "
+                         f"{', '.join(map(str, lrn.head.in_features))}]")
+    return features.detach().to(lrn.device, torch.float32)
+
+
+def observe_batch(lrn: Any, x: Tensor, y: Tensor, features: Tensor | None) -> dict[str, float]:
+    """``observe``'s work once its input is checked: the frozen features in the authors' order, then the step
+    under the learner's lock; a batch whose features are not finite is skipped (counted, nothing changed)."""
+    t0 = time.perf_counter()
+    task = lrn.current_task
+    with lrn._frozen_guard():
+        saved_frozen = lrn.frozen_statistics()
+        capture = lrn._pending_capture
+        n_buf = min(lrn.config.buffer_size, x.shape[0])
+        use_buffer = any(c.uses_buffer() for c in lrn.loss_components) and (capture or lrn.memory.active())
+        captured = buffer_feats = None
+        if lrn._batch_statistics:  # the buffer alone: targets' pass (capture), then this step's pass
+            if capture:
+                captured = lrn.extract(x[:n_buf])
+            if use_buffer:
+                buffer_feats = lrn.extract(x[:n_buf]) if capture else buffer_features(lrn)
+        feats = lrn.extract(x) if features is None else features
+        if not all(bool(torch.isfinite(f).all()) for f in (captured, buffer_feats, feats) if f is not None):
+            # Finite but extreme pixels can overflow the frozen part. Such a batch must not reach the
+            # buffer, the BN statistics or the masks: skip it like a non-finite loss.
+            lrn._restore_frozen(saved_frozen)
+            with lrn._lock:
+                bump(lrn.counters, "skipped_nonfinite")
+            out = {"loss": float("nan"), **{c.name: float("nan") for c in lrn.loss_components}, "skipped": 1,
+                   "step_ms": (time.perf_counter() - t0) * 1000.0}
+            out["feature_pattern"] = 0.0
+            return out
+        step = StepInput(x=x, y=y, feats=feats, task=task, capture=capture, use_buffer=use_buffer,
+                         saved_frozen=saved_frozen, captured=captured, buffer_feats=buffer_feats)
+        with lrn._lock:
+            out = run_step(lrn, step)
+    out["step_ms"] = (time.perf_counter() - t0) * 1000.0
+    return out
+
+
+def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
+    """The update (caller holds the learner's lock): capture the buffer if pending, buffer then batch through
+    the head, the weighted loss, backward and the optimizer step; a non-finite loss rolls back the head's and
+    the frozen part's BN statistics and the capture instead."""
+    saved_bn = [b.detach().clone() for b in lrn.head.buffers()]
+    saved_memory = None
+    if s.capture:
+        saved_memory = lrn.memory.snapshot()
+        images = s.x if lrn._batch_statistics else None
+        lrn.memory.set_buffer(s.feats if s.captured is None else s.captured, s.y, s.task, images=images)
+        _, taps = train_taps(lrn.head, lrn.memory.features)
+        lrn.memory.record_targets(taps)
+        lrn._pending_capture = False
+    lrn.head.train()
+    buffer_taps = None
+    if s.use_buffer and lrn.memory.active():  # buffer first, as the authors
+        _, buffer_taps = lrn.head(lrn.memory.features if s.buffer_feats is None else s.buffer_feats,
+                                  return_taps=True)
+    logits = lrn.head(s.feats)
+    seen = lrn.seen_columns()  # once per step: the loss slice and the replay component both use it
+    columns = lrn.task_columns(s.task) if lrn.config.loss_slice == "task" else seen
+    context = LossContext(logits=logits, target_index=lrn.classes.columns(s.y).to(s.y.device), columns=columns,
+                          labels=s.y, features=s.feats, task=s.task, memory=lrn.memory, buffer_taps=buffer_taps,
+                          head=lrn.head, seen_columns=seen)
+    loss, values = total_loss(lrn.loss_components, context)
+    out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
+    if not torch.isfinite(loss):
+        with torch.no_grad():
+            for b, saved in zip(lrn.head.buffers(), saved_bn):
+                b.copy_(saved)
+        lrn._restore_frozen(s.saved_frozen)
+        if saved_memory is not None:  # the capture happens again on the next good batch
+            lrn.memory.restore(saved_memory)
+            lrn._pending_capture = True
+        bump(lrn.counters, "skipped_nonfinite")
+        out["skipped"] = 1
+        return out
+    lrn.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    lrn.optimizer.step()
+    bump(lrn.counters, "steps")
+    for c in lrn.loss_components:
+        c.after_step(context)
+    if lrn.config.buffer_policy == "reservoir" and lrn.config.buffer_size > 0:
+        lrn.memory.reservoir_add(s.feats, s.y, s.task, lrn.generator, images=s.x if lrn._batch_statistics else None)
+    if lrn._last_features is None or s.feats.shape[0] >= lrn._last_features.shape[0]:
+        lrn._last_features = s.feats  # a trailing remainder never replaces a full batch
+    return out
