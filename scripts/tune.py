@@ -92,6 +92,9 @@ def write_choice(method: str, key: str, value, scenarios: list[str], suite: str,
         entry["source"] = (f"{doc.get('source', '')}; {key} {value}{whose} chosen on the validation stream "
                            f"'{suite}' ({epochs} epochs, {seeds} seed(s)) by scripts/tune.py: docs/tuning.md")
         doc["scenarios"][name] = entry
+    tuned = f"The {', '.join(scenarios)} entries' {key} was chosen on a validation stream (docs/tuning.md)."
+    note = doc.get("note", "")
+    doc["note"] = note if tuned in note else f"{note} {tuned}".strip()
     write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
