@@ -44,10 +44,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def require_tensorrt():
     """Import ``tensorrt`` and check for a CUDA device, or raise MissingDependencyError (exit 3, one line)."""
-    trt = require("tensorrt", needed_for="--tensorrt (NVIDIA TensorRT's Python package)",
+    trt = require("tensorrt", needed_for="a TensorRT plan (--tensorrt, --add-plan: NVIDIA TensorRT's Python package)",
                   install="it comes with JetPack on Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU")
     if not torch.cuda.is_available():
-        raise MissingDependencyError("--tensorrt needs a CUDA device, and torch sees none "
+        raise MissingDependencyError("a TensorRT plan (--tensorrt, --add-plan) needs a CUDA device, and torch sees none "
                                      f"(torch {torch.__version__}, cuda build {torch.version.cuda})")
     return trt
 

@@ -208,7 +208,8 @@ def run_add_plan(args: argparse.Namespace) -> int:
                             ("--min-agreement", None if args.min_agreement == 0.98 else 1),
                             ("--calib-method", None if args.calib_method == "minmax" else 1)) if v is not None]
     if stray:
-        raise UsageError(f"{', '.join(stray)} do not go with --add-plan, which adds a TensorRT plan to a finished export")
+        raise UsageError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not go with --add-plan, which adds "
+                         "a TensorRT plan to a finished export")
     if args.fp16 and args.int8:
         raise UsageError("--fp16 and --int8 are two plan precisions: give one")
     check_output(args.json, dirs=[args.add_plan])
