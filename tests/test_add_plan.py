@@ -69,21 +69,27 @@ def test_add_plan_refuses_a_link_a_fifo_a_file_and_a_foreign_directory(digits_ex
 
 
 def test_add_plan_usage_errors_in_process(digits_export, digits_ckpt, tmp_path):
-    from hostile_util import cli
+    from hostile_util import cli, watchdog
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
+    fifo_meta = tmp_path / "fifo_meta"
+    fifo_meta.mkdir()
+    os.mkfifo(fifo_meta / "meta.json")
     cases = [(["--add-plan", tmp_path / "missing"], 1, "not found"),
              (["--add-plan", a_file], 1, "not an export directory"),
+             (["--add-plan", fifo_meta], 1, "FIFO"),
              (["--add-plan", digits_export, "--fp16", "--int8"], 2, "give one"),
              ([digits_ckpt, "--add-plan", digits_export], 2, "SOURCE"),
              (["--add-plan", digits_export, "--out", tmp_path / "o", "--split", "layer2"], 2, "--out, --split"),
              ([digits_ckpt], 2, "--out DIR is needed")]
     before = _snapshot(digits_export)
     for argv, code, says in cases:
-        rc, _out, err = cli(["export", *argv])
+        with watchdog(60):  # a FIFO meta.json must be refused, never opened for reading
+            rc, _out, err = cli(["export", *argv])
         assert rc == code and says in err, (argv, rc, err)
     assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
+    assert stat.S_ISFIFO(os.lstat(fifo_meta / "meta.json").st_mode)
     assert _snapshot(digits_export) == before
 
 
