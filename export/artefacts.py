@@ -5,15 +5,10 @@ a ``requires()`` check of its optional runtime (run before any work: a missing o
 it may be added to an existing export, and one build function ``build(b: Build, options)`` taking the shared
 :class:`Build` context and the kind's own small options object. The kinds, in build order:
 
-====================  ================================  ==============================================  =========
-kind                  files                             options                                         later?
-====================  ================================  ==============================================  =========
-``onnx``              frozen.onnx, frozen.safetensors,   :class:`OnnxOptions` (profile, atol)            no
-                      head.safetensors (+ parity)
-``int8``              frozen.int8.onnx                   :class:`Int8Options` (calibration, agreement)   no
-``trt82``             none: meta["trt82_check"]          none (the ``jetson-nano`` profile's check)      no
-``tensorrt``          frozen.<prec>.trt<v>.sm<cc>.*.plan :class:`PlanOptions` (precision, batch, ...)    yes
-====================  ================================  ==============================================  =========
+* ``onnx``: frozen.onnx, frozen.safetensors, head.safetensors, checked for parity; :class:`OnnxOptions`;
+* ``int8``: frozen.int8.onnx (static QDQ), checked for agreement with fp32; :class:`Int8Options`;
+* ``trt82``: no file, ``meta["trt82_check"]`` (the ``jetson-nano`` profile's TensorRT 8.2 operator check);
+* ``tensorrt``: ``frozen.<precision>.trt<version>.sm<cc>.<sha16>.plan``; :class:`PlanOptions`; may be added later.
 
 ``onnx`` lives in :mod:`.onnx_export`, ``int8`` in :mod:`.quantize`, ``trt82`` in :mod:`.trt_ops`, ``tensorrt`` in
 :mod:`.tensorrt_build`; each registers itself when imported, and :func:`kinds` imports all four. A kind is
@@ -26,6 +21,7 @@ not part of the id; an int8 model is (engine.export_dir), so it is made with the
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import stat
@@ -146,10 +142,11 @@ class ExportOptions:
 
 
 def options_from(options: ExportOptions | None, kw: dict[str, Any], where: str) -> ExportOptions:
-    """``options`` or the flat keywords, not both (a TypeError, as for an unknown keyword)."""
+    """A copy of ``options`` (the export resolves and completes it; the caller's object is left as it was), or the
+    flat keywords; not both (a TypeError, as for an unknown keyword)."""
     if options is not None and kw:
         raise TypeError(f"{where}: pass options=ExportOptions(...) or keywords ({', '.join(kw)}), not both")
-    return options if options is not None else ExportOptions.from_kwargs(**kw)
+    return copy.deepcopy(options) if options is not None else ExportOptions.from_kwargs(**kw)
 
 
 # ------------------------------------------------------------------------------------- build context

@@ -157,3 +157,19 @@ def test_registry_orders_and_checks_kinds():
     assert list(opts.kinds()) == ["onnx", "int8", "trt82", "tensorrt"] and opts.tensorrt.precision == "int8"
     with pytest.raises(TypeError):
         artefacts.ExportOptions.from_kwargs(int9=True)
+
+
+def test_export_options_object_gives_the_same_export_as_the_keywords(digits_ckpt, digits_export, tmp_path):
+    """conftest's digits_export is ``export_checkpoint(ckpt, out, split="layer3", progress=False)``: the same
+    export through an ExportOptions object writes the same frozen part (the ONNX and its parity figures)."""
+    from lightcl.export.onnx_export import export_checkpoint
+
+    opts = artefacts.ExportOptions(progress=False)
+    meta = export_checkpoint(digits_ckpt, tmp_path / "exp", split="layer3", options=opts)
+    ref = load_export_meta(digits_export)
+    assert meta["files"]["frozen.onnx"] == ref["files"]["frozen.onnx"]
+    assert meta["parity"] == ref["parity"] and sorted(meta["files"]) == sorted(ref["files"])
+    assert opts == artefacts.ExportOptions(progress=False)  # the caller's object is not changed
+    with pytest.raises(TypeError, match="not both"):
+        export_checkpoint(digits_ckpt, tmp_path / "x", options=opts, int8=True)
+    assert not (tmp_path / "x").exists()
