@@ -15,7 +15,7 @@ meaningless to a head trained on these. In format 2 it covers every byte a non-T
 for the frozen part: the sha256 of the canonical list ``"<sha256>  <name>\\n"`` of ``frozen.onnx``,
 ``frozen.safetensors`` and ``frozen.int8.onnx`` (when present), see :func:`frozen_id_of`. ONNX files are
 handed to onnxruntime as the verified bytes, so an external-data file can never be read beside them.
-TensorRT plans are compiled on the device from ``frozen.onnx`` (``add_plan_to_export`` adds them later),
+TensorRT plans are compiled on the device from ``frozen.onnx`` (``lightcl export --add-plan`` adds them later),
 so they are checked against ``meta.json`` but are not part of the id.
 Format 1 (``frozen_id`` = sha256 of ``frozen.onnx`` alone: ``frozen.safetensors`` could be swapped under a
 state unnoticed) is refused with a message saying to re-export.

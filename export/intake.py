@@ -24,8 +24,11 @@ import torch
 from torch import nn
 
 from lightcl.engine.errors import InputError
+from lightcl.engine.export_dir import EXPORT_FORMAT
 from lightcl.engine.graphspec import GraphNet, graph_tensors, graph_to_spec
 from lightcl.engine.head import GraphHead
+
+from .artefacts import Build, ExportOptions, Images, options_from, preflight
 
 
 class IntakeError(InputError):
@@ -138,29 +141,7 @@ def split_module(model: nn.Module, split: str, classifier: str, input_shape: tup
         raise IntakeError(f"--split {split!r} is never called in {type(model).__name__}.forward()")
     cut = inside[-1]
     out_node = nodes[-1]
-    # the frozen side: everything the cut depends on
-    frozen_set: set = set()
-    todo = [cut]
-    while todo:
-        n = todo.pop()
-        if n in frozen_set:
-            continue
-        frozen_set.add(n)
-        todo.extend(n.all_input_nodes)
-    # the head side: everything the output depends on, stopping at the cut
-    head_set: set = set()
-    todo = [out_node]
-    while todo:
-        n = todo.pop()
-        if n in head_set or n is cut:
-            continue
-        head_set.add(n)
-        for a in n.all_input_nodes:
-            if a is not cut and a in frozen_set:
-                what = "the input image" if a.op == "placeholder" else f"tensor {a.name!r}"
-                raise IntakeError(f"a skip connection crosses the cut after {split!r}: {what} (from the frozen side) "
-                                  f"is read by {n.name!r} after the cut; choose a split point between blocks")
-            todo.append(a)
+    frozen_set, head_set = _sides(cut, out_node, split)
     if any(n.op == "placeholder" for n in head_set):
         raise IntakeError(f"the model's input is read after the cut at {split!r}; choose another split point")
     if cut not in {a for n in head_set for a in n.all_input_nodes}:
@@ -186,16 +167,7 @@ def split_module(model: nn.Module, split: str, classifier: str, input_shape: tup
     frozen_gm = torch.fx.GraphModule(gm, fg, class_name="Frozen")
     head_gm = torch.fx.GraphModule(gm, hg, class_name="Head")
 
-    # taps: the last node traced inside each block-level submodule of the head, in order
-    blocks: dict[str, str] = {}
-    for n in nodes:
-        if n not in head_set or n.op in ("placeholder", "output", "get_attr"):
-            continue
-        scope = _scope(n)
-        b = _block_of(scope[-1], modules) if scope else None
-        if b is not None and not _in(classifier, b):
-            blocks.pop(b, None)
-            blocks[b] = henv[n].name
+    blocks = _head_blocks(nodes, head_set, henv, modules, classifier)
     # a seeded random batch, not zeros: the check below must see the weights, not only the biases
     x = torch.randn(2, *[int(v) for v in input_shape], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -219,6 +191,49 @@ def split_module(model: nn.Module, split: str, classifier: str, input_shape: tup
             raise IntakeError("head(frozen(x)) differs from model(x) after the split: the model's forward is not "
                               "a pure function of its input")
     return sp
+
+
+def _sides(cut: torch.fx.Node, out_node: torch.fx.Node, split: str) -> tuple[set, set]:
+    """The frozen side (everything the cut depends on) and the head side (everything the output depends on,
+    stopping at the cut); a frozen value read again after the cut (a skip connection across it) is refused."""
+    frozen_set: set = set()
+    todo = [cut]
+    while todo:
+        n = todo.pop()
+        if n in frozen_set:
+            continue
+        frozen_set.add(n)
+        todo.extend(n.all_input_nodes)
+    head_set: set = set()
+    todo = [out_node]
+    while todo:
+        n = todo.pop()
+        if n in head_set or n is cut:
+            continue
+        head_set.add(n)
+        for a in n.all_input_nodes:
+            if a is not cut and a in frozen_set:
+                what = "the input image" if a.op == "placeholder" else f"tensor {a.name!r}"
+                raise IntakeError(f"a skip connection crosses the cut after {split!r}: {what} (from the frozen side) "
+                                  f"is read by {n.name!r} after the cut; choose a split point between blocks")
+            todo.append(a)
+    return frozen_set, head_set
+
+
+def _head_blocks(nodes: list, head_set: set, henv: dict, modules: dict[str, nn.Module], classifier: str
+                 ) -> dict[str, str]:
+    """LightCL's taps of a graph head: the last node traced inside each block-level submodule of the head
+    (block name -> node name in the head's graph), in order."""
+    blocks: dict[str, str] = {}
+    for n in nodes:
+        if n not in head_set or n.op in ("placeholder", "output", "get_attr"):
+            continue
+        scope = _scope(n)
+        b = _block_of(scope[-1], modules) if scope else None
+        if b is not None and not _in(classifier, b):
+            blocks.pop(b, None)
+            blocks[b] = henv[n].name
+    return blocks
 
 
 def _spec(gm: torch.fx.GraphModule, what: str) -> dict:
@@ -394,13 +409,15 @@ def _labels_for(folder_classes: list[str], class_names: list[str] | None, num_cl
     return None, None
 
 
+MODULE_KEYWORDS = ("int8", "profile", "atol", "calib_size", "min_agreement", "force", "int8_options", "progress")
+"""The flat keywords :func:`export_module` takes besides ``options`` (as it always has)."""
+
+
 def export_module(model: nn.Module, out_dir: str | Path, *, split: str, classifier: str,
                   input_shape: tuple[int, int, int] | list[int], mean: list[float], std: list[float],
                   resize: dict[str, Any] | None = None, class_names: list[str] | None = None,
-                  images: Any = None, labels: torch.Tensor | None = None, int8: bool = False,
-                  profile: str = "default", atol: float = 1e-4, calib_size: int = 256, min_agreement: float = 0.98,
-                  force: bool = False, int8_options: dict[str, Any] | None = None, progress: bool = True,
-                  model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+                  images: Any = None, labels: torch.Tensor | None = None, model_info: dict[str, Any] | None = None,
+                  options: ExportOptions | None = None, **kw: Any) -> dict[str, Any]:
     """Export any ``nn.Module`` (eval mode) split after the module ``split``; return the export's meta.
 
     ``images``: a class-per-subfolder folder (its test split for parity and accuracy, its train split for int8
@@ -410,27 +427,22 @@ def export_module(model: nn.Module, out_dir: str | Path, *, split: str, classifi
     directory as ``lightcl export CKPT`` (frozen.onnx, frozen.safetensors with a graph spec, head.safetensors with a
     graph head, meta.json), atomically; parity at the model's own input size, relative to the features' scale:
     ``atol * max(1, max |feature|)`` (a trained network's features reach tens; fp32 rounding grows with them).
+    The artefacts: ``options`` (:class:`~lightcl.export.artefacts.ExportOptions`; no pruning, no ``data_path``) or
+    the keywords of :data:`MODULE_KEYWORDS` (``int8``, ``profile``, ``atol``, ``calib_size`` (256), ...).
+    A TensorRT plan (``options.tensorrt``) goes through the same registry; it was never built here (no GPU).
     """
-    from lightcl.engine.export_dir import EXPORT_FORMAT
     from lightcl.engine.extractors.ort_backend import import_onnxruntime
 
     from . import onnx_export as ox
 
-    say = ox._progress(progress)
-    if profile not in ox.PROFILES:
-        raise IntakeError(f"unknown profile {profile!r}; choose from {', '.join(ox.PROFILES)}")
-    shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or not all(0 < v <= 1 << 14 for v in shape):
-        raise IntakeError(f"input_shape must be [C, H, W] of positive integers, got {list(input_shape)}")
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
-    if len(mean) != shape[0] or len(std) != shape[0] or any(s <= 0 for s in std):
-        raise IntakeError(f"mean and std need {shape[0]} values each (std > 0), got {mean} / {std}")
-    resize = check_resize(default_resize(shape) if resize is None else resize, shape)
-    if not atol > 0 or not 0.0 <= min_agreement <= 1.0 or (int8 and calib_size < 1):
-        raise IntakeError("atol must be > 0, min_agreement in [0, 1], calib_size >= 1")
+    opts = _module_options(options, kw)
+    say = ox._progress(opts.progress)
+    shape, mean, std, resize = _check_inputs(input_shape, mean, std, resize)
     if images is None:
         raise IntakeError("parity and calibration need real images: pass images= (a class-per-subfolder folder or "
                           "a uint8 [N, C, H, W] tensor)")
+    plan = opts.kinds()
+    chosen = preflight(plan)  # a missing runtime fails before any work (exit 3)
     import_onnxruntime()  # parity needs it: fail fast with exit 3
     out = Path(out_dir).absolute()
     ox._check_out_dir(out)
@@ -443,6 +455,62 @@ def export_module(model: nn.Module, out_dir: str | Path, *, split: str, classifi
         class_names = [str(c) for c in class_names]
         if len(class_names) != sp.num_classes:
             raise IntakeError(f"{len(class_names)} class names for a classifier with {sp.num_classes} outputs")
+    im, class_names, label_rule = _module_images(images, labels, shape, resize, mean, std, class_names, sp, say)
+
+    info = {"intake": "module", "arch": None, "factory": None, **(model_info or {}), "split": split,
+            "classifier": classifier}
+    meta: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "arch": info.get("arch") or type(model).__name__, "width": None, "split": split,
+        "input_shape": list(shape), "feature_shape": list(sp.feature_shape),
+        "normalization": {"mean": mean, "std": std, "scale": "0-1"},
+        "resize": resize, "num_classes": sp.num_classes, "model": info,
+        "head_taps": [t for t, _ in sp.taps] + ["logits"], "graph": sp.info,
+        "profile": opts.onnx.profile, "versions": ox._versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if class_names is not None:
+        meta["class_names"] = class_names
+    b = Build(out, meta, im, say, opts.progress, frozen=sp.frozen, head=head, device_frozen=frozen_dev,
+              input_shape=shape, frozen_extra={"split": split, "classifier": classifier})
+    return ox.write_export(b, chosen, plan, t_start=t_start,
+                           before_meta=_accuracy_figures(model, head, im, label_rule, say))
+
+
+def _module_options(options: ExportOptions | None, kw: dict[str, Any]) -> ExportOptions:
+    """The artefacts of a module export, checked (parity relative to the features' scale); bad values are
+    :class:`IntakeError` like every other refusal of this intake."""
+    unknown = [k for k in kw if k not in MODULE_KEYWORDS]
+    if unknown:
+        raise TypeError(f"export_module() got an unexpected keyword argument {unknown[0]!r}")
+    from .onnx_export import check_options
+
+    try:
+        opts = options_from(options, kw, "export_module")
+        if opts.prune is not None or opts.data_path is not None:
+            raise IntakeError("pruning and data_path apply to lightcl checkpoints only, not to export_module")
+        opts.onnx.relative_atol = True
+        return check_options(opts)
+    except InputError as e:
+        if isinstance(e, IntakeError):
+            raise
+        raise IntakeError(str(e)) from None
+
+
+def _check_inputs(input_shape, mean, std, resize) -> tuple[tuple[int, ...], list[float], list[float], dict[str, Any]]:
+    """The model's input shape, normalisation and resize rule, checked (one line each)."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or not all(0 < v <= 1 << 14 for v in shape):
+        raise IntakeError(f"input_shape must be [C, H, W] of positive integers, got {list(input_shape)}")
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean) != shape[0] or len(std) != shape[0] or any(s <= 0 for s in std):
+        raise IntakeError(f"mean and std need {shape[0]} values each (std > 0), got {mean} / {std}")
+    return shape, mean, std, check_resize(default_resize(shape) if resize is None else resize, shape)
+
+
+def _module_images(images, labels, shape, resize, mean, std, class_names, sp: Split, say) -> tuple[Images, Any, Any]:
+    """The parity / held-out / calibration images of a module export, from a folder or a uint8 tensor; with the
+    class names (a folder's, when the model has none) and how labels were matched (None: agreement only)."""
+    from . import onnx_export as ox
 
     label_rule = "given" if labels is not None else None
     if isinstance(images, (str, Path)):
@@ -479,30 +547,26 @@ def export_module(model: nn.Module, out_dir: str | Path, *, split: str, classifi
     x_test = x_test[:n]
     y_test = labels[:n] if labels is not None else None
     x_par, y_par = x_test[:ox.PARITY_BATCH], (y_test[:ox.PARITY_BATCH] if y_test is not None else None)
+    im = Images(calib, calib_desc, x_par, y_par, x_test, y_test, desc.format(n=x_par.shape[0]), desc.format(n=n))
+    return im, class_names, label_rule
 
-    info = {"intake": "module", "arch": None, "factory": None, **(model_info or {}), "split": split,
-            "classifier": classifier}
-    meta: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
-        "arch": info.get("arch") or type(model).__name__, "width": None, "split": split,
-        "input_shape": list(shape), "feature_shape": list(sp.feature_shape),
-        "normalization": {"mean": mean, "std": std, "scale": "0-1"},
-        "resize": resize, "num_classes": sp.num_classes, "model": info,
-        "head_taps": [t for t, _ in sp.taps] + ["logits"], "graph": sp.info,
-        "profile": profile, "versions": ox._versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if class_names is not None:
-        meta["class_names"] = class_names
+
+def _accuracy_figures(model: nn.Module, head: nn.Module, im: Images, label_rule, say):
+    """``before_meta`` of a module export: the whole model in torch vs the export (onnxruntime + head) on every
+    held-out image, when they carry labels of the model's classes."""
+    from . import onnx_export as ox
 
     def accuracy(tmp: Path, meta: dict[str, Any]) -> None:
-        """The whole model in torch vs the export (onnxruntime + head) on every held-out image."""
+        x_test, y_test = im.x_test, im.y_test
         if y_test is None:
             return
+        n = x_test.shape[0]
         sess = ox.ort_session(tmp / "frozen.onnx")
         with torch.no_grad():
             ref = torch.cat([model(x_test[i:i + 64]) for i in range(0, n, 64)]).argmax(1)
             got = head(ox.run_session(sess, x_test, batch=64)).argmax(1)
-        meta["accuracy"] = {"images": desc.format(n=n), "labels": label_rule, "torch": float((ref == y_test).float().mean()),
+        meta["accuracy"] = {"images": im.heldout_desc, "labels": label_rule,
+                            "torch": float((ref == y_test).float().mean()),
                             "export": float((got == y_test).float().mean()),
                             "agreement": float((ref == got).float().mean())}
         if "int8" in meta:
@@ -511,13 +575,7 @@ def export_module(model: nn.Module, out_dir: str | Path, *, split: str, classifi
         say(f"accuracy on {n} held-out images: torch {meta['accuracy']['torch']:.4f}, "
             f"export {meta['accuracy']['export']:.4f}")
 
-    return ox.write_export(
-        out, frozen=sp.frozen, device_frozen=frozen_dev, head=head, meta=meta, input_shape=shape, x_par=x_par,
-        y_par=y_par, x_test=x_test, y_test=y_test, calib=calib, profile=profile, atol=atol, int8=int8,
-        calib_size=calib_size, int8_options=int8_options, min_agreement=min_agreement, force=force, say=say,
-        t_start=t_start, progress=progress, frozen_extra={"split": split, "classifier": classifier},
-        parity_desc=desc.format(n=x_par.shape[0]), calib_desc=calib_desc, heldout_desc=desc.format(n=n),
-        before_meta=accuracy, relative_atol=True)
+    return accuracy
 
 
 # ------------------------------------------------------------------------------------- the CLI's intakes

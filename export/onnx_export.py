@@ -12,6 +12,10 @@ passed, so a failed export leaves the previous one untouched)::
                              versions, parity figures, int8 report, sha256 of every file, frozen_id
                              (covers frozen.onnx, frozen.safetensors, frozen.int8.onnx: engine.export_dir)
 
+Each file kind is an entry of the artefact registry (:mod:`lightcl.export.artefacts`); this module registers
+``onnx`` and holds the one writer of a fresh export directory (:func:`write_export`), which every intake uses:
+the checkpoint intake here (:func:`export_checkpoint`), any module in :mod:`lightcl.export.intake`.
+
 Profiles:
 
 * ``default``: ``torch.onnx.export(dynamo=True)`` (torch.export-based, the maintained exporter),
@@ -28,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import platform
 import sys
 import time
@@ -40,16 +43,18 @@ import torch
 
 from lightcl.data.tasks import real_images
 from lightcl.engine.errors import InputError, LightCLError, StateError
-from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME, OLD_FORMATS, frozen_id_of, owned_names
+from lightcl.engine.export_dir import EXPORT_FORMAT, META_NAME, OLD_FORMATS, owned_names
 from lightcl.engine.extractors.ort_backend import import_onnxruntime
-from lightcl.engine.fileio import atomic_directory, read_json, recover_directory, sha256_file, write_json_atomic
+from lightcl.engine.fileio import atomic_directory, read_json, recover_directory, sha256_file
 from lightcl.engine.optional import require
 from lightcl.engine.frozen import load_frozen, save_frozen
 
 from . import quantize  # called as quantize.X: tests patch the module's functions
+from .artefacts import (PROFILE_NAMES, ArtefactKind, Build, ExportOptions, Images, OnnxOptions, build_all, finish,
+                        options_from, preflight, register_artefact)
 from .checkpoint import checkpoint_paths, load_checkpoint
 from .ort_run import ort_session, run_session
-from .tensorrt_build import build_plan, require_tensorrt
+from .quantize import AgreementError  # noqa: F401  (importable from here, as it always was)
 from .zoo import DEFAULT_INPUT_SIZE, default_split, split_backbone, split_points
 
 INPUT_NAME, OUTPUT_NAME = "input", "features"
@@ -70,12 +75,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+assert tuple(PROFILES) == PROFILE_NAMES  # the options check names them without importing torch
+
+
 class ParityError(LightCLError):
     """The exported graph does not reproduce PyTorch within the tolerance."""
-
-
-class AgreementError(LightCLError):
-    """The int8 model disagrees with fp32 on too many held-out images (override with --force)."""
 
 
 def _progress(enabled: bool) -> Callable[[str], None]:
@@ -215,16 +219,6 @@ def _versions() -> dict[str, str | None]:
     return v
 
 
-def _readable(d: Path) -> None:
-    """Temp files/dirs are created 0600/0700; an export is meant to be copied to devices: honour the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(d, 0o755 & ~mask)
-    for p in d.iterdir():
-        if p.is_file():
-            os.chmod(p, 0o644 & ~mask)
-
-
 def _check_out_dir(out: Path) -> None:
     """atomic_directory replaces ``out``: only ever replace an empty dir or an earlier export (whose files
     lightcl did not write are kept)."""
@@ -257,16 +251,15 @@ def _check_finite_weights(model: torch.nn.Module, ckpt_path) -> None:
                          f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}); refusing to export it")
 
 
-def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | None = None, profile: str = "default",
-                      atol: float = 1e-4, int8: bool = False, calib_size: int | str = "auto", min_agreement: float = 0.98,
-                      force: bool = False, data_path: str | None = None, progress: bool = True,
-                      tensorrt: bool = False, trt_precision: str | None = None, max_batch: int = 32,
-                      workspace_mib: int = 1024, trt_cache_dir: str | Path | None = None,
-                      int8_options: dict[str, Any] | None = None, sparsity: str | float | None = None,
-                      recover_epochs: int | None = None, round_channels: int | None = None) -> dict[str, Any]:
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | None = None,
+                      options: ExportOptions | None = None, **kw: Any) -> dict[str, Any]:
     """Split ``ckpt_path`` at ``split`` (None: its backbone's default split) and write an export directory at
     ``out_dir``; return its meta.
 
+    ``options`` (:class:`~lightcl.export.artefacts.ExportOptions`) or the flat keywords it has always taken
+    (``profile``, ``atol``, ``int8``, ``calib_size``, ``min_agreement``, ``force``, ``int8_options``, ``tensorrt``,
+    ``trt_precision``, ``max_batch``, ``workspace_mib``, ``trt_cache_dir``, ``sparsity``, ``recover_epochs``,
+    ``round_channels``, ``data_path``, ``progress``: :meth:`ExportOptions.from_kwargs`).
     Raises :class:`ParityError` when ONNX and torch differ by more than ``atol`` and
     :class:`AgreementError` when the int8 model's top-1 agreement with fp32 is below
     ``min_agreement`` (unless ``force``); in both cases nothing is written.
@@ -279,32 +272,10 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     ``round_channels`` (with ``sparsity``) rounds every kept channel count to a multiple of it.
     ``calib_size`` "auto" (default): :func:`quantize.resolve_calib_size` (1024 images for a pruned export, 256 dense).
     """
-    say = _progress(progress)
-    if profile not in PROFILES:
-        raise InputError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    if not atol > 0:
-        raise InputError(f"--atol must be > 0, got {atol}")
-    if not 0.0 <= min_agreement <= 1.0:
-        raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
-    calib_size = quantize.resolve_calib_size(calib_size, pruned=sparsity is not None)
-    if int8 and calib_size < 1:
-        raise InputError(f"--calib-size must be >= 1, got {calib_size}")
-    if sparsity is not None:
-        from .prune import DEFAULT_RECOVER_EPOCHS, PruneError, parse_round_channels, parse_sparsity
-
-        sparsity = parse_sparsity(sparsity)
-        round_channels = parse_round_channels(round_channels)
-        recover_epochs = DEFAULT_RECOVER_EPOCHS if recover_epochs is None else int(recover_epochs)
-        if recover_epochs < 0:
-            raise PruneError(f"--recover-epochs must be >= 0, got {recover_epochs}")
-    elif recover_epochs is not None:
-        raise InputError("--recover-epochs needs --sparsity")
-    elif round_channels is not None:
-        raise InputError("--round-channels needs --sparsity")
-    trt_mod = None
-    if tensorrt:
-        trt_mod = require_tensorrt()  # fails fast, exit 3, before any work
-        trt_precision = trt_precision or ("int8" if int8 else "fp32")
+    opts = check_options(options_from(options, kw, "export_checkpoint"))
+    say = _progress(opts.progress)
+    plan = opts.kinds()
+    chosen = preflight(plan)  # a missing runtime (TensorRT, CUDA) fails fast, exit 3, before any work
     import_onnxruntime()  # parity needs it: fail fast with exit 3
     out = Path(out_dir).absolute()
     _check_out_dir(out)
@@ -313,11 +284,12 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     model, ck = load_checkpoint(ckpt_path)
     _check_finite_weights(model, ckpt_path)
     prune_rep = None
-    if sparsity is not None:
+    if opts.prune is not None:
         from .prune import prune_for_export
 
-        model, prune_rep = prune_for_export(model, ck, sparsity, recover_epochs=recover_epochs,
-                                            data_path=data_path, say=say, round_channels=round_channels)
+        p = opts.prune
+        model, prune_rep = prune_for_export(model, ck, p.sparsity, recover_epochs=p.recover_epochs,
+                                            data_path=opts.data_path, say=say, round_channels=p.round_channels)
     if split is None:  # the backbone's registry entry says where it splits by default
         split = default_split(model.arch)
     try:
@@ -327,21 +299,65 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
     input_shape = tuple(int(v) for v in ck.get("input_size", model.input_size))
     with torch.no_grad():
         feature_shape = [int(v) for v in frozen(torch.zeros(1, *input_shape)).shape[1:]]
-    norm = ck.get("normalization")
+    images = _checkpoint_images(ck, ckpt_path, input_shape, opts, say)
+    meta = _checkpoint_meta(model, ck, ckpt_path, split, frozen, head, input_shape, feature_shape, opts.onnx.profile)
+    if prune_rep is not None:
+        meta["sparsity"] = prune_rep
+    b = Build(out, meta, images, say, opts.progress, frozen=frozen, head=head, input_shape=input_shape,
+              frozen_extra={"split": split, "arch": model.arch, "width": model.width})
+    return write_export(b, chosen, plan, t_start=t_start)
+
+
+def check_options(opts: ExportOptions) -> ExportOptions:
+    """Every option checked, ``calib_size`` "auto" resolved and the pruning values parsed, before any work
+    (here, not in :mod:`.artefacts`: the registry imports none of the kinds' modules)."""
+    opts.onnx.check()
+    for o in (opts.int8, opts.tensorrt):
+        if o is not None:
+            o.calib_size = quantize.resolve_calib_size(o.calib_size, pruned=opts.prune is not None)
+    if opts.int8 is not None and opts.int8.calib_size < 1:
+        raise InputError(f"--calib-size must be >= 1, got {opts.int8.calib_size}")
+    if opts.prune is not None:
+        from .prune import DEFAULT_RECOVER_EPOCHS, PruneError, parse_round_channels, parse_sparsity
+
+        p = opts.prune
+        p.sparsity = parse_sparsity(p.sparsity)
+        p.round_channels = parse_round_channels(p.round_channels)
+        p.recover_epochs = DEFAULT_RECOVER_EPOCHS if p.recover_epochs is None else int(p.recover_epochs)
+        if p.recover_epochs < 0:
+            raise PruneError(f"--recover-epochs must be >= 0, got {p.recover_epochs}")
+    return opts
+
+
+def _checkpoint_images(ck: dict[str, Any], ckpt_path, input_shape: tuple[int, ...], opts: ExportOptions,
+                       say: Callable[[str], None]) -> Images:
+    """Real images of the checkpoint's dataset at its own input size (not 32), stretched as the zoo's datasets
+    are: test split (seed 1) for parity and the held-out checks, train split (seed 2) for calibration."""
+    norm, dataset, data_path = ck.get("normalization"), ck.get("dataset"), opts.data_path
     if not norm or "mean" not in norm or "std" not in norm:
         raise StateError(f"checkpoint {ckpt_path} records no normalisation: cannot feed real images")
-    dataset = ck.get("dataset")
     if not dataset:
         raise StateError(f"checkpoint {ckpt_path} records no dataset: parity needs real images")
+    int8 = opts.int8 is not None
     say(f"loading real {dataset} images for parity{' and int8 calibration' if int8 else ''}")
-    n_heldout = HELDOUT_BATCH if int8 else PARITY_BATCH
-    # parity and calibration at the checkpoint's own input size (not 32), stretched as the zoo's datasets are
-    x_test, y_test = real_images(dataset, "test", n_heldout, norm, data_path, seed=1, input_shape=input_shape,
-                                 resize={"rule": "stretch"})
-    x_par, y_par = x_test[:PARITY_BATCH], y_test[:PARITY_BATCH]
-    st_path, js_path = checkpoint_paths(ckpt_path)
+    x_test, y_test = real_images(dataset, "test", HELDOUT_BATCH if int8 else PARITY_BATCH, norm, data_path, seed=1,
+                                 input_shape=input_shape, resize={"rule": "stretch"})
 
-    meta: dict[str, Any] = {
+    def calib(n: int) -> torch.Tensor:
+        return real_images(dataset, "train", n, norm, data_path, seed=2, input_shape=input_shape,
+                           resize={"rule": "stretch"})[0]
+
+    return Images(calib, f"{dataset} train, {{n}} images (seed 2)", x_test[:PARITY_BATCH], y_test[:PARITY_BATCH],
+                  x_test, y_test, f"{dataset} test, {min(PARITY_BATCH, x_test.shape[0])} images (seed 1)",
+                  f"{dataset} test, {x_test.shape[0]} images (seed 1)")
+
+
+def _checkpoint_meta(model, ck: dict[str, Any], ckpt_path, split: str, frozen, head, input_shape: tuple[int, ...],
+                     feature_shape: list[int], profile: str) -> dict[str, Any]:
+    """meta.json of a checkpoint export, before the artefacts add their figures."""
+    norm, dataset = ck["normalization"], ck["dataset"]
+    _, js_path = checkpoint_paths(ckpt_path)
+    return {
         "format": EXPORT_FORMAT,
         "arch": model.arch, "width": model.width, "split": split, "split_points": split_points(model),
         "frozen_blocks": list(frozen.block_names), "head_blocks": [b["name"] for b in head.config["blocks"]],
@@ -357,115 +373,57 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, split: str | N
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if prune_rep is not None:
-        meta["sparsity"] = prune_rep
-
-    def calib(n: int) -> torch.Tensor:
-        return real_images(dataset, "train", n, norm, data_path, seed=2, input_shape=input_shape,
-                           resize={"rule": "stretch"})[0]
-
-    return write_export(
-        out, frozen=frozen, head=head, meta=meta, input_shape=input_shape, x_par=x_par, y_par=y_par,
-        x_test=x_test, y_test=y_test, calib=calib, profile=profile, atol=atol, int8=int8, calib_size=calib_size,
-        int8_options=int8_options, min_agreement=min_agreement, force=force, tensorrt=tensorrt,
-        trt_precision=trt_precision, trt_mod=trt_mod, max_batch=max_batch, workspace_mib=workspace_mib,
-        trt_cache_dir=trt_cache_dir, say=say, t_start=t_start, progress=progress,
-        frozen_extra={"split": split, "arch": model.arch, "width": model.width},
-        parity_desc=f"{dataset} test, {x_par.shape[0]} images (seed 1)",
-        calib_desc=f"{dataset} train, {{n}} images (seed 2)", heldout_desc=f"{dataset} test, {x_test.shape[0]} images (seed 1)")
 
 
-def write_export(out: Path, *, frozen: torch.nn.Module, head: torch.nn.Module, meta: dict[str, Any],
-                 input_shape: tuple[int, ...], x_par: torch.Tensor, y_par: torch.Tensor | None, x_test: torch.Tensor,
-                 y_test: torch.Tensor | None, calib: Callable[[int], torch.Tensor], profile: str, atol: float,
-                 int8: bool, calib_size: int, int8_options: dict[str, Any] | None, min_agreement: float, force: bool,
-                 say: Callable[[str], None], t_start: float, frozen_extra: dict[str, Any], progress: bool,
-                 parity_desc: str, calib_desc: str, heldout_desc: str, tensorrt: bool = False,
-                 trt_precision: str | None = None, trt_mod: Any = None, max_batch: int = 32, workspace_mib: int = 1024,
-                 trt_cache_dir: str | Path | None = None, device_frozen: torch.nn.Module | None = None,
-                 before_meta: Callable[[Path, dict[str, Any]], None] | None = None,
-                 relative_atol: bool = False) -> dict[str, Any]:
-    """Write the export directory atomically: ONNX, frozen.safetensors, head, parity, int8, TensorRT, meta.
-
-    The one writer for every intake (a lightcl checkpoint, a torchvision-keyed file, any module):
-    ``frozen`` is what ONNX exports, ``device_frozen`` (default ``frozen``) what frozen.safetensors stores
-    (a FrozenNet's block specs or a GraphNet's graph spec); ``calib(n)`` returns ``n`` normalised
-    calibration images; ``y_*`` None when the images carry no labels of the model's classes.
-    ``before_meta(tmp, meta)`` may add figures (e.g. accuracy) before meta.json is written.
-    """
-    stored = frozen if device_frozen is None else device_frozen
+def write_export(b: Build, chosen: list[ArtefactKind], plan: dict[str, Any], *, t_start: float,
+                 before_meta: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Write the export directory ``b.dir`` atomically: each chosen artefact kind in order (the registry,
+    :mod:`.artefacts`), then meta.json. The one writer for every intake (a lightcl checkpoint, a
+    torchvision-keyed file, any module); ``before_meta(tmp, meta)`` may add figures (e.g. accuracy) last."""
+    out = b.dir
     with atomic_directory(out, owned=owned_names) as tmp:
-        onnx_path = tmp / "frozen.onnx"
-        prof = PROFILES[profile]
-        say(f"exporting frozen part ({meta['split']} and everything before it) with the {prof['exporter']} "
-            f"exporter, opset {prof['opset']}")
-        info = export_onnx(frozen, onnx_path, profile, input_shape)
-        meta.update(exporter=info["exporter"], opset=info["opset"], onnx=info)
-        meta["profile_reason"] = info["reason"]
-        onnx_sha = sha256_file(onnx_path)
-        save_frozen(tmp / "frozen.safetensors", stored, list(getattr(stored, "block_names", [])),
-                    extra={"onnx_sha256": onnx_sha, "feature_shape": meta["feature_shape"],
-                           "input_shape": list(input_shape), **frozen_extra})
-        head.save(tmp / "head.safetensors")
-        say(f"parity: torch vs onnxruntime on {parity_desc}")
-        par = check_parity(frozen, head, onnx_path, tmp / "frozen.safetensors", x_par, y_par, atol,
-                           images=parity_desc, relative=relative_atol)
-        meta["parity"] = par
-        say(f"parity: max abs diff {par['max_abs_diff']:.3g}, mean {par['mean_abs_diff']:.3g} (atol {atol:g}); "
-            f"top-1 agreement {par['top1_agreement']:.4f}")
-        if not par["passed"]:
-            raise ParityError(
-                f"ONNX export differs from PyTorch: max abs diff {par['max_abs_diff']:.3g} "
-                f"(batch 1: {par['batch1_max_abs_diff']:.3g}, torch rebuild: {par['torch_rebuild_max_abs_diff']:.3g}) "
-                f"> {'tolerance %.3g (atol %g x max |feature| %.3g)' % (par['tolerance'], atol, par['reference_max_abs']) if relative_atol else 'atol %g' % atol}"
-                "; nothing written")
-
-        if int8:
-            x_cal = calib(calib_size)
-            say(f"int8: static QDQ quantization calibrated on {calib_desc.format(n=x_cal.shape[0])}")
-            qinfo = quantize.quantize_frozen(onnx_path, tmp / "frozen.int8.onnx", x_cal, progress=progress,
-                                    **(int8_options or {}))
-            rep = quantize.int8_report(onnx_path, tmp / "frozen.int8.onnx", head, x_test, y_test)
-            rep.update(quantization=qinfo, calib_images=calib_desc.format(n=x_cal.shape[0]),
-                       heldout_images=heldout_desc,
-                       min_agreement=min_agreement, forced=bool(force and rep["top1_agreement"] < min_agreement))
-            meta["int8"] = rep
-            say(f"int8: feature cosine {rep['feature_cosine_mean']:.4f} (min {rep['feature_cosine_min']:.4f}), "
-                f"top-1 agreement with fp32 {rep['top1_agreement']:.4f} on {rep['heldout']} held-out images")
-            if rep["top1_agreement"] < min_agreement and not force:
-                raise AgreementError(
-                    f"int8 top-1 agreement with fp32 is {rep['top1_agreement']:.4f} < --min-agreement "
-                    f"{min_agreement:g} (feature cosine {rep['feature_cosine_mean']:.4f}); nothing written. "
-                    "Use --force to keep it anyway, or more --calib-size")
-
-        if profile == "jetson-nano":  # TensorRT 8.2's published operator list (export/trt_ops.py)
-            from .trt_ops import check_export
-
-            check_export(tmp, meta, say)
-
-        if tensorrt:
-            x_cal_trt = None
-            with torch.no_grad():
-                ref_par = frozen(x_par)
-            if trt_precision == "int8":
-                x_cal_trt = calib(max(calib_size, 1))
-            say(f"tensorrt: building a {trt_precision} plan, batch 1..{max_batch}, workspace {workspace_mib} MiB")
-            entry = build_plan(onnx_path, tmp, precision=trt_precision, max_batch=max_batch,
-                               workspace_mib=workspace_mib, calib_x=x_cal_trt, cache_dir=trt_cache_dir,
-                               parity_x=x_par, parity_ref=ref_par, progress=progress, trt=trt_mod)
-            meta["tensorrt"] = [entry]
-            say(f"tensorrt: wrote {entry['file']} in {entry['build_s']:.1f} s")
-
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != META_NAME and not p.name.startswith("."))
+        b.dir = tmp
+        try:
+            build_all(b, chosen, plan)
+        finally:
+            b.dir = out
         if before_meta is not None:
-            before_meta(tmp, meta)
-        meta["files"] = {name: sha256_file(tmp / name) for name in files}
-        meta["frozen_id"] = frozen_id_of(meta["files"])  # every byte of the frozen part (engine.export_dir)
-        meta["export_seconds"] = round(time.perf_counter() - t_start, 3)
-        write_json_atomic(tmp / META_NAME, meta)
-        _readable(tmp)
-    say(f"wrote {out} ({', '.join(meta['files'])}) in {meta['export_seconds']:.1f} s")
-    return meta
+            before_meta(tmp, b.meta)
+        finish(tmp, b.meta, t_start)
+    b.say(f"wrote {out} ({', '.join(b.meta['files'])}) in {b.meta['export_seconds']:.1f} s")
+    return b.meta
+
+
+@register_artefact("onnx", order=10, files="frozen.onnx, frozen.safetensors, head.safetensors")
+def build_onnx(b: Build, o: OnnxOptions) -> None:
+    """frozen.onnx by the profile's exporter, frozen.safetensors (what the torch backend rebuilds), the head;
+    then parity on real images (:class:`ParityError`: nothing written)."""
+    meta, prof = b.meta, PROFILES[o.profile]
+    onnx_path = b.dir / "frozen.onnx"
+    b.say(f"exporting frozen part ({meta['split']} and everything before it) with the {prof['exporter']} "
+          f"exporter, opset {prof['opset']}")
+    info = export_onnx(b.frozen, onnx_path, o.profile, b.input_shape)
+    meta.update(exporter=info["exporter"], opset=info["opset"], onnx=info)
+    meta["profile_reason"] = info["reason"]
+    stored = b.frozen if b.device_frozen is None else b.device_frozen
+    save_frozen(b.dir / "frozen.safetensors", stored, list(getattr(stored, "block_names", [])),
+                extra={"onnx_sha256": sha256_file(onnx_path), "feature_shape": meta["feature_shape"],
+                       "input_shape": list(b.input_shape), **b.frozen_extra})
+    b.head.save(b.dir / "head.safetensors")
+    im = b.images
+    b.say(f"parity: torch vs onnxruntime on {im.parity_desc}")
+    par = check_parity(b.frozen, b.head, onnx_path, b.dir / "frozen.safetensors", im.x_par, im.y_par, o.atol,
+                       images=im.parity_desc, relative=o.relative_atol)
+    meta["parity"] = par
+    b.say(f"parity: max abs diff {par['max_abs_diff']:.3g}, mean {par['mean_abs_diff']:.3g} (atol {o.atol:g}); "
+          f"top-1 agreement {par['top1_agreement']:.4f}")
+    if not par["passed"]:
+        tol = ("tolerance %.3g (atol %g x max |feature| %.3g)" % (par["tolerance"], o.atol, par["reference_max_abs"])
+               if o.relative_atol else "atol %g" % o.atol)
+        raise ParityError(
+            f"ONNX export differs from PyTorch: max abs diff {par['max_abs_diff']:.3g} "
+            f"(batch 1: {par['batch1_max_abs_diff']:.3g}, torch rebuild: {par['torch_rebuild_max_abs_diff']:.3g}) "
+            f"> {tol}; nothing written")
 
 
 def summary_lines(meta: dict[str, Any], out_dir: str | Path) -> list[str]:

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightcl.engine.errors import InputError
+from lightcl.engine.errors import InputError, LightCLError
 from lightcl.engine.optional import require
 
+from .artefacts import Build, Int8Options, register_artefact
 from .ort_run import ort_session, run_session
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -39,6 +40,10 @@ PRUNED_CALIB_SIZE = 1024
 ~55 % accuracy has many fp32 near-ties, which the agreement check counts one image (0.4 %) at a time;
 measured on the pruned width-64 digits export (docs/results/sparse-latency.md, "int8 calibration")."""
 _ORT_INSTALL = "pip install 'lightcl[ort]'"
+
+
+class AgreementError(LightCLError):
+    """The int8 model disagrees with fp32 on too many held-out images (override with --force)."""
 
 
 def _quantization():
@@ -161,3 +166,25 @@ def int8_report(fp32_path: str | Path, int8_path: str | Path, head: torch.nn.Mod
         rep["top1_accuracy_fp32"] = float((p32 == y).float().mean())
         rep["top1_accuracy_int8"] = float((p8 == y).float().mean())
     return rep
+
+
+@register_artefact("int8", order=20, files="frozen.int8.onnx", needs=("onnx",), requires=lambda: _quantization())
+def build_int8(b: Build, o: Int8Options) -> None:
+    """frozen.int8.onnx: static QDQ calibrated on ``o.calib_size`` real images, then checked against fp32 on the
+    held-out images (:class:`AgreementError` below ``o.min_agreement`` unless ``o.force``: nothing written)."""
+    im, fp32, int8 = b.images, b.dir / "frozen.onnx", b.dir / "frozen.int8.onnx"
+    x_cal = im.calib(o.calib_size)
+    calib_desc = im.calib_desc.format(n=x_cal.shape[0])
+    b.say(f"int8: static QDQ quantization calibrated on {calib_desc}")
+    qinfo = quantize_frozen(fp32, int8, x_cal, progress=b.progress, **o.settings)
+    rep = int8_report(fp32, int8, b.head, im.x_test, im.y_test)
+    rep.update(quantization=qinfo, calib_images=calib_desc, heldout_images=im.heldout_desc,
+               min_agreement=o.min_agreement, forced=bool(o.force and rep["top1_agreement"] < o.min_agreement))
+    b.meta["int8"] = rep
+    b.say(f"int8: feature cosine {rep['feature_cosine_mean']:.4f} (min {rep['feature_cosine_min']:.4f}), "
+          f"top-1 agreement with fp32 {rep['top1_agreement']:.4f} on {rep['heldout']} held-out images")
+    if rep["top1_agreement"] < o.min_agreement and not o.force:
+        raise AgreementError(
+            f"int8 top-1 agreement with fp32 is {rep['top1_agreement']:.4f} < --min-agreement "
+            f"{o.min_agreement:g} (feature cosine {rep['feature_cosine_mean']:.4f}); nothing written. "
+            "Use --force to keep it anyway, or more --calib-size")

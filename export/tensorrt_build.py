@@ -11,17 +11,18 @@ entropy calibrator (``IInt8EntropyCalibrator2``) fed with real images as torch C
 calibration profile and a calibration cache. (Implicit int8 calibration is deprecated from TensorRT
 10.1 in favour of explicit QDQ models, but still works.)
 
-Also a small entry point to add a plan to an existing export directory on the device it will run
-on: ``python -m lightcl.export.tensorrt_build DIR [--fp16|--int8] [--max-batch N]``.
+The plan is the ``tensorrt`` kind of the artefact registry (:mod:`.artefacts`): built with the export
+(``lightcl export CKPT --tensorrt``), or added later to a finished export on the device it will run on
+(:func:`add_plan_to_export`, ``lightcl export --add-plan DIR [--fp16|--int8] [--max-batch N]``).
 
-NOT exercised here: this machine has no GPU and ``tensorrt`` cannot be installed on it. The code
-follows NVIDIA's documented Python API and the 8.x->10.x migration guide; only the "TensorRT is
-missing -> exit 3, one line" path is tested in CI.
+NOT exercised here: this machine has no GPU and ``tensorrt`` cannot be installed on it, so building a real plan
+(:func:`build_plan`, the calibrator, :func:`plan_parity`, and the swap of :func:`add_plan_to_export` once a plan
+is built) never ran in CI. The code follows NVIDIA's documented Python API and the 8.x->10.x migration guide;
+what is tested, with the real CLI in a subprocess: "TensorRT is missing -> exit 3, one line", and
+``--add-plan`` refusing a missing path, a symbolic link, a FIFO, a file and a directory that is not an export.
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,19 +33,21 @@ import torch
 from lightcl.data.tasks import real_images
 from lightcl.engine import paths
 from lightcl.engine.errors import InputError, LightCLError, MissingDependencyError
-from lightcl.engine.export_dir import META_NAME, load_export_meta, owned_names
-from lightcl.engine.fileio import atomic_directory, sha256_file, write_bytes_atomic, write_json_atomic
+from lightcl.engine.export_dir import load_export_meta
+from lightcl.engine.fileio import sha256_file, write_bytes_atomic
 from lightcl.engine.optional import require
+
+from .artefacts import Build, Images, PlanOptions, add_artefact, existing_export, register_artefact
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def require_tensorrt():
     """Import ``tensorrt`` and check for a CUDA device, or raise MissingDependencyError (exit 3, one line)."""
-    trt = require("tensorrt", needed_for="--tensorrt (NVIDIA TensorRT's Python package)",
+    trt = require("tensorrt", needed_for="a TensorRT plan (--tensorrt, --add-plan: NVIDIA TensorRT's Python package)",
                   install="it comes with JetPack on Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU")
     if not torch.cuda.is_available():
-        raise MissingDependencyError("--tensorrt needs a CUDA device, and torch sees none "
+        raise MissingDependencyError("a TensorRT plan (--tensorrt, --add-plan) needs a CUDA device, and torch sees none "
                                      f"(torch {torch.__version__}, cuda build {torch.version.cuda})")
     return trt
 
@@ -195,55 +198,56 @@ def plan_parity(out_dir: Path, entry: dict, x: torch.Tensor, ref: torch.Tensor, 
     return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()), "batch": int(n)}
 
 
-def add_plan_to_export(export_dir: str | Path, precision: str = "fp32", max_batch: int = 32, workspace_mib: int = 1024,
-                       calib_size: int = 256, data_path: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Build a plan for an existing export on this machine and record it in its meta.json (atomically)."""
-    trt = require_tensorrt()
-    export_dir = Path(export_dir).absolute()
-    meta = load_export_meta(export_dir, verify=True)
-    calib = None
-    if precision == "int8":
+@register_artefact("tensorrt", order=40, files="frozen.<precision>.trt<version>.sm<cc>.<sha16>.plan",
+                   needs=("onnx",), requires=require_tensorrt, later=True)
+def build_tensorrt(b: Build, o: PlanOptions) -> None:
+    """A plan from ``frozen.onnx`` into ``meta["tensorrt"]`` (a plan of the same name is replaced). With the
+    model's halves at hand (at export time) its parity against torch is recorded too."""
+    if o.precision not in PRECISIONS:
+        raise InputError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
+    im = b.images
+    parity_x = parity_ref = None
+    if b.frozen is not None and im.x_par is not None:
+        parity_x = im.x_par
+        with torch.no_grad():
+            parity_ref = b.frozen(parity_x)
+    calib_x = None
+    if o.precision == "int8":
+        if im.calib is None:
+            raise InputError("an int8 TensorRT plan needs calibration images")
+        calib_x = im.calib(max(int(o.calib_size), 1))
+    b.say(f"tensorrt: building a {o.precision} plan, batch 1..{o.max_batch}, workspace {o.workspace_mib} MiB")
+    entry = build_plan(b.dir / "frozen.onnx", b.dir, precision=o.precision, max_batch=o.max_batch,
+                       workspace_mib=o.workspace_mib, calib_x=calib_x, cache_dir=o.cache_dir, parity_x=parity_x,
+                       parity_ref=parity_ref, progress=b.progress)
+    b.meta["tensorrt"] = [p for p in b.meta.get("tensorrt") or [] if p.get("file") != entry["file"]] + [entry]
+    b.say(f"tensorrt: wrote {entry['file']} in {entry['build_s']:.1f} s")
+
+
+def add_plan_to_export(export_dir: str | Path, options: PlanOptions | None = None, data_path: str | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Build a plan on this machine for the finished export ``export_dir`` and add it (``lightcl export
+    --add-plan``): the directory is checked (no link, FIFO or non-export; every file against its sha256), TensorRT
+    is required (exit 3, one line) before any work, and the new version is swapped in atomically with meta.json
+    updated; files lightcl did not write are carried over, never deleted. Returns the plan's ``meta`` entry.
+
+    An int8 plan calibrates on ``options.calib_size`` ("auto": 256) training images of the export's dataset;
+    graph exports (``lightcl.export.intake``) record none, so they take int8 plans at export time only.
+    No parity run here (the export's torch model is not at hand): the entry has none."""
+    o = options or PlanOptions()
+    d = existing_export(export_dir)
+    meta = load_export_meta(d, verify=False)  # add_artefact verifies every file before it copies them
+    images = Images()
+    if o.precision == "int8":
         if not meta.get("dataset"):  # graph exports (lightcl.export.intake) calibrate on the user's images
-            from lightcl.engine.errors import InputError
-
-            raise InputError(f"export {export_dir} records no dataset to calibrate an int8 plan on; build it at "
+            raise InputError(f"export {d} records no dataset to calibrate an int8 plan on; build it at "
                              "export time (lightcl export ... --tensorrt --int8 --images DIR)")
-        calib, _ = real_images(meta["dataset"], "train", calib_size, meta["normalization"], data_path, seed=2,
-                               input_shape=meta["input_shape"], resize=meta.get("resize"))
-    # files lightcl did not write are carried over by the swap (never deleted)
-    with atomic_directory(export_dir, owned=owned_names) as tmp:
-        for name in meta["files"]:
-            shutil.copy2(export_dir / name, tmp / name)
-        entry = build_plan(tmp / "frozen.onnx", tmp, precision=precision, max_batch=max_batch,
-                           workspace_mib=workspace_mib, calib_x=calib, progress=progress, trt=trt)
-        old = [p for p in meta.get("tensorrt", []) or [] if p.get("file") != entry["file"]]
-        meta["tensorrt"] = old + [entry]
-        meta["files"][entry["file"]] = sha256_file(tmp / entry["file"])
-        write_json_atomic(tmp / META_NAME, meta)
-    return entry
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lightcl.export.tensorrt_build",
-                                description="Add a TensorRT plan, built on this machine, to an export directory.")
-    p.add_argument("export_dir")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--fp16", action="store_true")
-    g.add_argument("--int8", action="store_true")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--workspace-mib", type=int, default=1024)
-    p.add_argument("--calib-size", type=int, default=256)
-    p.add_argument("--data-path", default=None)
-    a = p.parse_args(argv)
-    try:
-        e = add_plan_to_export(a.export_dir, "int8" if a.int8 else "fp16" if a.fp16 else "fp32", a.max_batch,
-                               a.workspace_mib, a.calib_size, a.data_path)
-    except LightCLError as err:
-        print(f"tensorrt_build: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 1)
-    print(f"wrote {e['file']} ({e['build_s']:.1f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        n = 256 if o.calib_size in (None, "auto") else int(o.calib_size)
+        if n < 1:
+            raise InputError(f"--calib-size must be >= 1, got {n}")
+        o.calib_size = n
+        images.calib = lambda k: real_images(meta["dataset"], "train", k, meta["normalization"], data_path, seed=2,
+                                             input_shape=meta["input_shape"], resize=meta.get("resize"))[0]
+    say = (lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True)) if progress else None
+    new = add_artefact(d, "tensorrt", o, images, progress=progress, say=say)
+    return new["tensorrt"][-1]

@@ -47,6 +47,8 @@ from torch import Tensor, nn
 
 from lightcl.engine.errors import InputError
 
+from .registry import cached_points, known, lookup
+
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -432,10 +434,7 @@ class TorchvisionEntry:
     @property
     def split_points(self) -> Tuple[str, ...]:
         """Valid split names (built once, without touching the caller's random stream)."""
-        if not self._points:
-            with torch.random.fork_rng(devices=[]):
-                self._points.extend(_split_points(self.build(num_classes=2), self.classifier))
-        return tuple(self._points)
+        return cached_points(self._points, lambda: _split_points(self.build(num_classes=2), self.classifier))
 
     def default_cfg(self) -> Dict[str, Any]:
         """JSON-clean summary (``lightcl info``, docs, tests)."""
@@ -481,14 +480,12 @@ _ENTRIES: Dict[str, TorchvisionEntry] = {e.name: e for e in (
 
 def list_torchvision_models() -> List[str]:
     """Registered names, sorted."""
-    return sorted(_ENTRIES)
+    return known(_ENTRIES)
 
 
 def torchvision_entry(name: str) -> TorchvisionEntry:
     """The entry of ``name``; :class:`UnknownModelError` naming the known ones otherwise."""
-    if name not in _ENTRIES:
-        raise UnknownModelError(f"unknown torchvision model {name!r}; known: {', '.join(list_torchvision_models())}")
-    return _ENTRIES[name]
+    return lookup(_ENTRIES, name, "torchvision model", UnknownModelError)
 
 
 def create_torchvision_model(name: str, num_classes: int = 1000, **kw: Any) -> nn.Module:

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from lightcl.engine.errors import LightCLError
 
+from .artefacts import Build, register_artefact
+
 TRT82_SOURCE = {
     "parser": "TensorRT 8.2 ONNX parser (onnx-tensorrt release/8.2-GA)",
     "url": "https://github.com/onnx/onnx-tensorrt/blob/release/8.2-GA/docs/operators.md",
@@ -326,3 +328,9 @@ def check_export(export_dir: str | Path, meta: dict[str, Any], say: Callable[[st
 
 
 __all__ = ["TRT82_OPERATORS", "TRT82_SOURCE", "check_trt82", "check_export", "summary", "UnsupportedOperatorError"]
+
+
+@register_artefact("trt82", order=30, needs=("onnx",), files="none (meta.json's trt82_check)")
+def build_trt82(b: Build, _options: None) -> None:
+    """The jetson-nano profile's check of every ONNX file written so far against TensorRT 8.2's operators."""
+    check_export(b.dir, b.meta, b.say)

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from lightcl.engine.blocks import BasicBlock, ConvBNAct, ImageNetStem, InvertedResidual, Stem
 from lightcl.engine.head import Head
 
+from .registry import cached_points, known, lookup
+
 DEFAULT_INPUT_SIZE: Tuple[int, int, int] = (3, 32, 32)
 """What a backbone registered without ``input_size`` takes (the zoo's CIFAR-style 32x32 RGB)."""
 
@@ -48,12 +50,9 @@ class BackboneEntry:
 
     @property
     def split_points(self) -> Tuple[str, ...]:
-        if not self._points:
-            # built once, at a tiny width, without touching the caller's random stream
-            with torch.random.fork_rng(devices=[]):
-                self._points.extend(split_points(self.build(num_classes=2, width=8,
-                                                            in_channels=self.input_size[0])))
-        return tuple(self._points)
+        # built once, at a tiny width, without touching the caller's random stream
+        return cached_points(self._points, lambda: split_points(self.build(num_classes=2, width=8,
+                                                                           in_channels=self.input_size[0])))
 
     @property
     def split(self) -> str:
@@ -88,14 +87,12 @@ def register_backbone(name: str, *, input_size: Tuple[int, int, int] = DEFAULT_I
 
 
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    return known(_REGISTRY)
 
 
 def backbone_entry(arch: str) -> BackboneEntry:
     """The registry entry of ``arch``; ``ValueError`` naming the known ones if it is unknown."""
-    if arch not in _REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(list_backbones())}")
-    return _REGISTRY[arch]
+    return lookup(_REGISTRY, arch, "arch")
 
 
 def default_split(arch: str) -> str:

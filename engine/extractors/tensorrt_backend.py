@@ -111,7 +111,7 @@ class TensorRTExtractor(BaseExtractor):
                 raise StateError(
                     f"no TensorRT plan in {export_dir} for TensorRT {trt.__version__} on sm_{cc}"
                     f"{' at ' + precision if precision else ''} (plans: {have}); build one on this machine with "
-                    f"`python -m lightcl.export.tensorrt_build {export_dir}` or `lightcl export CKPT --tensorrt`")
+                    f"`lightcl export --add-plan {export_dir}` or `lightcl export CKPT --tensorrt`")
             entry = plans[0]
         else:
             entry = next((p for p in meta.get("tensorrt", []) or [] if p.get("file") == plan), None)

@@ -3,13 +3,22 @@
 * ``lightcl export CKPT --out DIR``: a ``lightcl pretrain`` checkpoint (docs/export.md, "Checkpoint format");
 * ``lightcl export W.pth --arch tv_resnet18 --images IMGS --out DIR``: a torchvision-keyed weights file;
 * ``lightcl export --model pkg.mod:factory [--weights W] --split S --classifier C --input-size C,H,W --mean ..
-  --std .. --images IMGS --out DIR``: any ``nn.Module`` by import path (docs/export.md, "Your own model").
+  --std .. --images IMGS --out DIR``: any ``nn.Module`` by import path (docs/export.md, "Your own model");
+* ``lightcl export --add-plan DIR [--fp16|--int8] [--max-batch N]``: a TensorRT plan, built on this machine, added
+  to a finished export (docs/export.md, "--tensorrt").
 """
 from __future__ import annotations
 
 import argparse
 
 from lightcl.commands import _args
+from lightcl.engine.errors import InputError
+
+
+class UsageError(InputError):
+    """Options that do not go together (exit 2, like argparse's own usage errors)."""
+
+    exit_code = 2
 
 DESCRIPTION = (
     "Split a pretrained checkpoint at a named block: the frozen lower/middle layers go to DIR/frozen.onnx "
@@ -22,7 +31,8 @@ DESCRIPTION = (
     "pruning, residual groups kept consistent) so every exported tensor is smaller. Besides a lightcl checkpoint, "
     "the source may be a torchvision-keyed weights file (--arch tv_resnet18 ...) or any nn.Module by import path "
     "(--model pkg.module:factory); both need --images DIR (a class-per-subfolder folder) for parity and "
-    "calibration at the model's own input size. docs/export.md")
+    "calibration at the model's own input size. --add-plan DIR adds a TensorRT plan built on this machine to a "
+    "finished export instead (exit 3 where TensorRT or CUDA is missing). docs/export.md")
 
 
 def _calib_size(value: str) -> int | str:
@@ -65,7 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-names", default=None, metavar="A,B,...",
                    help="names of the model's own classes, one per classifier output (default: the --images folder's "
                         "class folders when there are as many)")
-    _args.output(p.add_argument("--out", required=True, help="export directory to write (replaced atomically)"), "dir")
+    _args.output(p.add_argument("--out", default=None, help="export directory to write (replaced atomically; "
+                                                             "needed unless --add-plan)"), "dir")
+    _args.output(p.add_argument("--add-plan", default=None, metavar="EXPORT_DIR",
+                                help="add a TensorRT plan built on this machine to this finished export (with --fp16 "
+                                     "or --int8, --max-batch, --workspace-mib, --calib-size, --data-path); the "
+                                     "directory is swapped atomically with meta.json updated, other files are kept. "
+                                     "Needs tensorrt + a CUDA GPU (exit 3 otherwise)"), "dir")
     p.add_argument("--split", default=None, help="last frozen block or stage, e.g. resnet18: stem, layer1..layer4, "
                                                   "layer4.0; mobilenetv2: stage1..stage7, stage6.1 (default: the "
                                                   "backbone's, layer3 / stage5); with --arch/--model any module name "
@@ -74,19 +90,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: dynamo exporter, opset 18; jetson-nano: legacy exporter, opset 13 (TensorRT 8.2)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs diff allowed between ONNX and PyTorch (1e-4)")
     p.add_argument("--int8", action="store_true",
-                   help="also write frozen.int8.onnx (static QDQ); with --tensorrt, build an int8 plan")
+                   help="also write frozen.int8.onnx (static QDQ); with --tensorrt or --add-plan, build an int8 plan")
     p.add_argument("--calib-size", type=_calib_size, default="auto", metavar="auto|N",
                    help="real images used for int8 calibration (auto: 1024 for a pruned export, --sparsity; "
-                        "256 otherwise)")
+                        "256 otherwise, and for --add-plan --int8)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="int8 calibration method (minmax)")
     p.add_argument("--min-agreement", type=float, default=0.98,
                    help="minimum top-1 agreement of int8 vs fp32 on held-out images (0.98)")
     p.add_argument("--force", action="store_true", help="keep the int8 model even below --min-agreement")
     p.add_argument("--tensorrt", action="store_true", help="build a TensorRT plan (needs tensorrt + a CUDA GPU)")
-    p.add_argument("--fp16", action="store_true", help="with --tensorrt: fp16 plan")
-    p.add_argument("--max-batch", type=int, default=32, help="with --tensorrt: optimisation profile 1..N (32)")
-    p.add_argument("--workspace-mib", type=int, default=1024, help="with --tensorrt: builder workspace limit (1024)")
+    p.add_argument("--fp16", action="store_true", help="with --tensorrt or --add-plan: fp16 plan")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="with --tensorrt or --add-plan: optimisation profile 1..N (32)")
+    p.add_argument("--workspace-mib", type=int, default=1024,
+                   help="with --tensorrt or --add-plan: builder workspace limit (1024)")
     p.add_argument("--sparsity", default=None, metavar="authors|S",
                    help="prune output channels physically before the split: 'authors' (the paper's per-stage "
                         "ratios 0.2/0.2/0.2/0.7/0.8, signed-mean importance, ~0.90 weight sparsity) or a global "
@@ -104,8 +122,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
-    from lightcl.engine.errors import InputError
-
     if text is None:
         return None
     try:
@@ -115,8 +131,6 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 
 
 def _input_size(text: str | None) -> tuple[int, int, int] | None:
-    from lightcl.engine.errors import InputError
-
     if text is None:
         return None
     try:
@@ -132,7 +146,6 @@ def _input_size(text: str | None) -> tuple[int, int, int] | None:
 
 def run_own_model(args: argparse.Namespace) -> dict:
     """--arch / --model: the graph intakes (lightcl.export.intake)."""
-    from lightcl.engine.errors import InputError
     from lightcl.export import intake
 
     if args.arch and args.model:
@@ -176,10 +189,50 @@ def run_own_model(args: argparse.Namespace) -> dict:
                                  classifier=args.classifier, input_shape=shape, mean=mean, std=std, **common)
 
 
+def run_add_plan(args: argparse.Namespace) -> int:
+    """--add-plan DIR: the directory is checked first (a link, FIFO, file or non-export is refused in one line,
+    exit 1), then the options, then TensorRT (exit 3 where it or CUDA is missing), then the plan is built."""
+    from lightcl.commands._safety import check_output
+    from lightcl.export.artefacts import PlanOptions, existing_export
+    from lightcl.export.tensorrt_build import add_plan_to_export
+
+    existing_export(args.add_plan)
+    stray = [f for f, v in (("SOURCE", args.checkpoint), ("--out", args.out), ("--arch", args.arch),
+                            ("--model", args.model), ("--weights", args.weights), ("--classifier", args.classifier),
+                            ("--input-size", args.input_size), ("--mean", args.mean), ("--std", args.std),
+                            ("--resize", args.resize), ("--images", args.images), ("--class-names", args.class_names),
+                            ("--split", args.split), ("--sparsity", args.sparsity),
+                            ("--round-channels", args.round_channels), ("--recover-epochs", args.recover_epochs),
+                            ("--force", args.force or None), ("--profile", None if args.profile == "default" else 1),
+                            ("--atol", None if args.atol == 1e-4 else 1),
+                            ("--min-agreement", None if args.min_agreement == 0.98 else 1),
+                            ("--calib-method", None if args.calib_method == "minmax" else 1)) if v is not None]
+    if stray:
+        raise UsageError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not go with --add-plan, which adds "
+                         "a TensorRT plan to a finished export")
+    if args.fp16 and args.int8:
+        raise UsageError("--fp16 and --int8 are two plan precisions: give one")
+    check_output(args.json, dirs=[args.add_plan])
+    opts = PlanOptions("int8" if args.int8 else "fp16" if args.fp16 else "fp32", args.max_batch, args.workspace_mib,
+                       None, args.calib_size)
+    e = add_plan_to_export(args.add_plan, opts, data_path=args.data_path, progress=not args.quiet)
+    print(f"added {e['file']} to {args.add_plan}: TensorRT {e['trt_version']}, sm_{e['compute_capability']}, "
+          f"{e['precision']}, batch 1..{e['max_batch']} ({e['build_s']:.1f} s)")
+    if args.json:
+        from lightcl.engine.export_dir import load_export_meta
+        from lightcl.engine.fileio import write_json_atomic
+
+        write_json_atomic(args.json, load_export_meta(args.add_plan, verify=False))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from lightcl.engine.errors import InputError
     from lightcl.export.onnx_export import export_checkpoint, summary_lines
 
+    if args.add_plan is not None:
+        return run_add_plan(args)
+    if args.out is None:
+        raise UsageError("--out DIR is needed (or --add-plan EXPORT_DIR to add a TensorRT plan to a finished export)")
     if args.arch or args.model:
         from lightcl.commands._safety import check_output, check_output_dir
 
