@@ -28,6 +28,7 @@ import copy
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -135,26 +136,29 @@ def unit_features(model, x: Tensor, units: list[tuple[str, list[int]]]) -> dict[
 
 
 # --------------------------------------------------------------------------- the analysis
-def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = None,
-            new_classes: Sequence[int] | None = None, epochs: int = 3, lr: float = 0.01, momentum: float = 0.9,
-            batch_size: int = 32, seeds: int = 1, level: str = "stage", lp_threshold: float = LP_THRESHOLD,
-            ms_threshold: float = MS_THRESHOLD, max_train: int | None = None, max_eval: int = 500,
-            data_path: str | None = None, threads: int | None = None, progress: bool = True,
-            echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from tqdm import tqdm
+@dataclass
+class _Tasks:
+    """The analysis's two tasks on one dataset: images, preprocessing, the old and new classes and where each
+    class sits in the fresh classifier (``lut``: class -> output; old first, then new)."""
 
-    from lightcl.export.checkpoint import load_checkpoint
+    train: Any
+    test: Any
+    pre_train: Any
+    pre_eval: Any
+    old: list[int]
+    new: list[int]
+    lut: Tensor
+    pos_old: list[int]
+    pos_new: list[int]
 
+
+def _tasks(meta: dict, dataset: str, old_classes, new_classes, data_path: str | None) -> _Tasks:
+    """The dataset split into the old and new task (default: the first half of its classes, then the rest),
+    normalised like the backbone (its checkpoint's normalisation, else the dataset's own statistics)."""
     from lightcl.data.datasets import load_dataset
     from lightcl.data.tasks import TensorData
     from lightcl.data.transforms import Preprocess
 
-    if epochs < 1 or seeds < 1 or batch_size < 1 or max_eval < 2:
-        raise InputError("epochs, seeds and batch size must be >= 1 and max_eval >= 2")
-    if threads:
-        torch.set_num_threads(int(threads))
-    t_start = time.perf_counter()
-    base, meta = load_checkpoint(ckpt)
     norm = meta.get("normalization") or {}
     train = TensorData(load_dataset(dataset, "train", data_path))
     test = TensorData(load_dataset(dataset, "test", data_path))
@@ -173,61 +177,66 @@ def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = 
     for i, c in enumerate(old + new):
         lut[c] = i
     pos_old, pos_new = list(range(len(old))), list(range(len(old), len(old) + len(new)))
-    ytr, yte = train.y.numpy(), test.y.numpy()
+    return _Tasks(train, test, pre_train, pre_eval, old, new, lut, pos_old, pos_new)
 
-    def pick(y, cls, limit, rng):
-        idx = np.flatnonzero(np.isin(y, cls))
-        if limit is not None and len(idx) > limit:
-            idx = np.sort(rng.choice(idx, size=limit, replace=False))
-        return idx
 
-    units = units_of(base, level)
-    n_runs = 2 + len(units) + max(0, len(units) - 2)  # old, full new, single freezes, extra prefixes
-    per_seed: list[dict] = []
-    bar = None
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        tr_old, tr_new = pick(ytr, old, max_train, rng), pick(ytr, new, max_train, rng)
-        te_old, te_new = pick(yte, old, None, rng), pick(yte, new, None, rng)
-        ev_old = te_old if len(te_old) <= max_eval else np.sort(rng.choice(te_old, size=max_eval, replace=False))
-        steps = epochs * (math.ceil(len(tr_old) / batch_size) + (n_runs - 1) * math.ceil(len(tr_new) / batch_size))
-        if bar is None:
-            bar = tqdm(total=steps * seeds, disable=not progress, unit="step", desc="analyze")
-        tick = (lambda: bar.update(1)) if progress else None
-        common = dict(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed, on_step=tick)
+def _pick(y, cls, limit, rng):
+    idx = np.flatnonzero(np.isin(y, cls))
+    if limit is not None and len(idx) > limit:
+        idx = np.sort(rng.choice(idx, size=limit, replace=False))
+    return idx
 
-        model_a = copy.deepcopy(base)
-        _fresh_fc(model_a, len(old) + len(new), torch.Generator().manual_seed(seed))
-        finetune(model_a, train, tr_old, pos_old, lut, pre_train, **common)
-        acc_old_before = task_accuracy(model_a, test, te_old, pos_old, lut, pre_eval)
-        x_ev = pre_eval(test.x[torch.as_tensor(ev_old)])
-        before = unit_features(model_a, x_ev, units)
 
-        def new_task(frozen: set[int]) -> tuple[float, Any]:
-            m = copy.deepcopy(model_a)
-            finetune(m, train, tr_new, pos_new, lut, pre_train, frozen_blocks=frozen, **common)
-            return task_accuracy(m, test, te_new, pos_new, lut, pre_eval), m
+def _seed_samples(t: _Tasks, seed: int, max_train: int | None, max_eval: int) -> dict[str, np.ndarray]:
+    """A seed's samples (one RNG, drawn in this order): old/new training, old/new test, the old test images
+    whose features are compared (at most ``max_eval``)."""
+    rng = np.random.default_rng(seed)
+    ytr, yte = t.train.y.numpy(), t.test.y.numpy()
+    tr_old, tr_new = _pick(ytr, t.old, max_train, rng), _pick(ytr, t.new, max_train, rng)
+    te_old, te_new = _pick(yte, t.old, None, rng), _pick(yte, t.new, None, rng)
+    ev_old = te_old if len(te_old) <= max_eval else np.sort(rng.choice(te_old, size=max_eval, replace=False))
+    return {"tr_old": tr_old, "tr_new": tr_new, "te_old": te_old, "te_new": te_new, "ev_old": ev_old}
 
-        acc_full, model_b = new_task(set())
-        acc_old_after = task_accuracy(model_b, test, te_old, pos_old, lut, pre_eval)
-        after = unit_features(model_b, x_ev, units)
-        ms = {name: linear_cka(before[name], after[name]) for name, _ in units}
-        del model_b, before, after
-        single, prefix = {}, {}
-        for j, (name, ids) in enumerate(units):
-            single[name], _ = new_task(set(ids))
-            if j == 0:
-                prefix[name] = single[name]
-            else:
-                prefix[name], _ = new_task({i for _, ii in units[: j + 1] for i in ii})
-        per_seed.append({"seed": seed, "acc_full": acc_full, "acc_old_before": acc_old_before,
-                         "acc_old_after": acc_old_after, "ms": ms, "acc_single": single, "acc_prefix": prefix})
-    if bar is not None:
-        bar.close()
 
-    def ms_(vals):
-        return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+def _learn_seed(base, units, t: _Tasks, idx: dict[str, np.ndarray], common: dict) -> dict:
+    """One seed: the old task learned by full fine-tuning; then the new task with everything trained (MS: CKA of
+    each unit's features before/after), with each unit frozen, and with each prefix of units frozen (LP)."""
+    seed = common["seed"]
+    model_a = copy.deepcopy(base)
+    _fresh_fc(model_a, len(t.old) + len(t.new), torch.Generator().manual_seed(seed))
+    finetune(model_a, t.train, idx["tr_old"], t.pos_old, t.lut, t.pre_train, **common)
+    acc_old_before = task_accuracy(model_a, t.test, idx["te_old"], t.pos_old, t.lut, t.pre_eval)
+    x_ev = t.pre_eval(t.test.x[torch.as_tensor(idx["ev_old"])])
+    before = unit_features(model_a, x_ev, units)
 
+    def new_task(frozen: set[int]) -> tuple[float, Any]:
+        m = copy.deepcopy(model_a)
+        finetune(m, t.train, idx["tr_new"], t.pos_new, t.lut, t.pre_train, frozen_blocks=frozen, **common)
+        return task_accuracy(m, t.test, idx["te_new"], t.pos_new, t.lut, t.pre_eval), m
+
+    acc_full, model_b = new_task(set())
+    acc_old_after = task_accuracy(model_b, t.test, idx["te_old"], t.pos_old, t.lut, t.pre_eval)
+    after = unit_features(model_b, x_ev, units)
+    ms = {name: linear_cka(before[name], after[name]) for name, _ in units}
+    del model_b, before, after
+    single, prefix = {}, {}
+    for j, (name, ids) in enumerate(units):
+        single[name], _ = new_task(set(ids))
+        if j == 0:
+            prefix[name] = single[name]
+        else:
+            prefix[name], _ = new_task({i for _, ii in units[: j + 1] for i in ii})
+    return {"seed": seed, "acc_full": acc_full, "acc_old_before": acc_old_before,
+            "acc_old_after": acc_old_after, "ms": ms, "acc_single": single, "acc_prefix": prefix}
+
+
+def _mean_std(vals) -> tuple[float, float]:
+    return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _unit_rows(base, units, per_seed: list[dict]) -> list[dict]:
+    """Per unit, over the seeds: its parameters, LP loss frozen alone and as the end of a frozen prefix, MS."""
+    ms_ = _mean_std
     rows = []
     for name, ids in units:
         n_par = sum(p.numel() for i in ids for p in base.blocks[i].parameters())
@@ -239,11 +248,48 @@ def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = 
                      "acc_single": ms_([r["acc_single"][name] for r in per_seed])[0],
                      "acc_prefix": ms_([r["acc_prefix"][name] for r in per_seed])[0],
                      "ms": ms_([r["ms"][name] for r in per_seed])[0], "ms_std": ms_([r["ms"][name] for r in per_seed])[1]})
+    return rows
+
+
+def analyze(ckpt: str | Path, dataset: str, old_classes: Sequence[int] | None = None,
+            new_classes: Sequence[int] | None = None, epochs: int = 3, lr: float = 0.01, momentum: float = 0.9,
+            batch_size: int = 32, seeds: int = 1, level: str = "stage", lp_threshold: float = LP_THRESHOLD,
+            ms_threshold: float = MS_THRESHOLD, max_train: int | None = None, max_eval: int = 500,
+            data_path: str | None = None, threads: int | None = None, progress: bool = True,
+            echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from lightcl.export.checkpoint import load_checkpoint
+
+    if epochs < 1 or seeds < 1 or batch_size < 1 or max_eval < 2:
+        raise InputError("epochs, seeds and batch size must be >= 1 and max_eval >= 2")
+    if threads:
+        torch.set_num_threads(int(threads))
+    t_start = time.perf_counter()
+    base, meta = load_checkpoint(ckpt)
+    t = _tasks(meta, dataset, old_classes, new_classes, data_path)
+    units = units_of(base, level)
+    n_runs = 2 + len(units) + max(0, len(units) - 2)  # old, full new, single freezes, extra prefixes
+    per_seed: list[dict] = []
+    bar = None
+    for seed in range(seeds):
+        idx = _seed_samples(t, seed, max_train, max_eval)
+        tr_old, tr_new = idx["tr_old"], idx["tr_new"]
+        steps = epochs * (math.ceil(len(tr_old) / batch_size) + (n_runs - 1) * math.ceil(len(tr_new) / batch_size))
+        if bar is None:
+            bar = tqdm(total=steps * seeds, disable=not progress, unit="step", desc="analyze")
+        tick = (lambda: bar.update(1)) if progress else None
+        common = dict(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed, on_step=tick)
+        per_seed.append(_learn_seed(base, units, t, idx, common))
+    if bar is not None:
+        bar.close()
+    ms_ = _mean_std
+    rows = _unit_rows(base, units, per_seed)
     recommended = recommend(rows, lp_threshold, ms_threshold)
     return {
         "checkpoint": str(ckpt), "arch": meta.get("arch"), "width": meta.get("width"),
         "pretrained_on": meta.get("dataset"), "dataset": dataset, "level": level,
-        "old_classes": old, "new_classes": new, "epochs": epochs, "lr": lr, "momentum": momentum,
+        "old_classes": t.old, "new_classes": t.new, "epochs": epochs, "lr": lr, "momentum": momentum,
         "batch_size": batch_size, "seeds": seeds, "max_train": max_train, "max_eval": max_eval,
         "train_sizes": {"old": int(len(tr_old)), "new": int(len(tr_new))},
         "acc_full": ms_([r["acc_full"] for r in per_seed])[0],

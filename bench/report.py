@@ -154,7 +154,41 @@ def _theory_row(r: dict) -> str:
             f"{a['activations']:,} ({a['samples_per_step']} samples) | {a['buffer']:,} | {r['theoretical_mib']:.1f} |")
 
 
-def report_md(results: dict, plots: list[str] | None = None) -> str:
+# what the report says about its own method: the same text in every report
+HOW_MEASURED = [
+    "- **Accuracy**: one evaluation pass per task boundary on the test split of every task seen so far; TIL = "
+    "argmax inside the task's own outputs, CIL = argmax over every class seen; both from the same logits. "
+    "Final = mean over tasks after the last one; forgetting = mean over old tasks of (best earlier accuracy - "
+    "final); BWT = mean of (final - just-learned accuracy).",
+    "- **Measured peak ΔRSS**: each method-seed runs alone in a fresh process; peak resident memory while "
+    "training (Linux VmHWM, reset after the method is built and after each evaluation, each time after "
+    "`malloc_trim`) minus the idle process (interpreter + torch + onnxruntime + the uint8 dataset, after one "
+    "tiny throw-away training step in torch and one conv in onnxruntime, so library code paged in by a first "
+    "step counts for nobody). Evaluation runs in batches of 32 so no allocator arena outgrows training. The "
+    "table's column excludes evaluation passes; the forgetting table's last column is the whole run's peak.",
+    "- **Theoretical memory**: the paper's accounting in fp32: weights held + gradients of trainable weights + "
+    "optimiser state + extra state (EWC: Fisher + anchor; LwF: the teacher) + activations of one step "
+    "(outputs of every leaf module for batch 32 plus the replayed samples, through the trained part only) + "
+    "the buffer.",
+    "- **Task-incremental-only methods** (`pnn`): a column per task, picked by the task id; CIL has no meaning "
+    "and is reported as n/a, never as a number. PNN's theoretical memory is taken after the last task (every "
+    "column held, gradients of the newest column and its laterals): it grows with the tasks.",
+    "- **Sparse methods** (`sparcl-*`): weights held and gradients count the mask's kept entries (+ the dense "
+    "stem, shortcuts, BN and classifier), as the paper counts SparCL (its 140.6 MB for SparCL-DER++ against "
+    "217.3 for DER++ is weights and gradients at 10%); activations are dense; FLOPs count each pruned conv at "
+    "its mask density, and samples removed by dynamic data removal cost nothing. Measured memory is dense "
+    "PyTorch tensors (the masks zero weights, they do not shrink storage).",
+    "- **Training FLOPs**: conv + linear only (2 per multiply-add), per sample: 1x forward FLOPs for a part that "
+    "is only run forward (the frozen extractor, LwF's teacher, buffer targets), 3x for a part that is trained "
+    "(forward + backward); summed over every step and end-of-task pass (EWC's Fisher, LightCL's vital channels). "
+    "Evaluation is not counted.",
+    "- **Update step**: median wall time of one `observe` call (batch 32 + whatever the method replays). "
+    "**Wall**: build + train + evaluate, per run.",
+]
+
+
+def _setting(results: dict) -> list[str]:
+    """The title, how to regenerate, and the setting: scenario, pretrained start, seeds, machine, wall time."""
     s = results["scenario"]
     b = results.get("backbone", {})
     env = results.get("env", {})
@@ -177,6 +211,13 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         f"- suite wall time: {results.get('wall_s', 0) / 60:.1f} min"
         + ("" if results.get("finished") else " (**partial: the suite had not finished when this was written**)"),
         "",
+    ]
+    return lines
+
+
+def _accuracy_sections(results: dict) -> list[str]:
+    """The main table (with the paper's note on a paper suite), forgetting, and the mean accuracy matrices."""
+    lines = [
         "## Results (Table 1 shape; mean ± std over seeds)",
         "",
         main_table(results),
@@ -194,64 +235,49 @@ def report_md(results: dict, plots: list[str] | None = None) -> str:
         for m, a in agg.items():
             cil = matrix_block(a["cil"], "CIL %") if a["cil"] is not None else "     CIL %  n/a (task-incremental only)"
             lines += [f"`{m}`", "", "```", cil, matrix_block(a["til"], "TIL %"), "```", ""]
+    return lines
+
+
+def _method_tables(results: dict) -> list[str]:
+    """Per method (seed 0's run): the theoretical memory itemised, and the hyperparameters with their source."""
     ok = ok_records(results)
-    if ok:
-        first = {}
-        for r in ok:
-            first.setdefault(r["method"], r)
-        lines += ["## Theoretical memory, itemised (elements, fp32; seed 0's run)", "",
-                  "| method | weights held | trainable (= gradients) | optimiser slots | extra state | activations of one step | buffer | MiB |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [_theory_row(r) for r in first.values()]
-        lines += [""]
-        lines += ["## Hyperparameters (from `bench/configs/*.json`)", "", "| method | hyperparameters | source |",
-                  "|---|---|---|"]
-        for m, r in first.items():
-            hp = ", ".join(f"{k}={v}" for k, v in r.get("hyperparameters", {}).items())
-            lines.append(f"| `{m}` | {hp} | {r.get('config', {}).get('source', '')} |")
-        lines += [""]
+    if not ok:
+        return []
+    first = {}
+    for r in ok:
+        first.setdefault(r["method"], r)
+    lines = ["## Theoretical memory, itemised (elements, fp32; seed 0's run)", "",
+             "| method | weights held | trainable (= gradients) | optimiser slots | extra state | activations of one step | buffer | MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [_theory_row(r) for r in first.values()]
+    lines += [""]
+    lines += ["## Hyperparameters (from `bench/configs/*.json`)", "", "| method | hyperparameters | source |",
+              "|---|---|---|"]
+    for m, r in first.items():
+        hp = ", ".join(f"{k}={v}" for k, v in r.get("hyperparameters", {}).items())
+        lines.append(f"| `{m}` | {hp} | {r.get('config', {}).get('source', '')} |")
+    lines += [""]
+    return lines
+
+
+def _skipped_and_failed(results: dict) -> list[str]:
     bad = [r for r in results.get("records", []) if r.get("status") != "ok"]
-    if bad or results.get("skipped"):
-        lines += ["## Skipped and failed runs", ""]
-        for sk in results.get("skipped", []):
-            lines.append(f"- `{sk['method']}`: {sk['reason']}")
-        for r in bad:
-            err = (r.get("error") or "").strip().splitlines()
-            lines.append(f"- `{r['method']}` seed {r['seed']}: failed (exit {r.get('returncode')}): "
-                         f"{err[-1] if err else ''} (log: {r.get('log')})")
-        lines += [""]
-    lines += [
-        "## How it is measured", "",
-        "- **Accuracy**: one evaluation pass per task boundary on the test split of every task seen so far; TIL = "
-        "argmax inside the task's own outputs, CIL = argmax over every class seen; both from the same logits. "
-        "Final = mean over tasks after the last one; forgetting = mean over old tasks of (best earlier accuracy - "
-        "final); BWT = mean of (final - just-learned accuracy).",
-        "- **Measured peak ΔRSS**: each method-seed runs alone in a fresh process; peak resident memory while "
-        "training (Linux VmHWM, reset after the method is built and after each evaluation, each time after "
-        "`malloc_trim`) minus the idle process (interpreter + torch + onnxruntime + the uint8 dataset, after one "
-        "tiny throw-away training step in torch and one conv in onnxruntime, so library code paged in by a first "
-        "step counts for nobody). Evaluation runs in batches of 32 so no allocator arena outgrows training. The "
-        "table's column excludes evaluation passes; the forgetting table's last column is the whole run's peak.",
-        "- **Theoretical memory**: the paper's accounting in fp32: weights held + gradients of trainable weights + "
-        "optimiser state + extra state (EWC: Fisher + anchor; LwF: the teacher) + activations of one step "
-        "(outputs of every leaf module for batch 32 plus the replayed samples, through the trained part only) + "
-        "the buffer.",
-        "- **Task-incremental-only methods** (`pnn`): a column per task, picked by the task id; CIL has no meaning "
-        "and is reported as n/a, never as a number. PNN's theoretical memory is taken after the last task (every "
-        "column held, gradients of the newest column and its laterals): it grows with the tasks.",
-        "- **Sparse methods** (`sparcl-*`): weights held and gradients count the mask's kept entries (+ the dense "
-        "stem, shortcuts, BN and classifier), as the paper counts SparCL (its 140.6 MB for SparCL-DER++ against "
-        "217.3 for DER++ is weights and gradients at 10%); activations are dense; FLOPs count each pruned conv at "
-        "its mask density, and samples removed by dynamic data removal cost nothing. Measured memory is dense "
-        "PyTorch tensors (the masks zero weights, they do not shrink storage).",
-        "- **Training FLOPs**: conv + linear only (2 per multiply-add), per sample: 1x forward FLOPs for a part that "
-        "is only run forward (the frozen extractor, LwF's teacher, buffer targets), 3x for a part that is trained "
-        "(forward + backward); summed over every step and end-of-task pass (EWC's Fisher, LightCL's vital channels). "
-        "Evaluation is not counted.",
-        "- **Update step**: median wall time of one `observe` call (batch 32 + whatever the method replays). "
-        "**Wall**: build + train + evaluate, per run.",
-        "",
-    ]
+    if not (bad or results.get("skipped")):
+        return []
+    lines = ["## Skipped and failed runs", ""]
+    for sk in results.get("skipped", []):
+        lines.append(f"- `{sk['method']}`: {sk['reason']}")
+    for r in bad:
+        err = (r.get("error") or "").strip().splitlines()
+        lines.append(f"- `{r['method']}` seed {r['seed']}: failed (exit {r.get('returncode')}): "
+                     f"{err[-1] if err else ''} (log: {r.get('log')})")
+    lines += [""]
+    return lines
+
+
+def report_md(results: dict, plots: list[str] | None = None) -> str:
+    lines = _setting(results) + _accuracy_sections(results) + _method_tables(results) + _skipped_and_failed(results)
+    lines += ["## How it is measured", "", *HOW_MEASURED, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if not results.get("paper_suite"):

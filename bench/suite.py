@@ -377,17 +377,62 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     ``method_config``: a user's ``METHOD.json`` (or a directory of them) in the cited configs' format,
     used instead of ``bench/configs/METHOD.json`` for the methods it covers (same as ``config_dir``).
     """
-    from tqdm import tqdm
-
-    from lightcl.bench.methods import is_built, method_class, parse_methods
-    from lightcl.bench.pipeline import ensure_backbone, ensure_dataset, ensure_export
+    from lightcl.bench.methods import method_class
     from lightcl.bench.report import write_all
+    from lightcl.engine.outpath import check_output_dir
+
+    scenario, seeds, names, config_dir = _check_request(suite, methods, seeds, epochs, buffer, executor, address,
+                                                        config_dir, method_config)
+    out = check_output_dir(out, "--out")  # a file, a link, a FIFO at OUT, or OUT under a file: one line, before any work
+    t_suite = time.perf_counter()
+    ckpt, export_dir, ckpt_meta, frozen = _pretrained_start(scenario, out, echo, progress)
+    runnable, skipped = _runnable(names, str(ckpt), scenario, echo)
+    # Shared, cached artefacts a method needs (lightcl-sparse: its pruned export) are built here, once,
+    # before any worker starts: a worker must not meter their build (pruning + recovery fine-tune) as
+    # its own memory. A worker on a cache miss (another machine of a Ray cluster) still builds them.
+    for m in runnable:
+        method_class(m).prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"],
+                                echo=echo, progress=progress)
+    steps = _planned_steps(scenario, data_path)
+    results = _results_head(suite, scenario, command, names, seeds, buffer, threads, backend, device, ckpt, ckpt_meta,
+                            export_dir, steps, skipped)
+    runs = [(seed, m) for seed in range(seeds) for m in runnable]
+    common = {"scenario": scenario.to_dict(), "ckpt": str(ckpt), "export_dir": str(export_dir), "threads": threads,
+              "frozen": frozen, "backend": backend, "device": device, "data_path": data_path}
+    jobs, finished = _plan_jobs(runs, suite, config_dir, buffer, common, out, resume, echo)
+    tracker = _SuiteProgress(results, runs, finished, steps, out, sum(steps * j.weight for j in jobs), progress, echo,
+                             t_suite)
+    echo(f"suite {suite}: {len(runnable)} method(s) x {seeds} seed(s), {scenario.epochs} epoch(s)/task, "
+         f"{steps} steps per run; each run in its own process ({executor} executor); log files in {out / 'logs'}")
+    if finished:
+        echo(f"suite {suite}: resuming: {len(finished)} of {len(runs)} run(s) already finished in {out / RECORDS_DIR} "
+             f"({', '.join(f'{m} seed {s}' for s, m in finished)}); running the other {len(jobs)}")
+    results["executor"] = {"name": executor, "address": address, "resumed": len(finished)}
+    results["records"] = tracker.records()
+    if executor == "ray":
+        from lightcl.bench.executors import run_ray
+
+        if jobs:
+            run_ray(jobs, tracker.on_done, address=address, echo=tracker.bar.write if progress else echo)
+    else:
+        from lightcl.bench.executors import run_local
+
+        run_local(jobs, tracker.on_done, tracker.on_tick)
+    tracker.bar.close()
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["wall_s"] = time.perf_counter() - t_suite
+    write_all(results, out, plots=plots)
+    return results
+
+
+def _check_request(suite: str, methods, seeds: int | None, epochs: int | None, buffer: int | None, executor: str,
+                   address: str | None, config_dir, method_config) -> tuple:
+    """Every argument checked, one :class:`InputError` line each, before any work: returns (scenario, seeds,
+    method names, config directory)."""
+    from lightcl.bench.executors import EXECUTORS
+    from lightcl.bench.methods import parse_methods
     from lightcl.bench.scenarios import get_scenario
     from lightcl.engine.errors import InputError
-    from lightcl.engine.runtime_info import collect
-
-    from lightcl.bench.executors import EXECUTORS
-    from lightcl.engine.fileio import write_json_atomic
 
     if executor not in EXECUTORS:
         raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
@@ -412,25 +457,35 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         config_dir = method_config
     for m in names:  # every config's keys checked against the typed configs before any work
         load_config(m, suite, config_dir)
-    from lightcl.engine.outpath import check_output_dir, ensure_dir
+    return scenario, seeds, names, config_dir
 
-    out = check_output_dir(out, "--out")  # a file, a link, a FIFO at OUT, or OUT under a file: one line, before any work
-    t_suite = time.perf_counter()
+
+def _pretrained_start(scenario, out: Path, echo, progress: bool) -> tuple:
+    """The same start for every method: the dataset, the scenario's cached backbone and its split export (built
+    once), the frozen part's figures; then OUT's folders. Returns (checkpoint, export, checkpoint meta, figures)."""
+    from lightcl.bench.pipeline import ensure_backbone, ensure_dataset, ensure_export
+    from lightcl.engine.export_dir import load_export_meta
+    from lightcl.engine.outpath import ensure_dir
+    from lightcl.export.checkpoint import checkpoint_paths
 
     # data first: a missing dataset is one helpful line (DatasetNotFoundError, exit 2), nothing else
     ensure_dataset(scenario.cl_dataset, echo)
     ckpt = ensure_backbone(scenario, echo=echo, progress=progress)
     export_dir = ensure_export(ckpt, scenario.split, echo=echo, progress=progress)
-    from lightcl.export.checkpoint import checkpoint_paths
-
     ckpt_meta = json.loads(checkpoint_paths(ckpt)[1].read_text())
-    from lightcl.engine.export_dir import load_export_meta
-
     frozen = _frozen_figures(str(ckpt), scenario.split,
                              tuple(int(v) for v in load_export_meta(export_dir, verify=False)["input_shape"][-3:]))
     ensure_dir(out, "--out")
     for sub in (RECORDS_DIR, "logs"):  # a link planted at OUT/logs or OUT/records is refused, never followed
         ensure_dir(out / sub, "--out", root=out)
+    return ckpt, export_dir, ckpt_meta, frozen
+
+
+def _runnable(names: list[str], ckpt: str, scenario, echo) -> tuple[list[str], list[dict]]:
+    """(methods that run, skipped ones with their reason): not built yet, not applicable to the backbone
+    (``Method.not_applicable``: e.g. no block they can sparsify), or needing task boundaries on a blurry stream.
+    Nothing left to run is one line (:class:`MethodNotApplicable` or :class:`MethodNotBuilt`)."""
+    from lightcl.bench.methods import is_built, method_class
 
     skipped = []
     runnable = []
@@ -442,10 +497,8 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
             runnable.append(m)
     # methods that cannot run on this backbone (Method.not_applicable: e.g. no block they can sparsify) are
     # recorded with their reason, like unbuilt ones, and the others run
-    runnable = _applicable(runnable, str(ckpt), skipped, echo)
+    runnable = _applicable(runnable, ckpt, skipped, echo)
     if scenario.blurry:  # no task boundaries: only the task-free methods can take such a stream
-        from lightcl.bench.methods import method_class
-
         for m in [m for m in runnable if not method_class(m).task_free]:
             runnable.remove(m)
             skipped.append({"method": m, "status": "not applicable",
@@ -459,13 +512,11 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
             why = "; ".join(f"{sk['method']}: {sk['reason']}" for sk in skipped)
             raise MethodNotApplicable(f"nothing to run: {why}")
         raise MethodNotBuilt(f"nothing to run: {', '.join(names)} not built yet")
-    # Shared, cached artefacts a method needs (lightcl-sparse: its pruned export) are built here, once,
-    # before any worker starts: a worker must not meter their build (pruning + recovery fine-tune) as
-    # its own memory. A worker on a cache miss (another machine of a Ray cluster) still builds them.
-    for m in runnable:
-        method_class(m).prepare(str(ckpt), scenario.split, load_config(m, suite, config_dir)["hyperparameters"],
-                                echo=echo, progress=progress)
-    # task sizes for the ETA (steps per run)
+    return runnable, skipped
+
+
+def _planned_steps(scenario, data_path: str | None) -> int:
+    """Update steps of one run (every task's batches x epochs), for the progress bar's ETA."""
     from lightcl.data.datasets import load_dataset
     from lightcl.data.tasks import class_order, split_tasks
 
@@ -475,8 +526,15 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
     tasks = split_tasks(train.y, test_y, scenario.n_tasks, scenario.classes_per_task, order)
     steps = _steps_per_run(scenario, [len(t.train_idx) for t in tasks])
     del train
+    return steps
 
-    results: dict[str, Any] = {
+
+def _results_head(suite: str, scenario, command, names, seeds, buffer, threads, backend, device, ckpt, ckpt_meta,
+                  export_dir, steps: int, skipped: list[dict]) -> dict[str, Any]:
+    """``results.json`` before any run: the setting, the pretrained start, the machine."""
+    from lightcl.engine.runtime_info import collect
+
+    return {
         "suite": suite, "scenario": scenario.to_dict(), "command": command,
         "methods": names, "seeds": seeds, "epochs": scenario.epochs, "buffer": buffer, "threads": threads,
         "backend": backend, "device": device,
@@ -488,50 +546,60 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "paper_suite": suite in PAPER_SUITES,
     }
-    runs = [(seed, m) for seed in range(seeds) for m in runnable]
-    weights = {m: method_class(m).cost for m in runnable}
+
+
+def _plan_jobs(runs: list[tuple[int, str]], suite: str, config_dir, buffer: int | None, common: dict, out: Path,
+               resume: bool, echo) -> tuple[list, dict]:
+    """A job per (seed, method) not already finished (``resume``: its record in OUT, same spec); each job's log
+    and record path checked under the one output rule before any run starts. Returns (jobs, finished records)."""
+    from lightcl.bench.executors import Job
+    from lightcl.bench.methods import method_class
+    from lightcl.engine.outpath import check_output_file
+
+    weights = {m: method_class(m).cost for _, m in runs}
     jobs: list = []
     finished: dict[tuple[int, str], dict] = {}
-    from lightcl.bench.executors import Job
-
     for seed, m in runs:
         cfg = load_config(m, suite, config_dir)
         hp = dict(cfg["hyperparameters"])
         if buffer is not None and "buffer_size" in hp:
             hp["buffer_size"] = int(buffer)
-        spec = {"method": m, "seed": seed, "scenario": scenario.to_dict(), "ckpt": str(ckpt),
-                "export_dir": str(export_dir), "hyperparameters": hp, "threads": threads, "frozen": frozen,
-                "backend": backend, "device": device, "data_path": data_path,
-                "config": {k: cfg[k] for k in ("file", "version", "sha256", "source")}}
+        spec = {"method": m, "seed": seed, "scenario": common["scenario"], "ckpt": common["ckpt"],
+                "export_dir": common["export_dir"], "hyperparameters": hp, "threads": common["threads"],
+                "frozen": common["frozen"], "backend": common["backend"], "device": common["device"],
+                "data_path": common["data_path"], "config": {k: cfg[k] for k in ("file", "version", "sha256", "source")}}
         old = load_finished(out, spec, echo) if resume else None
         if old is not None:
             finished[(seed, m)] = old
         else:
             jobs.append(Job(m, seed, spec, out / "logs" / f"{m}-seed{seed}.log", weights[m], target=RUN_ONE,
                             root=out))
-    from lightcl.engine.outpath import check_output_file
-
     for j in jobs:  # what each run will write, under the one output rule, before any run starts
         check_output_file(j.log_path, "suite log", root=out)
         check_output_file(record_path(out, j.method, j.seed), "suite record", root=out)
-    total = sum(steps * j.weight for j in jobs)
-    bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0,
-               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {desc}")
-    echo(f"suite {suite}: {len(runnable)} method(s) x {seeds} seed(s), {scenario.epochs} epoch(s)/task, "
-         f"{steps} steps per run; each run in its own process ({executor} executor); log files in {out / 'logs'}")
-    if finished:
-        echo(f"suite {suite}: resuming: {len(finished)} of {len(runs)} run(s) already finished in {out / RECORDS_DIR} "
-             f"({', '.join(f'{m} seed {s}' for s, m in finished)}); running the other {len(jobs)}")
-    results["executor"] = {"name": executor, "address": address, "resumed": len(finished)}
+    return jobs, finished
 
-    def collect_records() -> list[dict]:
-        return [finished[r] for r in runs if r in finished]
 
-    results["records"] = collect_records()
-    done_steps: dict[tuple[int, str], int] = {}
+class _SuiteProgress:
+    """The suite's progress bar (steps weighted by each method's cost) and what a finished run does: its record
+    on disk first (a kill after it never repeats the run), one line, and the partial results written."""
 
-    def on_tick(job, n: int) -> None:
+    def __init__(self, results: dict, runs: list, finished: dict, steps: int, out: Path, total: float,
+                 progress: bool, echo, t_suite: float) -> None:
+        from tqdm import tqdm
+
+        self.results, self.runs, self.finished, self.steps, self.out = results, runs, finished, steps, out
+        self.progress, self.echo, self.t_suite = progress, echo, t_suite
+        self.done_steps: dict[tuple[int, str], int] = {}
+        self.bar = tqdm(total=total, disable=not progress, unit="u", dynamic_ncols=True,
+                        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+                        bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {desc}")
+
+    def records(self) -> list[dict]:
+        return [self.finished[r] for r in self.runs if r in self.finished]
+
+    def on_tick(self, job, n: int) -> None:
+        bar, steps, done_steps = self.bar, self.steps, self.done_steps
         if (job.seed, job.method) not in done_steps:
             bar.set_description_str(f"{job.method} seed {job.seed}")
         before = done_steps.get((job.seed, job.method), 0)
@@ -541,7 +609,11 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
         counted = min(before + n, steps) - min(before, steps)
         bar.update(min(job.weight * counted, max(0.0, bar.total - bar.n)))
 
-    def on_done(job, rec: dict) -> None:
+    def on_done(self, job, rec: dict) -> None:
+        from lightcl.bench.report import write_all
+        from lightcl.engine.fileio import write_json_atomic
+
+        bar, out = self.bar, self.out
         rec["run_key"] = run_key(job.spec)
         if rec.get("status") == "ok":
             cil = "n/a" if rec["final_cil"] is None else f"{100 * rec['final_cil']:.1f}%"
@@ -552,32 +624,17 @@ def run_suite(suite: str, out: str | Path, methods: str | list[str] | None = Non
             msg = f"{job.method} seed {job.seed}: FAILED (rc {rec.get('returncode')}), see {rec.get('log')}"
         # the record on disk first: a kill after this line never repeats the run
         write_json_atomic(record_path(out, job.method, job.seed), rec, root=out)
-        finished[(job.seed, job.method)] = rec
-        left = job.weight * max(0, steps - done_steps.get((job.seed, job.method), 0))
+        self.finished[(job.seed, job.method)] = rec
+        left = job.weight * max(0, self.steps - self.done_steps.get((job.seed, job.method), 0))
         bar.update(min(left, max(0.0, bar.total - bar.n)))
         bar.set_description_str(f"{job.method} seed {job.seed} done")
-        if progress:
+        if self.progress:
             bar.write(msg)
         else:
-            echo(msg)
-        results["records"] = collect_records()
-        results["wall_s"] = time.perf_counter() - t_suite
-        write_all(results, out, plots=False)  # partial results survive an interruption
-
-    if executor == "ray":
-        from lightcl.bench.executors import run_ray
-
-        if jobs:
-            run_ray(jobs, on_done, address=address, echo=bar.write if progress else echo)
-    else:
-        from lightcl.bench.executors import run_local
-
-        run_local(jobs, on_done, on_tick)
-    bar.close()
-    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results["wall_s"] = time.perf_counter() - t_suite
-    write_all(results, out, plots=plots)
-    return results
+            self.echo(msg)
+        self.results["records"] = self.records()
+        self.results["wall_s"] = time.perf_counter() - self.t_suite
+        write_all(self.results, out, plots=False)  # partial results survive an interruption
 
 
 def _applicable(names: list[str], ckpt: str, skipped: list[dict], echo) -> list[str]:

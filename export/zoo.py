@@ -249,9 +249,6 @@ def split_index(model: Backbone, split: str) -> int:
     return idx[-1]
 
 
-_split_index = split_index  # the old private name, for callers not moved yet (bench/update.py)
-
-
 class FrozenPart(nn.Module):
     """The frozen lower/middle layers: blocks[0..k]. Exported to ONNX / TensorRT."""
 

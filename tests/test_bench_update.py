@@ -187,3 +187,28 @@ def test_bench_update_camera_levers_modes(digits_export, tmp_path):
     assert mb is not None and 1 <= mb < 32 and "micro-batch" in r.stdout
     assert by["lightcl-overlap"]["extractor"]["threads"] == 1 and by["lightcl-overlap"]["step_ms"] > 0
     assert "step_lightcl-overlap_over_reference" not in res["ratios"]  # no reference in this run
+
+
+def test_update_worker_steps_run_on_the_stream_loop(digits_export, tmp_path, monkeypatch):
+    """``bench update``'s worker takes its steps through ``lightcl.data.stream.run_stream`` (the loop of
+    ``lightcl learn`` and the suite's worker): a setup lesson, then the timed lesson, each step timed."""
+    from pathlib import Path
+
+    import lightcl.bench.update.measure as measure
+    from lightcl.bench.update import prepare_data
+
+    calls = []
+    real = measure.run_stream
+
+    def spy(lessons, agent, epochs):
+        calls.append(([(t.task_id, list(t.classes)) for t in lessons], epochs))
+        return real(lessons, agent, epochs)
+
+    monkeypatch.setattr(measure, "run_stream", spy)
+    data = prepare_data(digits_export, 4, Path(tmp_path) / "b.safetensors")
+    rec = measure.worker("lightcl", str(digits_export), str(data), steps=2, warmup=1, threads=1)
+    assert calls == [([(0, [0, 1]), (1, [2, 3])], 1)]
+    assert rec["ledger_at"]["steps_before_meter"] == 3 and rec["step_ms"] > 0
+    rec = measure.worker("finetune", str(digits_export), str(data), steps=1, warmup=0, threads=1)
+    assert calls[-1] == ([(0, [2, 3])], 1)  # fine-tuning: task B only
+    assert rec["ledger_at"]["steps_before_meter"] == 1

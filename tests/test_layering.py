@@ -61,8 +61,6 @@ DEVICE_ENTRY = {"lightcl.cli": "lightcl/cli.py", "lightcl.__main__": "lightcl/__
 DEVICE_PACKAGES = ("lightcl", "lightcl.commands", "lightcl.data", "lightcl.data.errors")
 # cross-package private names still owned elsewhere: (importing module, name) -> why, and what ends it
 KNOWN_PRIVATE: dict[tuple[str, str], str] = {
-    ("lightcl.bench.update", "_split_index"): "bench/update.py is helper F's (issue 20 cuts it into a package); "
-                                             "use lightcl.export.zoo.split_index and delete this entry",
 }
 ROOT_OK = ("lightcl.engine", "lightcl.data.errors")
 HOST_BRANCH_OK = "lightcl.data"  # function-local only
