@@ -45,21 +45,27 @@ def parse_grid(text: str) -> tuple[str, list]:
     return key, [_value(v) for v in values.split(",") if v]
 
 
-def candidate_config(method: str, key: str, value, out: Path) -> Path:
-    """The cited ``METHOD.json`` with ``default[key] = value`` (the validation scenario has no entry of its own)."""
+def candidate_config(method: str, key: str, value, out: Path, fixed: dict | None = None) -> Path:
+    """The cited ``METHOD.json`` with ``fixed`` (values an earlier pass chose) and ``default[key] = value``
+    (the validation scenario has no entry of its own)."""
     doc = json.loads((CONFIG_DIR / f"{method}.json").read_text())
+    doc["default"].update(fixed or {})
     doc["default"][key] = value
     doc["source"] = f"{doc.get('source', '')}; {key} = {value} (a tuning candidate, scripts/tune.py)"
-    path = out / "configs" / f"{method}@{key}={value}" / f"{method}.json"
+    path = out / "configs" / (_tag(fixed) + f"{method}@{key}={value}") / f"{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     check_method_config(path)
     return path
 
 
+def _tag(fixed: dict | None) -> str:
+    return "".join(f"{k}={v}," for k, v in sorted((fixed or {}).items()))
+
+
 def run_candidate(args, method: str, key: str, value) -> dict:
-    cfg = candidate_config(method, key, value, args.out)
-    run_dir = args.out / "runs" / f"{method}@{key}={value}"
+    cfg = candidate_config(method, key, value, args.out, args.fixed)
+    run_dir = args.out / "runs" / (_tag(args.fixed) + f"{method}@{key}={value}")
     cmd = [sys.executable, "-m", "lightcl", "bench", "suite", "--suite", args.suite, "--methods", method,
            "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--threads", "1", "--method-config", str(cfg),
            "--out", str(run_dir), "--no-plots", "--quiet"]
@@ -102,6 +108,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", required=True, help="comma list of benchmark methods to tune")
     p.add_argument("--grid", required=True, help="KEY=V1,V2,... (one hyperparameter), e.g. lr=0.01,0.03,0.1")
+    p.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                   help="hold KEY at VALUE in every candidate (a value an earlier pass chose); repeatable")
     p.add_argument("--suite", default="offline-val", help="the validation scenario (default offline-val)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per candidate (default 1)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per task (default 3, as the reported runs)")
@@ -114,6 +122,7 @@ def main(argv=None) -> int:
     if not 1 <= args.jobs <= (os.cpu_count() or 1) or not 1 <= args.seeds <= 10 or not 1 <= args.epochs <= 100:
         raise SystemExit("--jobs must be 1..cores, --seeds 1..10, --epochs 1..100")
     key, values = parse_grid(args.grid)
+    args.fixed = {k: v[0] for k, v in (parse_grid(f) for f in args.fixed)}
     methods = [m for m in args.methods.split(",") if m]
     args.out.mkdir(parents=True, exist_ok=True)
     cited = {m: json.loads((CONFIG_DIR / f"{m}.json").read_text())["default"].get(key) for m in methods}
@@ -122,11 +131,12 @@ def main(argv=None) -> int:
                              [(m, v) for m in methods for v in values]))
     chosen = {m: choose([r for r in rows if r["method"] == m], cited[m]) for m in methods}
     report = {"suite": args.suite, "epochs": args.epochs, "seeds": args.seeds, "key": key, "grid": values,
+              "fixed": args.fixed,
               "cited": cited, "rows": rows, "chosen": {m: r["value"] for m, r in chosen.items()}}
     fd, tmp = tempfile.mkstemp(dir=args.out, suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(report, f, indent=2)
-    os.replace(tmp, args.out / "tuning.json")
+    os.replace(tmp, args.out / f"tuning-{_tag(args.fixed)}{key}.json")
     print(f"\n| method | cited {key} | " + " | ".join(f"{key} {v}: CIL / TIL" for v in values) + f" | chosen |")
     print("|---|---|" + "---|" * len(values) + "---|")
     for m in methods:
