@@ -347,6 +347,18 @@ def test_extreme_finite_batch_that_overflows_head_bn_is_skipped_and_the_state_lo
     count("extreme finite features (head BN overflow)", "python")
 
 
+def test_finite_check_of_the_step_has_no_false_alarm_on_huge_finite_values():
+    """The step's check sums each tensor first; a sum that overflows (huge but finite weights) must fall back
+    to the element-wise check, never skip a good step."""
+    from lightcl.engine.step import all_finite
+
+    assert all_finite([torch.full((10,), 3e38), torch.full((4,), -3e38), torch.ones(3)])
+    assert all_finite([torch.zeros(2, dtype=torch.long)]) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not all_finite([torch.ones(3), torch.tensor([1.0, bad])])
+    assert not all_finite([torch.tensor([float("inf"), -float("inf")])])  # a NaN sum from two infinities
+
+
 class _InfiniteGradient(LossComponent):
     """A finite value (0) whose gradient is NaN: sqrt at 0 has an infinite slope, times a zero."""
 
