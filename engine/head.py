@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .blocks import block_tap_names, build_block, forward_block_taps
 from .classifier import fresh_classifier, grown_classifier
-from .errors import IntegrityError, StateError
+from .errors import IntegrityError, NonFiniteError, StateError
 from .graphspec import GraphNet, check_spec
 
 HEAD_FORMAT = "lightcl-head/1"
@@ -92,6 +92,9 @@ class Head(nn.Module):
 
         meta = {"format": HEAD_FORMAT, "config": json.dumps(self.config, sort_keys=True)}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        for k, v in tensors.items():  # what load refuses is never written (the file at path is left as it was)
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise NonFiniteError(f"refusing to save the head to {path}: tensor {k} holds NaN or Inf values")
         write_bytes_atomic(path, safetensors_bytes(tensors, metadata=meta))
 
     @classmethod

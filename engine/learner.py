@@ -31,8 +31,8 @@ from .learner_state import build_state, check_frozen_bn, load_into
 from .losses import LossComponent
 from .memory import FeaturePatternMemory
 from .metrics import count_correct
-from .step import (RESERVED_STEP_KEYS, OptimizerFactory, buffer_features, given_features, make_components,
-                   make_optimizer, observe_batch, train_taps)
+from .step import (RESERVED_STEP_KEYS, OptimizerFactory, buffer_features, checked_train_taps, given_features,
+                   make_components, make_optimizer, observe_batch, train_taps)
 from .validate import check_images, check_labels, check_learner_args
 
 __all__ = ["LightCL", "LightCLConfig", "BUFFER_POLICIES", "LOSS_SLICES", "OPTIMIZER_STEPS", "RESERVED_STEP_KEYS",
@@ -288,6 +288,8 @@ class LightCL:
                 captured = self.extract(x[:n])
                 try:
                     self._check_features(captured)
+                    with self._lock:  # the capture's train-mode pass must not overflow the head's BN statistics
+                        checked_train_taps(self.head, captured, keep=False)
                 except NonFiniteError:
                     self._restore_frozen(saved_frozen)
                     raise
@@ -362,7 +364,11 @@ class LightCL:
                 self._restore_frozen(saved_frozen)
                 raise
             with self._lock:
-                _, taps = self._taps(feats)
+                try:  # finite but extreme features can still overflow the head's BN statistics
+                    _, taps = checked_train_taps(self.head, feats)
+                except NonFiniteError:
+                    self._restore_frozen(saved_frozen)
+                    raise
                 self.memory.update_masks(taps)
                 self.finished_tasks.append(self.current_task)
                 self.current_task = None

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError, IntegrityError, LightCLError, StateError
+from .errors import InputError, IntegrityError, LightCLError, NonFiniteError, StateError
 from .fileio import (SWAP_MARKER, atomic_directory, check_json_depth, read_buffer, read_json, recover_directory,
                      safe_member, safetensors_bytes, sha256_file, verify_files)
 from .head import Head
@@ -130,6 +130,14 @@ def _split(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, doc
 
 
+def check_finite(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    """Refuse, before anything is written, a state that load would refuse: NaN/Inf in a floating tensor."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"refusing to save: {name} holds NaN or Inf values (the learner in memory is "
+                                 f"damaged); {directory} is left as it was")
+
+
 def save_state(learner, directory: str | Path) -> Path:
     directory = Path(directory)
     check_state_path(directory)
@@ -137,6 +145,8 @@ def save_state(learner, directory: str | Path) -> Path:
     sd.pop("head")  # head.safetensors is the head's own format (Head.save), which carries its config
     check_json_depth(sd["extra"], "learner.extra")
     tensors, body = _split(sd)
+    check_finite({**{f"head.safetensors: {k}": v for k, v in learner.head.state_dict().items()},
+                  **{f"learner.safetensors: {k}": v for k, v in tensors.items()}}, directory)
     with atomic_directory(directory, owned=owned_names) as tmp:
         learner.head.save(tmp / "head.safetensors")
         (tmp / "learner.safetensors").write_bytes(safetensors_bytes(tensors))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .errors import InputError, ShapeError
+from .errors import InputError, NonFiniteError, ShapeError
 from .head import Head
 from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
 from .state_check import bump
@@ -105,6 +105,44 @@ def train_taps(head: Head, features: Tensor) -> tuple[Tensor, dict[str, Tensor]]
     return head(features, return_taps=True)
 
 
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Every floating tensor free of NaN/Inf (a check only: reads, never changes a value).
+
+    Fast path: one sum per tensor, one host sync for all (NaN/Inf always make a sum NaN/Inf, and a sum reads
+    each value once, where ``isfinite(t).all()`` reads twice and allocates); only when a sum is not finite,
+    which huge finite values can also cause, is each tensor checked element by element."""
+    ts = [t for t in tensors if t.is_floating_point()]
+    if not ts:
+        return True
+    dev = ts[0].device  # (an optimizer may keep scalar state on the CPU beside CUDA weights: Adam's step)
+    if bool(torch.isfinite(torch.stack([t.detach().sum().float().to(dev) for t in ts])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in ts)
+
+
+def optimizer_tensors(opt: Any) -> list[Tensor]:
+    """The optimizer's state tensors (momentum buffers, ...): what ``save`` writes next to the weights."""
+    return [v for st in opt.state.values() for v in st.values() if isinstance(v, Tensor)]
+
+
+@torch.no_grad()
+def checked_train_taps(head: Head, features: Tensor, keep: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`train_taps`, refused with :class:`NonFiniteError` (the head's BN statistics restored) when the
+    pass leaves them NaN/Inf: finite but extreme features (``1e18``) overflow ``running_var``, a state that
+    ``load`` refuses. ``keep=False``: a probe, the statistics restored in any case."""
+    saved, was = [b.detach().clone() for b in head.buffers()], head.training
+    out = train_taps(head, features)
+    ok = all_finite(head.buffers())
+    if not ok or not keep:
+        for b, v in zip(head.buffers(), saved):
+            b.copy_(v)
+        head.train(was)
+    if not ok:
+        raise NonFiniteError("these features overflow the head's BN statistics into NaN/Inf (values far out of "
+                             "range?): refusing to use them")
+    return out
+
+
 def buffer_features(lrn: Any) -> Tensor:
     """Frozen features of the buffer. With batch-dependent features (train-mode frozen BN) the buffer
     images go through the frozen part on their own, as in the authors' code; else the stored features."""
@@ -161,11 +199,34 @@ def observe_batch(lrn: Any, x: Tensor, y: Tensor, features: Tensor | None) -> di
     return out
 
 
+def _roll_back(lrn: Any, s: StepInput, saved_bn: list, saved_memory: Any, was_training: bool) -> None:
+    """Undo what a step did before its update: the head's and the frozen part's BN statistics (and the head's
+    mode), the capture."""
+    with torch.no_grad():
+        for b, saved in zip(lrn.head.buffers(), saved_bn):
+            b.copy_(saved)
+    lrn.head.train(was_training)
+    lrn._restore_frozen(s.saved_frozen)
+    if saved_memory is not None:  # the capture happens again on the next good batch
+        lrn.memory.restore(saved_memory)
+        lrn._pending_capture = True
+    bump(lrn.counters, "skipped_nonfinite")
+
+
 def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
     """The update (caller holds the learner's lock): capture the buffer if pending, buffer then batch through
-    the head, the weighted loss, backward and the optimizer step; a non-finite loss rolls back the head's and
-    the frozen part's BN statistics and the capture instead."""
-    saved_bn = [b.detach().clone() for b in lrn.head.buffers()]
+    the head, the weighted loss, backward and the optimizer step.
+
+    A batch is skipped (``skipped: 1``, ``counters["skipped_nonfinite"]``, the head's and the frozen part's BN
+    statistics and the capture rolled back, no weight or optimizer state touched) when the loss is not finite,
+    when the passes left the head's BN statistics NaN/Inf (finite but extreme features: ``1e18`` overflows
+    ``running_var`` while the loss stays finite), or, with an optimizer that updates in ``step()``, when a
+    gradient is not finite. These are checks only: a good step computes exactly what it did without them.
+    Weights or optimizer state that are not finite after the update (which the checks above leave to the
+    update's own arithmetic overflowing, or to a non-finite gradient met by the per-parameter step while it
+    updates) cannot be rolled back without a copy of the weights every step: that raises
+    :class:`NonFiniteError`, and ``save`` refuses to write such a head."""
+    saved_bn, was_training = [b.detach().clone() for b in lrn.head.buffers()], lrn.head.training
     saved_memory = None
     if s.capture:
         saved_memory = lrn.memory.snapshot()
@@ -187,20 +248,24 @@ def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
                           head=lrn.head, seen_columns=seen)
     loss, values = total_loss(lrn.loss_components, context)
     out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
-    if not torch.isfinite(loss):
-        with torch.no_grad():
-            for b, saved in zip(lrn.head.buffers(), saved_bn):
-                b.copy_(saved)
-        lrn._restore_frozen(s.saved_frozen)
-        if saved_memory is not None:  # the capture happens again on the next good batch
-            lrn.memory.restore(saved_memory)
-            lrn._pending_capture = True
-        bump(lrn.counters, "skipped_nonfinite")
+    if not torch.isfinite(loss) or not all_finite(lrn.head.buffers()):
+        _roll_back(lrn, s, saved_bn, saved_memory, was_training)
         out["skipped"] = 1
         return out
     lrn.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grads = [p.grad for p in lrn.head.parameters() if p.grad is not None]  # none left by the per-parameter step
+    if not all_finite(grads):  # nothing updated yet: the optimizer's step() has not run
+        lrn.optimizer.zero_grad(set_to_none=True)
+        _roll_back(lrn, s, saved_bn, saved_memory, was_training)
+        out["skipped"] = 1
+        return out
+    del grads
     lrn.optimizer.step()
+    if not all_finite(lrn.head.parameters()) or not all_finite(optimizer_tensors(lrn.optimizer)):
+        raise NonFiniteError("the update step overflowed the head's weights or optimizer state into NaN/Inf (input "
+                             "values far out of range?); the learner in memory cannot be used or saved: load "
+                             "the last saved state")
     bump(lrn.counters, "steps")
     for c in lrn.loss_components:
         c.after_step(context)

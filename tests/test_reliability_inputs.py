@@ -19,6 +19,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import subprocess
 import sys
 from dataclasses import asdict
@@ -34,6 +35,7 @@ from lightcl.engine.export_dir import load_export_meta, load_head
 from lightcl.engine.extractors import load_extractor
 from lightcl.engine.head import Head
 from lightcl.engine.learner import LightCL
+from lightcl.engine.losses import LossComponent
 from conftest import write_counts
 
 COUNTS: collections.Counter = collections.Counter()
@@ -200,6 +202,10 @@ def learner_cases():
         NonFiniteError)
     add("extreme finite pixels", "end_task 3e38", "open", lambda e, lr: lr.end_task(torch.full((4, 3, 32, 32), 3e38)),
         NonFiniteError)
+    # finite pixels whose features are finite but overflow the head's train-mode BN statistics (running_var)
+    add("extreme finite pixels", "end_task x 1e30", "open", lambda e, lr: lr.end_task(X(e) * 1e30), NonFiniteError)
+    add("extreme finite pixels", "begin_task buffer batch x 1e30", "closed",
+        lambda e, lr: lr.begin_task(5, [8, 9], X(e) * 1e30, torch.full((8,), 8)), NonFiniteError)
     # empty batches
     add("empty batch", "observe", "open", lambda e, lr: lr.observe(X(e)[:0], Y(e)[:0]), InputError)
     add("empty batch", "predict", "closed", lambda e, lr: lr.predict(X(e)[:0]), InputError)
@@ -289,6 +295,118 @@ def test_extreme_pixels_in_observe_skip_the_step_and_keep_the_state(env):
     assert out["skipped"] == 0 and not lr._pending_capture and len(lr.memory) == 8
     assert all(bool(torch.isfinite(b).all()) for b in lr.head.buffers())
     assert bool(torch.isfinite(lr.memory.features).all())
+
+
+def _trained(env, **opts) -> LightCL:
+    lr = LightCL(env["ort"], load_head(env["export"]), num_classes=None, momentum=0.9, seed=0, **opts)
+    lr.begin_task(0, [0, 1])
+    lr.observe(*_x(env, (0, 1)))
+    lr.end_task()
+    lr.begin_task(1, [2, 3])
+    return lr
+
+
+EXTREME_FINITE = {"features x 1e18": lambda lr, x, y: lr.observe(x, y, features=lr.extract(x) * 1e18),
+                  "pixels x 1e30": lambda lr, x, y: lr.observe(x * 1e30, y)}
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["buffer-set", "capture-pending"])
+@pytest.mark.parametrize("step", ["per-parameter", "plain"])
+@pytest.mark.parametrize("kind", list(EXTREME_FINITE))
+def test_extreme_finite_batch_that_overflows_head_bn_is_skipped_and_the_state_loads(env, tmp_path, kind, step,
+                                                                                    capture):
+    """Features finite but so large that the head's train-mode BN ``running_var`` overflows (the loss stays
+    finite): the step used to train and leave Inf statistics, which ``save`` wrote and ``load`` refused.
+    Now it is skipped like a non-finite loss: counted, nothing else changed, the state saves and loads, and
+    predictions are those of before; predict/evaluate on such input change nothing either."""
+    lr = _trained(env, optimizer_step=step)
+    x, y = _x(env)
+    if not capture:
+        assert lr.observe(x, y)["skipped"] == 0  # the buffer is set: the skipped step runs the buffer pass
+    assert lr._pending_capture == capture
+    probe = env["batch"]([0, 1, 2, 3], 16)[0]
+    pred = lr.predict(probe)
+    before = snapshot(lr)
+    out = EXTREME_FINITE[kind](lr, x, y)
+    assert out["skipped"] == 1
+    after = snapshot(lr)
+    assert after["plain"]["counters"]["skipped_nonfinite"] == before["plain"]["counters"]["skipped_nonfinite"] + 1
+    after["plain"]["counters"] = before["plain"]["counters"]
+    assert_same(before, after, kind)
+    lr.predict(x * 1e30)  # eval-mode BN: prediction on such input never updates statistics
+    lr.evaluate([(1, [(x * 1e30, y)])], record=False)
+    after = snapshot(lr)
+    after["plain"]["counters"] = before["plain"]["counters"]
+    assert_same(before, after, f"{kind}: predict/evaluate")
+    lr.save(tmp_path / "state")
+    back = LightCL.load(tmp_path / "state", env["ort"])
+    assert all(bool(torch.isfinite(b).all()) for b in back.head.buffers())
+    assert torch.equal(back.predict(probe), pred) and torch.equal(lr.predict(probe), pred)
+    assert back.counters == lr.counters
+    assert lr.observe(x, y)["skipped"] == 0 and not lr._pending_capture  # the next good batch trains
+    count("extreme finite features (head BN overflow)", "python")
+
+
+def test_finite_check_of_the_step_has_no_false_alarm_on_huge_finite_values():
+    """The step's check sums each tensor first; a sum that overflows (huge but finite weights) must fall back
+    to the element-wise check, never skip a good step."""
+    from lightcl.engine.step import all_finite
+
+    assert all_finite([torch.full((10,), 3e38), torch.full((4,), -3e38), torch.ones(3)])
+    assert all_finite([torch.zeros(2, dtype=torch.long)]) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not all_finite([torch.ones(3), torch.tensor([1.0, bad])])
+    assert not all_finite([torch.tensor([float("inf"), -float("inf")])])  # a NaN sum from two infinities
+
+
+class _InfiniteGradient(LossComponent):
+    """A finite value (0) whose gradient is NaN: sqrt at 0 has an infinite slope, times a zero."""
+
+    name = "inf_grad"
+    on = False
+
+    def __call__(self, context):
+        zero = context.logits.sum() * 0.0
+        return torch.sqrt(zero) if self.on else zero
+
+
+def test_nonfinite_gradient_with_a_finite_loss(env, tmp_path):
+    """Plain step: the gradients are checked before ``optimizer.step()``, so the batch is skipped with
+    nothing changed. Per-parameter step (the update happens inside backward): the damage cannot be undone
+    without a copy of the weights, so observe raises NonFiniteError and ``save`` refuses to write a head that
+    ``load`` would refuse, leaving the saved state as it was."""
+    x, y = _x(env)
+    comp = _InfiniteGradient()
+    lr = _trained(env, optimizer_step="plain", loss_components=[comp])
+    assert lr.observe(x, y)["skipped"] == 0
+    comp.on = True
+    before = snapshot(lr)
+    out = lr.observe(x, y)
+    assert out["skipped"] == 1 and out["inf_grad"] == 0.0 and math.isfinite(out["loss"])
+    after = snapshot(lr)
+    assert after["plain"]["counters"]["skipped_nonfinite"] == before["plain"]["counters"]["skipped_nonfinite"] + 1
+    after["plain"]["counters"] = before["plain"]["counters"]
+    assert_same(before, after, "non-finite gradient, plain step")
+
+    comp = _InfiniteGradient()
+    lr = _trained(env, optimizer_step="per-parameter", loss_components=[comp])
+    assert lr.observe(x, y)["skipped"] == 0
+    state = tmp_path / "state"
+    lr.save(state)
+    files = tree_digest(state)
+    comp.on = True
+    if not lr.optimizer.in_backward:  # torch < 2.1: the per-parameter step updates in step(), as plain
+        assert lr.observe(x, y)["skipped"] == 1
+        return
+    with pytest.raises(NonFiniteError, match="cannot be used or saved"):
+        lr.observe(x, y)
+    with pytest.raises(NonFiniteError, match="refusing to save.*NaN or Inf"):
+        lr.save(state)
+    assert tree_digest(state) == files
+    with pytest.raises(NonFiniteError, match="refusing to save the head"):
+        lr.head.save(state / "head.safetensors")
+    assert tree_digest(state) == files
+    LightCL.load(state, env["ort"], loss_components=[_InfiniteGradient()])
 
 
 BAD_OPTIONS = [dict(lr=float("nan")), dict(lr=-1.0), dict(lr="0.1"), dict(momentum=-0.5), dict(weight_decay=-1.0),
