@@ -465,7 +465,7 @@ def test_every_cache_follows_the_one_rule(monkeypatch, tmp_path):
 def test_registry_entries_carry_the_flip_flag(monkeypatch):
     """Natural images may be flipped in training, digits may not; the flag lives in the registry entry."""
     flips = {n for n, e in data.DATASETS.items() if e.hflip}
-    assert flips == {"fashion-mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "folder"}
+    assert flips == {"fashion-mnist", "fashion-mnist-val", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "folder"}
     assert data.hflip_ok("cifar10") and not data.hflip_ok("digits") and not data.hflip_ok("mnist-5k")
     assert not data.hflip_ok("mnist-5k+digits") and not data.hflip_ok("nonexistent")
     assert "fashion-mnist" in data.FLIP_OK and "digits" not in data.FLIP_OK and sorted(data.FLIP_OK) == sorted(flips)
