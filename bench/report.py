@@ -187,6 +187,20 @@ HOW_MEASURED = [
 ]
 
 
+def _concurrency(results: dict) -> str:
+    """How runs shared the machine: it decides whether step and wall times of one report compare with another's."""
+    ex = results.get("executor") or {}
+    if ex.get("name") == "ray":
+        return "runs in parallel as Ray tasks (up to one per CPU)"
+    return "one run at a time"
+
+
+def _resumed(results: dict) -> str:
+    """A restarted suite skips finished runs: its wall time then covers only this pass."""
+    n = int((results.get("executor") or {}).get("resumed") or 0)
+    return f" (this pass only: {n} run(s) were finished by an earlier pass and kept)" if n else ""
+
+
 def _setting(results: dict) -> list[str]:
     """The title, how to regenerate, and the setting: scenario, pretrained start, seeds, machine, wall time."""
     s = results["scenario"]
@@ -207,8 +221,9 @@ def _setting(results: dict) -> list[str]:
         f"- seeds: {results['seeds']} (seed = data order + every method's own randomness); runs finished: {n_ok}"
         + (f"; buffer override: {results['buffer']}" if results.get("buffer") is not None else ""),
         f"- machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPU(s), torch {env.get('torch')}, "
-        f"onnxruntime {env.get('onnxruntime')}; {results.get('threads') or 'default'} thread(s) per run, one run at a time",
-        f"- suite wall time: {results.get('wall_s', 0) / 60:.1f} min"
+        f"onnxruntime {env.get('onnxruntime')}; {results.get('threads') or 'default'} thread(s) per run, "
+        f"{_concurrency(results)}",
+        f"- suite wall time: {results.get('wall_s', 0) / 60:.1f} min{_resumed(results)}"
         + ("" if results.get("finished") else " (**partial: the suite had not finished when this was written**)"),
         "",
     ]

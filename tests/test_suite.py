@@ -241,3 +241,17 @@ def test_engine_methods_get_a_fresh_batch_at_end_task(digits_ckpt, digits_export
     assert not create_method("sgd", ctx, lr=0.1).wants_fresh_batch
     data_gen = torch.Generator().manual_seed(0)  # the run's data order (run_one)
     assert not torch.equal(torch.randperm(50, generator=fresh_generator(0)), torch.randperm(50, generator=data_gen))
+
+
+def test_report_says_how_runs_shared_the_machine_and_what_a_resume_kept(smoke_results):
+    """A Ray suite ran runs side by side and a resumed one timed only its own pass: the setting lines say so,
+    since both decide whether the report's step and wall times compare with another report's."""
+    from lightcl.bench.report import _setting
+
+    _, res = smoke_results
+    local = "\n".join(_setting(res))
+    assert "one run at a time" in local and "earlier pass" not in local
+    ray = dict(res, executor={"name": "ray", "address": None, "resumed": 2})
+    text = "\n".join(_setting(ray))
+    assert "in parallel as Ray tasks" in text and "one run at a time" not in text
+    assert "2 run(s) were finished by an earlier pass" in text

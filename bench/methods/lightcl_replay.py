@@ -1,10 +1,10 @@
 """``lightcl-replay``, ``lightcl-replay-free``, ``remind``: the engine's learner with its feature-replay memory
 (engine/replay.py) under a byte budget.
 
-* ``lightcl-replay``: LightCL (the authors' options, TIL-sliced CE on the batch, the feature-pattern penalty)
-  + int8 feature replay (``replay_budget`` 2 MiB), CE over every seen class on the replayed samples: the
-  asymmetric loss of ER-ACE (Caccia et al., ICLR 2022): new classes never push old logits down on the
-  batch, while replay contrasts old with new.
+* ``lightcl-replay``: LightCL (the authors' options, the feature-pattern penalty) + feature replay
+  (``replay_budget`` 2 MiB), CE over every seen class on the replayed samples. By default int8 codes and
+  the TIL-sliced CE on the batch (the asymmetric loss of ER-ACE, Caccia et al., ICLR 2022); the ``offline``
+  entries use PQ codes and one CE over every seen class (bench/configs/lightcl-replay.json, docs/tuning.md).
 * ``lightcl-replay-free``: the same learner driven task-free (engine/taskfree.py): the suite's task
   boundaries are not passed on; segments, columns, vital channels and the buffer follow the labels, with a
   refresh every ``refresh_every`` steps. CE over every seen class (a batch may hold any class). It is the
@@ -33,7 +33,7 @@ LEARNER_OPTIONS = {f.name for f in dataclasses.fields(LightCLConfig)}
 @register_method
 class LightCLReplay(LightCLMethod):
     name = "lightcl-replay"
-    summary = "LightCL + int8 feature replay under a byte budget"
+    summary = "LightCL + compressed feature replay under a byte budget"
     config_class = LightCLReplayConfig
     cost = 0.3
 
