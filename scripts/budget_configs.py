@@ -12,8 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+from lightcl.bench.methods import REGISTRY
 from lightcl.bench.suite import CONFIG_DIR, check_method_config
+from lightcl.engine.errors import InputError
 from lightcl.engine.fileio import write_bytes_atomic
+from lightcl.engine.replay import parse_bytes
 
 
 def budget_config(method: str, budget: str) -> dict:
@@ -33,12 +36,20 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", required=True, help="comma list, e.g. 0.25MiB,1MiB,4MiB,16MiB")
     p.add_argument("--out", type=Path, required=True, help="directory; OUT/<budget>/METHOD.json is written")
     args = p.parse_args(argv)
-    for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
-        path = args.out / budget / f"{args.method}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, (json.dumps(budget_config(args.method, budget), indent=2) + "\n").encode())
-        check_method_config(path)
-        print(f"wrote {path}")
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    try:
+        for b in budgets:  # every budget checked before anything is written
+            parse_bytes(b)
+        if args.method not in REGISTRY or not (CONFIG_DIR / f"{args.method}.json").is_file():
+            raise InputError(f"--method: no benchmark method with a config named {args.method!r}")
+        for budget in budgets:
+            path = args.out / budget / f"{args.method}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, (json.dumps(budget_config(args.method, budget), indent=2) + "\n").encode())
+            check_method_config(path)
+            print(f"wrote {path}")
+    except InputError as e:
+        raise SystemExit(f"budget_configs: {e}") from None
     return 0
 
 
