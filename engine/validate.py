@@ -1,6 +1,8 @@
 """Input checks at the engine's public entry points: clear, typed errors before any state changes."""
 from __future__ import annotations
 
+import math
+
 import os
 from typing import Sequence
 
@@ -144,6 +146,8 @@ def check_learner_args(extractor, head, config) -> None:
         raise InputError(f"momentum must be <= 1, got {config.momentum:g}")
     if config.buffer_size > 1 << 20:
         raise InputError(f"buffer_size must be <= {1 << 20}, got {config.buffer_size}")
+    if config.replay_budget is not None:
+        _check_replay_batch(head, config.replay_batch)
     if config.num_classes is not None:
         feat = int(head.config.get("feat_dim", 1)) if isinstance(head.config, dict) else 1
         need = config.num_classes * (feat + 1) * 4 * 3  # weights, gradients, momentum
@@ -151,3 +155,13 @@ def check_learner_args(extractor, head, config) -> None:
         if config.num_classes > 1 << 31 or (avail and need > 0.8 * avail):
             raise InputError(f"num_classes {config.num_classes} needs a classifier of {need / 2**30:.1f} GiB; "
                              f"this machine has {(avail or 0) / 2**30:.1f} GiB available")
+
+
+def _check_replay_batch(head, k: int) -> None:
+    """Each step decodes ``k`` replayed features and runs them through the head with gradients: a replay batch
+    of a million used to end in an out-of-memory kill at the first step, not in a message."""
+    if k > 1 << 20:
+        raise InputError(f"replay_batch must be <= {1 << 20}, got {k}")
+    shape = getattr(head, "in_features", None)
+    per_sample = 4 * 3 * math.prod(int(s) for s in shape) if shape else 0  # decoded features, grads, workspace
+    check_batch(k, "replay_batch", per_sample or None)

@@ -97,6 +97,14 @@ def test_folder_lessons_names_resume_and_predict(digits_export, digit_folder, tm
     (["--images", "{folder}", "--lessons", "zero,one", "--scenario", "smoke"], "--scenario"),
     (["--images", "{folder}", "--lessons", "zero,,one"], "--lessons"),
     (["--images", "{folder}", "--lessons", "zero,zero"], "twice"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-codec", "pq"], "--replay-budget"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "lots"], "replay_budget"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "1MiB", "--replay-batch", "0"],
+     "replay_batch"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "1MiB", "--replay-batch", "1000000000"],
+     "replay_batch"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "1MiB", "--replay-weight", "nan"],
+     "replay_weight"),
 ])
 def test_refusals_are_one_line(digits_export, digit_folder, tmp_path, args, needle):
     state = tmp_path / "s"
@@ -138,3 +146,26 @@ def test_learn_and_the_suite_worker_run_the_same_loop(digits_ckpt, digits_export
             "print('BENCH', sorted(k for k in sys.modules if k.startswith('lightcl.bench')), rc)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "BENCH [] 0" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_learn_with_a_replay_memory_keeps_its_budget_and_saves_it(digits_export, digit_folder, tmp_path):
+    """The product verb turns the engine's feature replay on: PQ codes under a byte budget, one CE over every
+    seen class; the memory is in the state and in the result's memory report, and a resume keeps it."""
+    state, out = tmp_path / "s", tmp_path / "r.json"
+    budget = 64 * 1024
+    r = _cli("learn", digits_export, "--images", digit_folder, "--lessons", "zero,one/two,three", "--state", state,
+             "--epochs", "2", "--backend", "ort", "--quiet", "--json", out, "--replay-budget", "64KiB",
+             "--replay-codec", "pq", "--loss-slice", "all", "--replay-batch", "16")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["options"]["replay_budget"] == "64KiB" and res["options"]["replay_codec"] == "pq"
+    assert 0 < res["memory"]["replay_bytes"] <= budget
+    doc = json.loads((state / "state.json").read_text())
+    assert "replay" in json.dumps(doc)
+    r = _cli("learn", digits_export, "--images", digit_folder, "--lessons", "zero,one/two,three/four",
+             "--state", state, "--resume", "--backend", "ort", "--quiet", "--json", out, "--replay-budget", "4MiB")
+    assert r.returncode == 0, r.stderr
+    assert "ignored: --replay-budget" in r.stderr  # the state's budget stays; the flag is not silently dropped
+    res = json.loads(out.read_text())
+    assert res["tasks_done"] == 3 and 0 < res["memory"]["replay_bytes"] <= budget
+    assert res["options"]["replay_budget"] == "64KiB"

@@ -201,3 +201,9 @@ def test_blurry_tasks_move_a_fraction_and_keep_every_sample():
     assert blur_tasks(tasks, 0.0) is tasks
     with pytest.raises(InputError):
         blur_tasks(tasks, 1.0)
+
+
+@pytest.mark.parametrize("k", [0, -3, True, 2.5, (1 << 20) + 1, 10**12])
+def test_absurd_replay_batches_are_refused_before_any_step(k):
+    with pytest.raises(InputError, match="replay_batch"):
+        _learner(replay_budget="1MiB", replay_batch=k)

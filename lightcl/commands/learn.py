@@ -29,11 +29,28 @@ def add_learner_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the backbone's own classifier and classes (reset_classifier=False; named by the export's "
                         "class_names): lessons add classes beside them")
     g.add_argument("--seed", type=int, default=None)
+    r = p.add_argument_group("feature replay (off unless --replay-budget; docs/learner.md)")
+    r.add_argument("--replay-budget", default=None, metavar="SIZE",
+                   help="bytes for compressed frozen features of past samples, e.g. 2MiB, 512KiB; never exceeded")
+    r.add_argument("--replay-codec", choices=["int8", "pq", "fp32"], default=None,
+                   help="int8 (default), pq (REMIND's product quantisation: ~8x more samples per byte), fp32")
+    r.add_argument("--replay-batch", type=int, default=None, help="stored samples replayed with each batch (32)")
+    r.add_argument("--replay-weight", type=float, default=None, help="weight of the replayed samples' loss (1)")
+
+
+REPLAY_KEYS = ["replay_codec", "replay_batch", "replay_weight"]
 
 
 def learner_options(args: argparse.Namespace) -> dict:
-    keys = ["lr", "momentum", "beta", "buffer_size", "ratio", "buffer_policy", "loss_slice", "seed"]
+    from lightcl.engine.errors import InputError
+
+    keys = ["lr", "momentum", "beta", "buffer_size", "ratio", "buffer_policy", "loss_slice", "seed",
+            "replay_budget", *REPLAY_KEYS]
     opts = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    given = [k for k in REPLAY_KEYS if k in opts]
+    if given and "replay_budget" not in opts:
+        raise InputError(f"--{given[0].replace('_', '-')} sets up feature replay: give its --replay-budget too "
+                         "(e.g. --replay-budget 2MiB)")
     if getattr(args, "expandable", False):
         opts["num_classes"] = None
     if getattr(args, "keep_backbone_classes", False):
@@ -70,6 +87,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _args.add_batch(p, help="samples per update step (default: the scenario's; 32 with --images)")
     _args.add_json(p)
     add_learner_arguments(p)
+
+
+def _say_what_resume_ignores(args: argparse.Namespace, opts: dict) -> None:
+    """A resumed state keeps the options it was learned with (its memory, buffer and replay codes depend on them):
+    say so when options were given, instead of letting ``--resume --replay-budget 4MiB`` look as if it took."""
+    import sys
+    from pathlib import Path
+
+    given = [k for k in opts if k != "num_classes" and k != "reset_classifier"]
+    if args.resume and given and (Path(args.state) / "state.json").exists():
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        print(f"note: resuming {args.state} keeps the options it was learned with; ignored: {flags}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{args.state} was learned with --frozen-bn train: it resumes on the torch backend "
                                  f"only (--backend torch or auto, not {args.backend})")
             ext_opts["frozen_bn"] = "train"
-    common = dict(backend=args.backend, resume=args.resume, learner_options=learner_options(args),
+    opts = learner_options(args)
+    _say_what_resume_ignores(args, opts)
+    common = dict(backend=args.backend, resume=args.resume, learner_options=opts,
                   extractor_options=ext_opts, max_tasks=args.max_tasks, progress=not args.quiet)
     if lessons is not None:
         res = learn_folder(args.export_dir, args.images, lessons, args.state, epochs=args.epochs or 1,
