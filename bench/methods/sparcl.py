@@ -57,8 +57,8 @@ Departures, stated:
 
 Accounting (the paper's Table 1 counts SparCL-DER++ at 140.6 MB against DER++'s 217.3: weights and
 gradients at 10%): weights held and gradients = unpruned parameters + the mask's kept entries;
-activations are dense. Cost (counted by the template from the parts this method declares): each pruned conv at its mask density (3x for trained samples), the
-rest dense; samples removed by DDR cost nothing.
+activations are dense. Cost (counted by the template from the parts this method declares): each pruned conv at
+its mask density (3x for trained samples), the rest dense; samples removed by DDR cost nothing.
 """
 from __future__ import annotations
 
