@@ -163,15 +163,21 @@ class ProductQuantizer(Codec):
         n, _, h, w = features.shape
         v = self._vectors(features)
         books = self.codebooks.float()
-        idx = torch.stack([torch.cdist(v[:, j, :], books[j]).argmin(dim=1) for j in range(self.m)], dim=1)
-        return {"idx": idx.to(torch.uint8).reshape(n, h, w, self.m).contiguous()}
+        # the output first, each piece's [N*H*W, k] distances freed before the next: small results kept between
+        # the large temporaries would fragment glibc's heap (+12-30 MiB of RSS kept per call after a trim)
+        idx = torch.empty((v.shape[0], self.m), dtype=torch.uint8)
+        for j in range(self.m):
+            idx[:, j] = torch.cdist(v[:, j, :], books[j]).argmin(dim=1)
+        return {"idx": idx.reshape(n, h, w, self.m)}
 
     def decode(self, codes: Dict[str, Tensor]) -> Tensor:
-        idx = codes["idx"].long()  # [N, H, W, m]
+        idx = codes["idx"]  # [N, H, W, m]
         n, h, w, m = idx.shape
         books = self.codebooks.float()
-        parts = [books[j][idx[..., j]] for j in range(m)]  # each [N, H, W, d]
-        return torch.cat(parts, dim=-1).permute(0, 3, 1, 2).contiguous()
+        out = torch.empty((n, m * self.d, h, w), dtype=torch.float32)  # written in place: no [N, H, W, C] copies
+        for j in range(m):
+            out[:, j * self.d:(j + 1) * self.d] = books[j][idx[..., j].long()].permute(0, 3, 1, 2)
+        return out
 
     def code_spec(self) -> Dict[str, tuple]:
         return {"idx": (torch.uint8, (self.shape[1], self.shape[2], self.m))}

@@ -55,11 +55,15 @@ class LossComponent:
     src/renate/updaters/learner_components/losses.py at 0399ecd): a loss is a list of weighted
     components the learner sums. Unlike Renate, a component returns its *unweighted* value and the
     learner applies ``weight``, so each value is reported as computed (``observe()`` returns it under
-    ``name``). ``needs_buffer``: the component reads ``context.buffer_taps``.
+    ``name``). ``needs_buffer``: the component reads ``context.buffer_taps``. ``separable``: the component
+    runs its own samples through the head and reads nothing of the batch's graph, so the step may backward it
+    on its own after the batch's backward: its activations and the batch's are then never alive together
+    (the same gradient, summed in another order; engine/step.py).
     """
 
     name: str = "component"
     needs_buffer: bool = False
+    separable: bool = False
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
@@ -111,7 +115,7 @@ class FeaturePattern(LossComponent):
 
 
 def total_loss(components: Sequence[LossComponent], context: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
-    """``sum(weight x value)`` in the components' order, and each unweighted value by name.
+    """``sum(weight x value)`` in the components' order, and each unweighted value by name (the empty sum: 0).
 
     A weight of exactly 1 adds the value itself (the same autograd graph, so the same bits as a plain
     ``ce + fp``); a weight of 0 still evaluates the component, so it is reported.
@@ -124,5 +128,5 @@ def total_loss(components: Sequence[LossComponent], context: LossContext) -> tup
         term = v if c.weight == 1.0 else c.weight * v
         total = term if total is None else total + term
     if total is None:
-        raise InputError("the learner's loss has no component")
+        total = torch.zeros((), device=context.logits.device)
     return total, values

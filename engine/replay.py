@@ -217,9 +217,12 @@ class ReplayMemory:
 class FeatureReplay(LossComponent):
     """Cross-entropy over every seen class on ``batch_size`` replayed samples, run through the head only.
 
-    After each successful step the batch's frozen features are offered to the memory (``after_step``)."""
+    After each successful step the batch's frozen features are offered to the memory (``after_step``). It is
+    ``separable``: the step backwards it after the batch's loss, so the replayed samples' activations never sit
+    in memory beside the batch's."""
 
     name = "replay"
+    separable = True
 
     def __init__(self, memory: ReplayMemory, batch_size: int = 32, weight: float = 1.0) -> None:
         super().__init__(weight)

@@ -246,7 +246,10 @@ def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
     context = LossContext(logits=logits, target_index=lrn.classes.columns(s.y).to(s.y.device), columns=columns,
                           labels=s.y, features=s.feats, task=s.task, memory=lrn.memory, buffer_taps=buffer_taps,
                           head=lrn.head, seen_columns=seen)
-    loss, values = total_loss(lrn.loss_components, context)
+    # separable terms (the feature replay) are backwarded after the batch's: their activations and the batch's
+    # are never alive together. Not with the per-parameter step, which updates inside each backward.
+    apart = [c for c in lrn.loss_components if c.separable] if lrn.config.optimizer_step != "per-parameter" else []
+    loss, values = total_loss([c for c in lrn.loss_components if c not in apart], context)
     out = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in values.items()}, "skipped": 0}
     if not torch.isfinite(loss) or not all_finite(lrn.head.buffers()):
         _roll_back(lrn, s, saved_bn, saved_memory, was_training)
@@ -254,6 +257,17 @@ def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
         return out
     lrn.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    del loss
+    for c in apart:
+        term, values = total_loss([c], context)
+        out[c.name] = float(values[c.name].detach())
+        out["loss"] += float(term.detach())
+        if not torch.isfinite(term) or not all_finite(lrn.head.buffers()):
+            lrn.optimizer.zero_grad(set_to_none=True)
+            _roll_back(lrn, s, saved_bn, saved_memory, was_training)
+            out["skipped"] = 1
+            return out
+        term.backward()
     grads = [p.grad for p in lrn.head.parameters() if p.grad is not None]  # none left by the per-parameter step
     if not all_finite(grads):  # nothing updated yet: the optimizer's step() has not run
         lrn.optimizer.zero_grad(set_to_none=True)

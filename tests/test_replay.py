@@ -207,3 +207,34 @@ def test_blurry_tasks_move_a_fraction_and_keep_every_sample():
 def test_absurd_replay_batches_are_refused_before_any_step(k):
     with pytest.raises(InputError, match="replay_batch"):
         _learner(replay_budget="1MiB", replay_batch=k)
+
+
+@pytest.mark.parametrize("codec", ["int8", "pq"])
+def test_replay_backwarded_apart_gives_the_joint_gradient(codec, monkeypatch):
+    """The replay term is backwarded after the batch's (engine/step.py: its activations and the batch's never
+    alive together): the same steps, losses and weights as one backward of the summed loss, to float tolerance."""
+    from lightcl.engine.replay import FeatureReplay
+
+    apart = _two_tasks(_learner(replay_budget="64KiB", replay_codec=codec))
+    monkeypatch.setattr(FeatureReplay, "separable", False)
+    joint = _two_tasks(_learner(replay_budget="64KiB", replay_codec=codec))
+    assert apart.counters["steps"] == joint.counters["steps"] > 0
+    for (k, a), b in zip(apart.head.state_dict().items(), joint.head.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=1e-5), k
+    x, y = next(iter(V1.batches(9, [2, 3], 1)))
+    oa, oj = apart.observe(x, y), joint.observe(x, y)
+    assert oa["replay"] > 0 and oa["loss"] == pytest.approx(oj["loss"], rel=1e-5)
+
+
+def test_a_non_finite_replay_term_skips_the_step_and_changes_nothing(monkeypatch):
+    from lightcl.engine.replay import FeatureReplay
+
+    lr = _two_tasks(_learner(replay_budget="64KiB", replay_codec="int8"))
+    before = {k: v.clone() for k, v in lr.head.state_dict().items()}
+    steps = lr.counters["steps"]
+    monkeypatch.setattr(FeatureReplay, "__call__", lambda self, ctx: torch.tensor(float("nan")))
+    x, y = next(iter(V1.batches(9, [2, 3], 1)))
+    out = lr.observe(x, y)
+    assert out["skipped"] == 1 and lr.counters["steps"] == steps
+    assert all(torch.equal(v, before[k]) for k, v in lr.head.state_dict().items())
+    assert all(p.grad is None for p in lr.head.parameters())
