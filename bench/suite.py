@@ -45,6 +45,7 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
     "offline": {"seeds": 3},
     "offline-hard": {"seeds": 3},
     "offline-val": {"seeds": 1},
+    "offline-val-novel": {"seeds": 1},
     "offline-blurry": {"seeds": 3},
     "smoke-blurry": {"epochs": 1, "seeds": 1},
     "paper-cifar10": {"seeds": 3},

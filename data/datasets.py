@@ -304,6 +304,34 @@ def load_fashion_mnist_val(split: str = "train", path: str | None = None) -> Ima
     return ImageDataset("fashion-mnist-val", split, ds.x[idx], ds.y[idx], list(full.classes), full.source,
                         {"train_indices": pick[idx], "split_seed": SPLIT_SEED})
 
+# The novel-class validation (docs/tuning.md): a backbone that learns only these Fashion-MNIST classes, then a
+# stream of the other ones, so step sizes are chosen on classes the backbone never saw (as on `offline`).
+NOVEL_SPLIT_CLASS = 4
+
+
+def load_fashion_mnist_base4(split: str = "train", path: str | None = None) -> ImageDataset:
+    """Pretraining data of the novel-class validation backbone: Fashion-MNIST classes 0-3 only. ``train``: the
+    offline pretraining subset's images of those classes (6,000 of its 15,000; the same seeded subset,
+    export/pretrain.py); ``test``: Fashion-MNIST's test images of those classes (its pretraining accuracy)."""
+    _check_split(split)
+    full = load_fashion_mnist(split, path, download_ok=False)
+    keep = np.arange(len(full.y))
+    if split == "train":
+        keep = seeded_split(len(full.y), full.y, "test", test_fraction=OFFLINE_PRETRAIN_SUBSET / len(full.y), seed=0)
+    keep = keep[full.y[keep] < NOVEL_SPLIT_CLASS]
+    return ImageDataset("fashion-mnist-base4", split, full.x[keep], full.y[keep], list(full.classes[:NOVEL_SPLIT_CLASS]),
+                        full.source, {"indices": keep})
+
+
+def load_fashion_mnist_val_novel(split: str = "train", path: str | None = None) -> ImageDataset:
+    """The novel-class validation stream's data: ``fashion-mnist-val`` (training images no pretraining saw)
+    of classes 4-9 only, relabelled 0-5: classes the ``fashion-mnist-base4`` backbone never learned."""
+    ds = load_fashion_mnist_val(split, path)
+    keep = np.flatnonzero(ds.y >= NOVEL_SPLIT_CLASS)
+    return ImageDataset("fashion-mnist-val-novel", split, ds.x[keep], ds.y[keep] - NOVEL_SPLIT_CLASS,
+                        list(ds.classes[NOVEL_SPLIT_CLASS:]), ds.source,
+                        {"train_indices": np.asarray(ds.extra["train_indices"])[keep], "split_seed": SPLIT_SEED})
+
 # ---------------------------------------------------------------- CIFAR (python pickle batches)
 class _RestrictedUnpickler(pickle.Unpickler):
     """CIFAR ships pickles. Allow only what its batches contain: never arbitrary code."""
@@ -637,6 +665,12 @@ DATASETS: dict[str, DatasetEntry] = {
     "fashion-mnist-val": DatasetEntry(load_fashion_mnist_val, True,
                                       "5,000 Fashion-MNIST training images the offline pretraining never saw "
                                       "(hyperparameter validation, docs/tuning.md)"),
+    "fashion-mnist-base4": DatasetEntry(load_fashion_mnist_base4, True,
+                                        "Fashion-MNIST classes 0-3 of the offline pretraining subset (the "
+                                        "novel-class validation backbone, docs/tuning.md)"),
+    "fashion-mnist-val-novel": DatasetEntry(load_fashion_mnist_val_novel, True,
+                                            "fashion-mnist-val's classes 4-9, relabelled 0-5: classes the "
+                                            "fashion-mnist-base4 backbone never saw (docs/tuning.md)"),
     "cifar10": DatasetEntry(lambda split="train", path=None: load_cifar("cifar10", split, path), True, "CIFAR-10"),
     "cifar100": DatasetEntry(lambda split="train", path=None: load_cifar("cifar100", split, path), True, "CIFAR-100"),
     "tinyimagenet": DatasetEntry(load_tinyimagenet, True, "Tiny ImageNet, resized to 32x32"),

@@ -51,6 +51,11 @@ SCENARIOS: dict[str, Scenario] = {
         pretrain_subset=15000,
         description="offline's backbone on a validation stream for choosing hyperparameters (docs/tuning.md): "
                     "Split Fashion-MNIST 5x2 from training images its pretraining never saw."),
+    "offline-val-novel": Scenario(
+        "offline-val-novel", "fashion-mnist-base4", "fashion-mnist-val-novel", 3, 2, width=32, pretrain_epochs=2,
+        epochs=5,
+        description="the novel-class validation stream (docs/tuning.md): a backbone pretrained on Fashion-MNIST "
+                    "classes 0-3 only learns classes 4-9 (Split 3x2) from training images no pretraining saw."),
     "offline-hard": Scenario(
         "offline-hard", "mnist-5k+digits", "fashion-mnist", 5, 2, width=32, pretrain_epochs=5, epochs=5,
         description="backbone pretrained on MNIST-5k + digits; Split Fashion-MNIST 5x2."),

@@ -116,6 +116,25 @@ def test_fashion_mnist_val_never_overlaps_the_offline_pretraining():
     assert np.array_equal(tr.x, full.x[tr.extra["train_indices"]]) and tr.classes == full.classes
 
 
+@pytest.mark.skipif(not SYSTEM_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_novel_class_validation_never_shows_its_backbone_the_stream_classes():
+    """``offline-val-novel`` (docs/tuning.md): its backbone pretrains on classes 0-3 of the offline pretraining
+    subset only; its stream holds classes 4-9 (relabelled 0-5) of images no pretraining saw."""
+    full = data.load_fashion_mnist("train", download_ok=False)
+    pretrain = set(data.seeded_split(len(full.y), full.y, "test", test_fraction=15000 / len(full.y), seed=0).tolist())
+    base = load_dataset("fashion-mnist-base4", "train")
+    assert len(base) == 6000 and set(base.extra["indices"].tolist()) <= pretrain
+    assert np.bincount(base.y).tolist() == [1500] * 4 and base.classes == full.classes[:4]
+    assert np.array_equal(base.x, full.x[base.extra["indices"]])
+    for split, n in (("train", 400), ("test", 100)):
+        novel = load_dataset("fashion-mnist-val-novel", split)
+        idx = novel.extra["train_indices"]
+        assert np.bincount(novel.y).tolist() == [n] * 6 and novel.classes == full.classes[4:]
+        assert not set(idx.tolist()) & pretrain and np.array_equal(full.y[idx], novel.y + 4)
+        assert np.array_equal(novel.x, full.x[idx])
+    assert load_dataset("fashion-mnist-base4", "test").y.max() == 3
+
+
 @pytest.fixture
 def no_fashion_mnist(tmp_path, monkeypatch):
     empty = tmp_path / "no-system-data"
@@ -465,7 +484,7 @@ def test_every_cache_follows_the_one_rule(monkeypatch, tmp_path):
 def test_registry_entries_carry_the_flip_flag(monkeypatch):
     """Natural images may be flipped in training, digits may not; the flag lives in the registry entry."""
     flips = {n for n, e in data.DATASETS.items() if e.hflip}
-    assert flips == {"fashion-mnist", "fashion-mnist-val", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "folder"}
+    assert flips == {"fashion-mnist", "fashion-mnist-val", "fashion-mnist-base4", "fashion-mnist-val-novel", "cifar10", "cifar100", "tinyimagenet", "imagenet32", "folder"}
     assert data.hflip_ok("cifar10") and not data.hflip_ok("digits") and not data.hflip_ok("mnist-5k")
     assert not data.hflip_ok("mnist-5k+digits") and not data.hflip_ok("nonexistent")
     assert "fashion-mnist" in data.FLIP_OK and "digits" not in data.FLIP_OK and sorted(data.FLIP_OK) == sorted(flips)
