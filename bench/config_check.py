@@ -50,10 +50,19 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     "replay_weight": (0.0, BIG, True, "num"),
     "replay_pq_subvectors": (0, 1 << 20, True, "int"),
     "refresh_every": (1, 1 << 40, True, "int"),
+    "start_lr": (0.0, 1e3, False, "num"),
+    "end_lr": (0.0, 1e3, False, "num"),
+    "base_lr": (0.0, 1e3, False, "num"),
+    "lr_step_size": (1, 1 << 40, True, "int"),
+    "replay_samples": (1, 1_000_000, True, "int"),
+    "mixup_alpha": (0.0, BIG, True, "num"),
+    "crop_scale_min": (0.0, 1.0, False, "num"),
+    "codebook_size": (2, 256, True, "int"),
+    "channels_per_codebook": (1, 1 << 20, True, "int"),
 }
 # fields whose value is a choice or a flag: the typed config's own type check is all there is to check
 NOT_NUMERIC = {"use_cl_mask", "buffer_policy", "loss_slice", "reset_classifier", "device", "optimizer_step",
-               "replay_codec", "replay_budget", "extract_budget"}  # the last three: LightCLConfig.validate checks them
+               "replay_codec", "replay_budget", "extract_budget", "mixup", "random_resized_crops"}  # the last three: LightCLConfig.validate checks them
 SPARSITY_WORDS = ("authors",)
 MAX_TEXT = 4000  # characters of a ``source`` or ``note``
 

@@ -206,15 +206,27 @@ class LightCLReplayFreeConfig(LightCLReplayConfig):
 
 
 @dataclass
-class RemindConfig(LightCLConfig):
-    """REMIND-style: PQ codes (pieces of 8 channels, 256 centroids), 2 MiB, CE over every seen class, no
-    feature-pattern penalty (beta 0, no buffer); step size: latent replay's (docs/benchmarks.md)."""
+class RemindConfig:
+    """REMIND's values (github tyler-hayes/REMIND, run_imagenet_experiment.sh and REMINDModel.py): 50 replayed
+    samples per new sample, lr 0.1 decayed per class to 0.001 in steps of 100 samples, SGD momentum 0.9, weight
+    decay 1e-5, feature-space random resized crops (scale 2/7..1), mixup alpha 0.1, 256 centroids per codebook
+    and 16 channels per codebook (their 512 channels / 32 codebooks); base initialisation (task 1) at their
+    base-init lr 0.1. The buffer is held to a byte budget, 2 MiB as ``lightcl-replay``."""
 
-    beta: float = 0.0
-    buffer_size: int = 0
-    loss_slice: str = "all"
+    start_lr: float = 0.1
+    end_lr: float = 0.001
+    lr_step_size: int = 100
+    base_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    replay_samples: int = 50
+    mixup: bool = True
+    mixup_alpha: float = 0.1
+    random_resized_crops: bool = True
+    crop_scale_min: float = 2.0 / 7.0
+    codebook_size: int = 256
+    channels_per_codebook: int = 16
     replay_budget: Any = "2MiB"
-    replay_codec: str = "pq"
 
 
 def field_names(cls: type) -> list[str]:

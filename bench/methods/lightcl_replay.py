@@ -1,4 +1,4 @@
-"""``lightcl-replay``, ``lightcl-replay-free``, ``remind``: the engine's learner with its feature-replay memory
+"""``lightcl-replay``, ``lightcl-replay-free``: the engine's learner with its feature-replay memory
 (engine/replay.py) under a byte budget.
 
 * ``lightcl-replay``: LightCL (the authors' options, the feature-pattern penalty) + feature replay
@@ -9,9 +9,6 @@
   boundaries are not passed on; segments, columns, vital channels and the buffer follow the labels, with a
   refresh every ``refresh_every`` steps. CE over every seen class (a batch may hold any class). It is the
   method the ``*-blurry`` scenarios run.
-* ``remind``: a REMIND-style baseline (Hayes et al., ECCV 2020): the same frozen part and head, mid-level
-  features compressed by product quantisation, replayed with every batch, one CE over every seen class;
-  no feature-pattern penalty.
 """
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ from torch import Tensor
 from lightcl.engine.learner import LightCLConfig
 
 from .base import Batch, Step, register_method
-from .configs import LightCLReplayConfig, LightCLReplayFreeConfig, RemindConfig
+from .configs import LightCLReplayConfig, LightCLReplayFreeConfig
 from .lightcl import LightCLMethod
 
 LEARNER_OPTIONS = {f.name for f in dataclasses.fields(LightCLConfig)}
@@ -134,9 +131,3 @@ class LightCLReplayFree(LightCLReplay):
     def on_end_task(self, x: Tensor | None) -> None:
         return None  # no boundary reaches the learner
 
-
-@register_method
-class Remind(LightCLReplay):
-    name = "remind"
-    summary = "REMIND-style PQ feature replay (no feature-pattern penalty)"
-    config_class = RemindConfig
