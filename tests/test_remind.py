@@ -46,7 +46,7 @@ def test_buffer_keeps_its_budget_and_evicts_from_the_largest_class():
                             channels_per_codebook=16, threads=1)
     assert b.capacity == 10 and b.per_sample == 2 * 2 * 2 + 8  # 2 codebooks x 4 positions + the label
     rng = np.random.default_rng(0)
-    b.train(torch.randn(400, 32, 2, 2))
+    b.train(torch.randn(1600, 32).numpy())
     codes = b.encode(torch.randn(30, 32, 2, 2))
     for k in range(8):
         b.put(k, codes[k], 0, rng)

@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - the bench extra installs it
     faiss = None
 
 LABEL_BYTES = 8  # an int64 label per stored sample
+ENCODE_ROWS = 1024  # vectors per faiss compute_codes call: a distance table of 1024 x M x 256 floats (8 MiB at M=8)
 
 
 def _faiss():
@@ -135,12 +136,22 @@ class PQBuffer:
         return np.ascontiguousarray(feats.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
                                     .reshape(-1, self.shape[0]))
 
-    def train(self, feats: Tensor) -> None:
-        self.pq.train(self._rows(feats))
+    def train(self, rows: np.ndarray) -> None:
+        """Fit the quantiser on ``[N*H*W, C]`` float32 rows (REMIND's ``fit_pq``: ``pq.train``)."""
+        self.pq.train(rows)
         self.trained = True
 
     def encode(self, feats: Tensor) -> np.ndarray:
-        return self.pq.compute_codes(self._rows(feats)).reshape(len(feats), self.code_bytes)
+        return self.encode_rows(self._rows(feats)).reshape(len(feats), self.code_bytes)
+
+    def encode_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Codes of ``[N*H*W, C]`` rows, ``ENCODE_ROWS`` at a time: faiss builds a distance table of ``rows x M x
+        ksub`` floats per call (for 16-channel pieces), 420 MiB for one task's 51,200 vectors at once; REMIND's
+        ``fit_pq`` encodes in batches too. The codes are the same."""
+        out = np.empty((len(rows), self.pq.code_size), dtype=np.uint8)
+        for i in range(0, len(rows), ENCODE_ROWS):
+            out[i: i + ENCODE_ROWS] = self.pq.compute_codes(rows[i: i + ENCODE_ROWS])
+        return out
 
     def decode(self, codes: np.ndarray) -> Tensor:
         c, h, w = self.shape
@@ -204,7 +215,9 @@ class Remind(Method):
         self.rng = np.random.default_rng(int(ctx.seed))
         self.buffer = PQBuffer(tuple(self.head.in_features), parse_bytes(c.replay_budget), c.codebook_size,
                                c.channels_per_codebook, ctx.threads or 1)
-        self.base: Optional[dict[int, tuple[Tensor, int]]] = {}  # task 1's features by dataset index, until fit
+        # task 1's features (as [positions, channels] rows, preallocated for the task) and labels by dataset index
+        self.base: Optional[dict[int, tuple[int, int]]] = {}  # dataset index -> (row block, label)
+        self.base_rows = np.empty((0, self.head.in_features[0]), dtype=np.float32)
         self.class_steps: dict[int, int] = {}
         self.class_total: dict[int, int] = {}
         self.frozen_params, f_frozen = frozen_figures(ctx)
@@ -216,6 +229,9 @@ class Remind(Method):
         return torch.as_tensor(self.extractor(x)).to(self.device, torch.float32)
 
     def on_begin_task(self, task_id, classes, n_train) -> None:
+        if self.base is not None and not self.base and n_train:  # base initialisation: room for its features
+            c, h, w = self.buffer.shape
+            self.base_rows = np.empty((int(n_train) * h * w, c), dtype=np.float32)
         per_class = (n_train / max(1, len(classes))) if n_train else 1300.0  # 1300: theirs (ImageNet)
         for col in self.classes.task_columns(task_id):
             self.class_total[col] = max(1, int(round(per_class * int(self.ctx.scenario.epochs))))
@@ -235,11 +251,17 @@ class Remind(Method):
     def _base_step(self, batch: Batch, f: Tensor) -> Step:
         """Base initialisation (task 1): plain CE on the batch; the features kept for the PQ."""
         ids = batch.ids.tolist() if batch.ids is not None else [None] * len(f)
+        c, h, w = self.buffer.shape
         for i, key in enumerate(ids):
             if key is None:
                 key = -1 - len(self.base)  # direct observe() calls without indices: every sample is new
             if int(key) not in self.base:
-                self.base[int(key)] = (f[i].cpu().clone(), int(batch.y[i]))
+                j = len(self.base)
+                if (j + 1) * h * w > len(self.base_rows):  # beyond the announced size: grow
+                    grow = np.empty((max(len(self.base_rows), h * w), c), dtype=np.float32)
+                    self.base_rows = np.concatenate([self.base_rows, grow])
+                self.base_rows[j * h * w: (j + 1) * h * w] = f[i].detach().cpu().permute(1, 2, 0).reshape(h * w, c)
+                self.base[int(key)] = (j, int(batch.y[i]))
         self.head.train()
         loss = F.cross_entropy(self.head(f), batch.y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -251,12 +273,13 @@ class Remind(Method):
         if self.base is None:
             return None
         keys = list(self.base)
-        feats = torch.stack([self.base[k][0] for k in keys])
-        labels = [self.base[k][1] for k in keys]
-        self.base = None  # their fit_pq: train on the base features, store every one, drop the features
-        self.buffer.train(feats)
-        codes = self.buffer.encode(feats)
-        del feats
+        c, h, w = self.buffer.shape
+        rows = self.base_rows[: len(keys) * h * w]
+        labels = [self.base[k][1] for k in keys]  # blocks were filled in key order
+        self.base, self.base_rows = None, None  # their fit_pq: train on the base features, store every one
+        self.buffer.train(rows)
+        codes = self.buffer.encode_rows(rows).reshape(len(keys), self.buffer.code_bytes)
+        del rows
         for k, code, y in zip(keys, codes, labels):
             self.buffer.put(k, code, y, self.rng)
         return None
