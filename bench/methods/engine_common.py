@@ -18,6 +18,21 @@ def open_extractor(ctx: MethodContext, backend: str | None = None):
     return load_extractor(ctx.export_dir, backend=backend, device=ctx.device, **opts)
 
 
+def extractor_and_head(method, ctx: MethodContext):
+    """The export's frozen part (:func:`open_extractor`) and its head with a fresh classifier, for a method that
+    trains the head on frozen features (``latent-replay``, ``remind``); sets ``method.frozen_params`` and declares
+    the parts ``frozen`` and ``head``."""
+    from lightcl.engine.export_dir import load_head
+
+    extractor = open_extractor(ctx)
+    head = load_head(ctx.export_dir).to(method.device)
+    head.reset_classifier(ctx.num_classes, generator=method.generator)
+    method.frozen_params, f_frozen = frozen_figures(ctx)
+    method.declare_part("frozen", per_sample=f_frozen)
+    method.declare_part("head", head, head.in_features)
+    return extractor, head
+
+
 def frozen_figures(ctx: MethodContext) -> tuple[int, float]:
     """(parameters, forward FLOPs per sample) of the frozen part; the worker puts them in ``ctx.extra``."""
     return int(ctx.extra.get("frozen_params", 0)), float(ctx.extra.get("frozen_flops", 0.0))

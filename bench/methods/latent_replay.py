@@ -14,7 +14,7 @@ from lightcl.engine.reservoir import Reservoir
 
 from .base import Batch, Method, Step, n_params, register_method
 from .configs import LatentReplayConfig
-from .engine_common import frozen_figures, open_extractor
+from .engine_common import extractor_and_head
 
 
 @register_method
@@ -29,20 +29,13 @@ class LatentReplay(Method):
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        from lightcl.engine.export_dir import load_head
-
-        self.extractor = open_extractor(ctx)
-        self.head = load_head(ctx.export_dir).to(self.device)
-        self.head.reset_classifier(ctx.num_classes, generator=self.generator)
+        self.extractor, self.head = extractor_and_head(self, ctx)
         self.head.train()
         c = self.config
         self.optimizer = torch.optim.SGD(self.head.parameters(), lr=c.lr, momentum=c.momentum,
                                          weight_decay=c.weight_decay)
         self.buffer = Reservoir(c.buffer_size, self.generator)
         self.minibatch = c.minibatch_size
-        self.frozen_params, f_frozen = frozen_figures(ctx)
-        self.declare_part("frozen", per_sample=f_frozen)
-        self.declare_part("head", self.head, self.head.in_features)
 
     @torch.no_grad()
     def extract(self, x: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from lightcl.engine.errors import InputError
 
 from .base import Batch, Method, Step, n_params, register_method
 from .configs import RemindConfig
-from .engine_common import frozen_figures, open_extractor
+from .engine_common import extractor_and_head
 
 try:  # imported with the module, so the library belongs to the suite's idle process like torch's (bench/suite.py)
     import faiss
@@ -196,7 +196,6 @@ class Remind(Method):
 
     def __init__(self, ctx, **hp) -> None:
         super().__init__(ctx, **hp)
-        from lightcl.engine.export_dir import load_head
         from lightcl.engine.replay import parse_bytes
 
         c = self.config
@@ -207,9 +206,7 @@ class Remind(Method):
                 or c.mixup_alpha < 0 or c.momentum < 0 or c.weight_decay < 0:
             raise InputError("remind: needs 0 < end_lr <= start_lr, lr_step_size >= 1, replay_samples >= 1, "
                              "0 < crop_scale_min <= 1 and non-negative mixup_alpha, momentum, weight_decay")
-        self.extractor = open_extractor(ctx)
-        self.head = load_head(ctx.export_dir).to(self.device)
-        self.head.reset_classifier(ctx.num_classes, generator=self.generator)
+        self.extractor, self.head = extractor_and_head(self, ctx)
         self.optimizer = torch.optim.SGD(self.head.parameters(), lr=c.base_lr, momentum=c.momentum,
                                          weight_decay=c.weight_decay)
         self.rng = np.random.default_rng(int(ctx.seed))
@@ -220,9 +217,6 @@ class Remind(Method):
         self.base_rows = np.empty((0, self.head.in_features[0]), dtype=np.float32)
         self.class_steps: dict[int, int] = {}
         self.class_total: dict[int, int] = {}
-        self.frozen_params, f_frozen = frozen_figures(ctx)
-        self.declare_part("frozen", per_sample=f_frozen)
-        self.declare_part("head", self.head, self.head.in_features)
 
     @torch.no_grad()
     def extract(self, x: Tensor) -> Tensor:
