@@ -59,8 +59,10 @@ def test_buffer_keeps_its_budget_and_evicts_from_the_largest_class():
     assert len(b) == 10 and len(set(b.key)) == 10
     with pytest.raises(InputError, match="holds no sample"):
         remind_mod.PQBuffer((32, 2, 2), budget=1024, codebook_size=256, channels_per_codebook=16, threads=1)
-    with pytest.raises(InputError, match="divide"):
-        remind_mod.PQBuffer((32, 2, 2), budget=1 << 20, codebook_size=256, channels_per_codebook=5, threads=1)
+    odd = remind_mod.PQBuffer((24, 2, 2), budget=1 << 20, codebook_size=256, channels_per_codebook=16, threads=1)
+    assert odd.m == 2  # 24 channels: pieces of 12, the largest divisor of 24 not above 16
+    with pytest.raises(InputError, match="at least 1"):
+        remind_mod.PQBuffer((32, 2, 2), budget=1 << 20, codebook_size=256, channels_per_codebook=0, threads=1)
 
 
 def test_lr_decays_per_class_from_start_to_end(digits_ckpt, digits_export):
@@ -201,7 +203,6 @@ def test_prediction_goes_through_the_quantiser(digits_ckpt, digits_export):
 
 @pytest.mark.parametrize("hp,match", [({"start_lr": 0.001, "end_lr": 0.01}, "end_lr"),
                                       ({"replay_samples": 0}, "replay_samples"),
-                                      ({"channels_per_codebook": 7}, "divide"),
                                       ({"replay_budget": "1KiB"}, "holds no sample"),
                                       ({"replay_budget": "lots"}, "replay_budget")])
 def test_bad_hyperparameters_are_one_line(digits_ckpt, digits_export, hp, match):

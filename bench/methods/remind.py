@@ -101,9 +101,10 @@ class PQBuffer:
     def __init__(self, shape: tuple[int, int, int], budget: int, codebook_size: int, channels_per_codebook: int,
                  threads: int) -> None:
         c, h, w = shape
-        if channels_per_codebook < 1 or c % channels_per_codebook:
-            raise InputError(f"remind: channels_per_codebook must divide the feature's {c} channels, "
-                             f"got {channels_per_codebook}")
+        if channels_per_codebook < 1:
+            raise InputError(f"remind: channels_per_codebook must be at least 1, got {channels_per_codebook}")
+        # a feature whose channels it does not divide (MobileNetV2's 24, 96, ...) gets the largest divisor below it
+        channels_per_codebook = max(d for d in range(1, min(channels_per_codebook, c) + 1) if c % d == 0)
         if codebook_size not in (2, 4, 16, 256):
             raise InputError(f"remind: codebook_size must be 2, 4, 16 or 256 (codes of 1, 2, 4 or 8 bits), "
                              f"got {codebook_size}")
