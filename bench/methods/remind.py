@@ -268,7 +268,7 @@ class Remind(Method):
         if self.base is None:
             return None
         keys = list(self.base)
-        c, h, w = self.buffer.shape
+        _, h, w = self.buffer.shape
         rows = self.base_rows[: len(keys) * h * w]
         labels = [self.base[k][1] for k in keys]  # blocks were filled in key order
         self.base, self.base_rows = None, None  # their fit_pq: train on the base features, store every one
