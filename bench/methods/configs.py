@@ -210,8 +210,8 @@ class RemindConfig:
     """REMIND's values (github tyler-hayes/REMIND, run_imagenet_experiment.sh and REMINDModel.py): 50 replayed
     samples per new sample, lr 0.1 decayed per class to 0.001 in steps of 100 samples, SGD momentum 0.9, weight
     decay 1e-5, feature-space random resized crops (scale 2/7..1), mixup alpha 0.1, 256 centroids per codebook
-    and 16 channels per codebook (their 512 channels / 32 codebooks; a feature whose channel count 16 does not divide takes its largest divisor below 16); base initialisation (task 1) at their
-    base-init lr 0.1. The buffer is held to a byte budget, 2 MiB as ``lightcl-replay``."""
+    and 16 channels per codebook (their 512 channels / 32 codebooks; a feature whose channel count 16 does not
+    divide takes its largest divisor below 16); base initialisation (task 1) at their base-init lr 0.1. The buffer is held to a byte budget, 2 MiB as ``lightcl-replay``."""
 
     start_lr: float = 0.1
     end_lr: float = 0.001
