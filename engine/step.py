@@ -267,7 +267,8 @@ def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
             _roll_back(lrn, s, saved_bn, saved_memory, was_training)
             out["skipped"] = 1
             return out
-        term.backward()
+        if term.requires_grad:  # an empty memory's term is a constant 0
+            term.backward()
     grads = [p.grad for p in lrn.head.parameters() if p.grad is not None]  # none left by the per-parameter step
     if not all_finite(grads):  # nothing updated yet: the optimizer's step() has not run
         lrn.optimizer.zero_grad(set_to_none=True)

@@ -215,9 +215,10 @@ def test_replay_backwarded_apart_gives_the_joint_gradient(codec, monkeypatch):
     alive together): the same steps, losses and weights as one backward of the summed loss, to float tolerance."""
     from lightcl.engine.replay import FeatureReplay
 
-    apart = _two_tasks(_learner(replay_budget="64KiB", replay_codec=codec))
+    opts = dict(replay_budget="64KiB", replay_codec=codec, optimizer_step="plain")  # per-parameter: always joint
+    apart = _two_tasks(_learner(**opts))
     monkeypatch.setattr(FeatureReplay, "separable", False)
-    joint = _two_tasks(_learner(replay_budget="64KiB", replay_codec=codec))
+    joint = _two_tasks(_learner(**opts))
     assert apart.counters["steps"] == joint.counters["steps"] > 0
     for (k, a), b in zip(apart.head.state_dict().items(), joint.head.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=1e-5), k
@@ -229,7 +230,7 @@ def test_replay_backwarded_apart_gives_the_joint_gradient(codec, monkeypatch):
 def test_a_non_finite_replay_term_skips_the_step_and_changes_nothing(monkeypatch):
     from lightcl.engine.replay import FeatureReplay
 
-    lr = _two_tasks(_learner(replay_budget="64KiB", replay_codec="int8"))
+    lr = _two_tasks(_learner(replay_budget="64KiB", replay_codec="int8", optimizer_step="plain"))
     before = {k: v.clone() for k, v in lr.head.state_dict().items()}
     steps = lr.counters["steps"]
     monkeypatch.setattr(FeatureReplay, "__call__", lambda self, ctx: torch.tensor(float("nan")))
