@@ -48,6 +48,7 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     "seed": (0, (1 << 63) - 1, True, "int"),
     "replay_batch": (1, 1_000_000, True, "int"),
     "replay_weight": (0.0, BIG, True, "num"),
+    "replay_steps": (0, 1000, True, "int"),
     "replay_pq_subvectors": (0, 1 << 20, True, "int"),
     "refresh_every": (1, 1 << 40, True, "int"),
     "start_lr": (0.0, 1e3, False, "num"),

@@ -50,6 +50,9 @@ class LightCLConfig:
     replay_batch: int = 32  # replayed samples per step
     replay_weight: float = 1.0
     replay_pq_subvectors: int = 0  # pq: pieces per feature vector (0: channels / 8)
+    # More updates per batch on replayed samples alone (head only), after the batch's own: more learning from the
+    # memory for each new batch (REMIND takes one step per new sample), paid in compute, not in memory.
+    replay_steps: int = 0
     # Memory for the frozen part's transient activations while learning (engine/microbatch.py): "auto" = the
     # head's weight bytes (so extraction never dominates the step's peak), an int = bytes, None = whole batches.
     # Acts on an extractor with set_memory_budget, eval-mode frozen BN and no micro_batch of its own; the
@@ -92,7 +95,7 @@ class LightCLConfig:
             parse_bytes(self.replay_budget)
             if self.replay_codec not in CODECS:
                 raise InputError(f"replay_codec must be one of {CODECS}, got {self.replay_codec!r}")
-            for name in ("replay_batch", "replay_pq_subvectors"):
+            for name in ("replay_batch", "replay_pq_subvectors", "replay_steps"):
                 v = getattr(self, name)
                 if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "replay_batch" else 0):
                     raise InputError(f"{name} must be a {'positive' if name == 'replay_batch' else 'non-negative'} "

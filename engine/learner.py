@@ -325,7 +325,7 @@ class LightCL:
     def observe(self, x: Tensor, y, features: Tensor | None = None) -> dict[str, float]:
         """One update step on a batch of the current task. Returns ``loss`` (the weighted sum), each loss
         component's unweighted value by name (``ce``, ``feature_pattern``, then any extra), ``skipped``
-        and ``step_ms``.
+        and ``step_ms``; with ``replay_steps``, ``replay_updates`` (the extra replay updates applied).
 
         ``features``: this batch's frozen features already extracted (:meth:`prefetch` overlaps that with the
         previous step); refused with train-mode frozen BN, where extraction is part of the step's order.

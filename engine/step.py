@@ -23,7 +23,7 @@ from .head import Head
 from .losses import FeaturePattern, LossComponent, LossContext, SlicedCrossEntropy, total_loss
 from .state_check import bump
 
-RESERVED_STEP_KEYS = ("loss", "skipped", "step_ms")
+RESERVED_STEP_KEYS = ("loss", "skipped", "step_ms", "replay_updates")
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -282,6 +282,8 @@ def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
                              "values far out of range?); the learner in memory cannot be used or saved: load "
                              "the last saved state")
     bump(lrn.counters, "steps")
+    if lrn.config.replay_budget is not None and lrn.config.replay_steps:
+        out["replay_updates"] = float(replay_updates(lrn, context, lrn.config.replay_steps))
     for c in lrn.loss_components:
         c.after_step(context)
     if lrn.config.buffer_policy == "reservoir" and lrn.config.buffer_size > 0:
@@ -289,3 +291,44 @@ def run_step(lrn: Any, s: StepInput) -> dict[str, float]:
     if lrn._last_features is None or s.feats.shape[0] >= lrn._last_features.shape[0]:
         lrn._last_features = s.feats  # a trailing remainder never replaces a full batch
     return out
+
+
+def replay_updates(lrn: Any, context: LossContext, steps: int) -> int:
+    """``replay_steps``: after the batch's update (and before the batch enters the memory), ``steps`` more
+    updates of the head on freshly drawn replayed samples alone, the replay term as weighted in the loss.
+
+    Why: one update per batch learns little from the memory; REMIND (Hayes et al., ECCV 2020) takes one
+    update per new sample. Each update holds one replay batch's activations, as the batch's own replay term
+    does, so the peak does not grow. An update whose loss, BN statistics or gradients are not finite is not
+    applied (its BN statistics restored, ``counters["skipped_replay_updates"]``) and ends the extra updates
+    of this batch; the batch's own update stays. Returns the updates applied."""
+    rep = lrn.replay
+    if rep is None or rep.weight == 0:
+        return 0
+    done = 0
+    for _ in range(steps):
+        if not len(rep.memory):
+            break
+        saved_bn = [b.detach().clone() for b in lrn.head.buffers()]
+        lrn.optimizer.zero_grad(set_to_none=True)
+        term = rep(context)
+        term = term if rep.weight == 1.0 else rep.weight * term
+        ok = bool(torch.isfinite(term)) and all_finite(lrn.head.buffers())
+        if ok:
+            term.backward()
+            ok = all_finite([p.grad for p in lrn.head.parameters() if p.grad is not None])
+        del term
+        if not ok:  # nothing applied (the per-parameter step cannot see a non-finite loss: it never backwards one)
+            lrn.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(lrn.head.buffers(), saved_bn):
+                    b.copy_(saved)
+            bump(lrn.counters, "skipped_replay_updates")
+            break
+        lrn.optimizer.step()
+        if not all_finite(lrn.head.parameters()) or not all_finite(optimizer_tensors(lrn.optimizer)):
+            raise NonFiniteError("a replay update overflowed the head's weights or optimizer state into NaN/Inf; "
+                                 "the learner in memory cannot be used or saved: load the last saved state")
+        done += 1
+    bump(lrn.counters, "replay_updates", done)
+    return done

@@ -122,6 +122,7 @@ def check_batch(v, what: str = "batch size", bytes_per_sample: int | None = None
 # ---------------------------------------------------------------- learner arguments (called by LightCL.__init__)
 MAX_LR = 1e3  # a step this large already overflows float32 weights; 1e308 passed as "finite"
 MAX_FACTOR = 1e6  # beta, weight decay: same reason
+MAX_REPLAY_STEPS = 1000  # extra replay updates per batch: beyond this a step never ends in practice
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
 
 
@@ -147,6 +148,8 @@ def check_learner_args(extractor, head, config) -> None:
         raise InputError(f"buffer_size must be <= {1 << 20}, got {config.buffer_size}")
     if config.replay_budget is not None:
         _check_replay_batch(head, config.replay_batch)
+        if config.replay_steps > MAX_REPLAY_STEPS:
+            raise InputError(f"replay_steps must be <= {MAX_REPLAY_STEPS} (updates per batch), got {config.replay_steps}")
     if config.num_classes is not None:
         feat = int(head.config.get("feat_dim", 1)) if isinstance(head.config, dict) else 1
         need = config.num_classes * (feat + 1) * 4 * 3  # weights, gradients, momentum

@@ -105,6 +105,11 @@ def test_folder_lessons_names_resume_and_predict(digits_export, digit_folder, tm
      "replay_batch"),
     (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "1MiB", "--replay-weight", "nan"],
      "replay_weight"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "1MiB", "--replay-steps", "-1"],
+     "replay_steps"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-budget", "1MiB", "--replay-steps", "100000"],
+     "replay_steps"),
+    (["--images", "{folder}", "--lessons", "zero,one", "--replay-steps", "3"], "--replay-budget"),
 ])
 def test_refusals_are_one_line(digits_export, digit_folder, tmp_path, args, needle):
     state = tmp_path / "s"

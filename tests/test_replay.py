@@ -239,3 +239,87 @@ def test_a_non_finite_replay_term_skips_the_step_and_changes_nothing(monkeypatch
     assert out["skipped"] == 1 and lr.counters["steps"] == steps
     assert all(torch.equal(v, before[k]) for k, v in lr.head.state_dict().items())
     assert all(p.grad is None for p in lr.head.parameters())
+
+
+def _restated_updates(monkeypatch, k: int) -> None:
+    """An independent restatement of ``replay_steps``: after each applied update, before the batch enters the
+    memory, ``k`` times: draw a replay batch, one CE over the seen columns through the head, a plain SGD step."""
+    import torch.nn.functional as F
+
+    from lightcl.engine.replay import FeatureReplay
+
+    original = FeatureReplay.after_step
+
+    def after_step(self, context):
+        lrn = getattr(self, "_test_learner", None)  # only the restated learner
+        for _ in range(k if lrn is not None and len(self.memory) else 0):
+            feats, cols = self.memory.sample(self.batch_size)
+            seen = torch.tensor(context.seen_columns)
+            target = (cols[:, None] == seen[None, :]).float().argmax(1)
+            loss = F.cross_entropy(context.head(feats)[:, seen], target)
+            lrn.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lrn.optimizer.step()
+        original(self, context)
+
+    monkeypatch.setattr(FeatureReplay, "after_step", after_step)
+
+
+@pytest.mark.parametrize("optimizer_step", ["plain", "per-parameter"])
+def test_replay_steps_are_the_restated_extra_updates(optimizer_step, monkeypatch):
+    opts = dict(replay_budget="64KiB", replay_codec="int8", optimizer_step=optimizer_step, momentum=0.5)
+    ours = _two_tasks(_learner(replay_steps=3, **opts))
+    restated = _learner(replay_steps=0, **opts)
+    restated.replay._test_learner = restated
+    _restated_updates(monkeypatch, 3)
+    _two_tasks(restated)
+    assert ours.counters["steps"] == restated.counters["steps"] > 0
+    assert ours.counters["replay_updates"] == 3 * (ours.counters["steps"] - 1)  # the first batch has no memory
+    for (k, a), b in zip(ours.head.state_dict().items(), restated.head.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), k
+    moved = _two_tasks(_learner(replay_steps=0, **opts))  # the restatement is not a no-op
+    assert not torch.allclose(moved.head.state_dict()["fc.weight"], ours.head.state_dict()["fc.weight"], atol=1e-4)
+
+
+def test_replay_steps_report_and_need_a_memory():
+    lr = _learner(replay_budget="64KiB", replay_steps=2)
+    lr.begin_task(0, [0, 1])
+    batches = V1.batches(1, [0, 1], 2)
+    assert lr.observe(*batches[0])["replay_updates"] == 0  # nothing stored yet
+    assert lr.observe(*batches[1])["replay_updates"] == 2
+    plain = _learner(replay_budget="64KiB")
+    plain.begin_task(0, [0, 1])
+    assert "replay_updates" not in plain.observe(*batches[0])
+
+
+@pytest.mark.parametrize("k", [-1, True, 1.5, "3", 1001])
+def test_absurd_replay_steps_are_refused(k):
+    with pytest.raises(InputError, match="replay_steps"):
+        _learner(replay_budget="1MiB", replay_steps=k)
+
+
+def test_a_non_finite_replay_update_is_not_applied_and_the_batch_update_stays(monkeypatch):
+    """The batch's own update (with its replay term) is applied; the extra update whose loss is NaN is not: the
+    head ends exactly where a learner without extra updates ends."""
+    from lightcl.engine.replay import FeatureReplay
+
+    ours = _two_tasks(_learner(replay_budget="64KiB", replay_steps=1))
+    ref = _two_tasks(_learner(replay_budget="64KiB", replay_steps=0))
+    ours.load_state_dict(ref.state_dict() | {"config": ours.state_dict()["config"]})
+    real = FeatureReplay.__call__
+    calls = []
+
+    def flaky(self, ctx):
+        calls.append(1)
+        return real(self, ctx) if len(calls) % 2 else torch.tensor(float("nan"))
+
+    monkeypatch.setattr(FeatureReplay, "__call__", flaky)
+    x, y = next(iter(V1.batches(9, [2, 3], 1)))
+    out, ref_out = ours.observe(x, y), None
+    calls.clear()
+    ref_out = ref.observe(x, y)
+    assert out["skipped"] == 0 and out["replay_updates"] == 0 and ours.counters["skipped_replay_updates"] == 1
+    assert out["loss"] == pytest.approx(ref_out["loss"], rel=1e-6)
+    for (k, a), b in zip(ours.head.state_dict().items(), ref.head.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert all(p.grad is None for p in ours.head.parameters())

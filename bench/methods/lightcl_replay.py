@@ -48,7 +48,8 @@ class LightCLReplay(LightCLMethod):
     def train_step(self, batch: Batch) -> Step:
         replayed = self._replayed()  # what the step replays: the memory before this batch is stored
         step = super().train_step(batch)
-        step.trained["head"] = step.trained.get("head", 0) + replayed
+        updates = int(step.metrics.get("replay_updates", 0)) if replayed else 0  # replay_steps' extra updates
+        step.trained["head"] = step.trained.get("head", 0) + replayed * (1 + updates)
         return step
 
     def accounting(self) -> dict:

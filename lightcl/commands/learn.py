@@ -36,9 +36,11 @@ def add_learner_arguments(p: argparse.ArgumentParser) -> None:
                    help="int8 (default), pq (REMIND's product quantisation: ~8x more samples per byte), fp32")
     r.add_argument("--replay-batch", type=int, default=None, help="stored samples replayed with each batch (32)")
     r.add_argument("--replay-weight", type=float, default=None, help="weight of the replayed samples' loss (1)")
+    r.add_argument("--replay-steps", type=int, default=None,
+                   help="more head updates per batch on replayed samples alone (0); compute, not memory")
 
 
-REPLAY_KEYS = ["replay_codec", "replay_batch", "replay_weight"]
+REPLAY_KEYS = ["replay_codec", "replay_batch", "replay_weight", "replay_steps"]
 
 
 def learner_options(args: argparse.Namespace) -> dict:
