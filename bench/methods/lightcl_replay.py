@@ -4,7 +4,8 @@
 * ``lightcl-replay``: LightCL (the authors' options, the feature-pattern penalty) + feature replay
   (``replay_budget`` 2 MiB), CE over every seen class on the replayed samples. By default int8 codes and
   the TIL-sliced CE on the batch (the asymmetric loss of ER-ACE, Caccia et al., ICLR 2022); the ``offline``
-  entries use PQ codes and one CE over every seen class (bench/configs/lightcl-replay.json, docs/tuning.md).
+  entries use PQ codes, one CE over every seen class and ``replay_steps`` extra replay updates per batch
+  (bench/configs/lightcl-replay.json, docs/tuning.md). Those extra updates count as trained head samples.
 * ``lightcl-replay-free``: the same learner driven task-free (engine/taskfree.py): the suite's task
   boundaries are not passed on; segments, columns, vital channels and the buffer follow the labels, with a
   refresh every ``refresh_every`` steps. CE over every seen class (a batch may hold any class). It is the
