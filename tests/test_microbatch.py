@@ -93,7 +93,9 @@ def test_learning_with_micro_batches_equals_whole_batches(digits_export, batch, 
             ln.observe(xb, yb)
         heads.append({k: v.clone() for k, v in ln.head.state_dict().items()})
         logits.append(ln.logits(x))
-    tol = 1e-6  # float32 rounding of the chunked convolutions (measured: <= 1.5e-8 on weights)
+    # float32 rounding of the chunked convolutions, compounded over 3 steps: measured <= 1.5e-8 on weights here,
+    # 2.2e-6 on a CI machine (another oneDNN kernel); a wrong chunking differs by orders of magnitude more
+    tol = 1e-5
     for k in heads[0]:
         torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=tol)
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=tol)
