@@ -233,3 +233,18 @@ def _kept_counts(sp: dict) -> list:
     out = [kept for kept, _total in sp["groups"].values()]
     assert out
     return out
+
+
+@pytest.mark.parametrize("name", ["lightcl-replay", "lightcl-replay-free"])
+def test_replay_steps_are_counted_as_trained_head_samples(setting, name):
+    """Each extra replay update trains the head on ``replay_batch`` samples: the cost ledger charges exactly
+    that much more than the same stream with ``replay_steps`` 0 (the task-free method undercounted it)."""
+    s, data, ctx = setting
+    flops = {}
+    for k in (0, 2):
+        m = create_method(name, ctx(), replay_budget="64KiB", replay_steps=k)
+        _run(m, data, tasks=2, steps=2)
+        flops[k] = m.flops
+        updates = m.learner.counters.get("replay_updates", 0)
+    assert updates > 0
+    assert flops[2] - flops[0] == pytest.approx(3.0 * m.part_flops["head"] * m.learner.replay.batch_size * updates)

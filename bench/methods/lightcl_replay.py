@@ -126,7 +126,8 @@ class LightCLReplayFree(LightCLReplay):
         replayed = self._replayed()
         out = self.driver.observe(batch.x, batch.labels)
         n, m = len(batch.x), len(self.learner.memory)
-        head = n + replayed + (m if self.learner.memory.active() else 0)
+        updates = int(out.get("replay_updates", 0)) if replayed else 0  # replay_steps' extra updates
+        head = n + replayed * (1 + updates) + (m if self.learner.memory.active() else 0)
         forwarded = m + n if capture or out.get("refreshed") else 0  # targets on a new buffer, taps for the masks
         return Step(out, trained={"head": head}, forwarded={"frozen": n, "head": forwarded})
 
