@@ -68,8 +68,11 @@ class ReplayMemory:
             raise InputError(f"replay budget {format_bytes(self.budget)} holds no sample: one costs "
                              f"{self.per_sample} bytes with the {codec.name} codec, plus {codec.table_bytes()} "
                              f"bytes of tables for features {list(codec.shape)}")
-        self.codes: Dict[str, Tensor] = {}
-        self.labels: Optional[Tensor] = None
+        # storage for `capacity` samples, allocated on the first sample and filled in place: growing it a sample
+        # at a time (torch.cat) copied the whole memory for every new sample and churned the heap
+        self._codes: Dict[str, Tensor] = {}
+        self._labels: Optional[Tensor] = None
+        self._n = 0
         self.seen: Dict[int, int] = {}  # column -> samples of that class offered
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -80,7 +83,17 @@ class ReplayMemory:
                             seed=self.seed)
 
     def __len__(self) -> int:
-        return 0 if self.labels is None else int(self.labels.shape[0])
+        return self._n
+
+    @property
+    def codes(self) -> Dict[str, Tensor]:
+        """The held samples' codes (views of the storage, ``[len, ...]`` each)."""
+        return {k: v[: self._n] for k, v in self._codes.items()} if self._n else {}
+
+    @property
+    def labels(self) -> Optional[Tensor]:
+        """The held samples' logit columns ``[len]`` (a view of the storage), None while empty."""
+        return self._labels[: self._n] if self._n else None
 
     def nbytes(self) -> int:
         held = dict(self.codes)
@@ -122,13 +135,21 @@ class ReplayMemory:
             slots = (self.labels == victim_class).nonzero().flatten()
             slot = int(slots[torch.randint(len(slots), (1,), generator=self.generator)])
             for k, v in codes.items():
-                self.codes[k][slot] = v[i]
-            self.labels[slot] = y
+                self._codes[k][slot] = v[i]
+            self._labels[slot] = y
+
+    def _allocate(self) -> None:
+        """Storage for ``capacity`` samples; torch.empty leaves pages untouched, so RSS grows as they are filled."""
+        self._codes = {k: torch.empty((self.capacity, *shp), dtype=dt) for k, (dt, shp) in self.codec.code_spec().items()}
+        self._labels = torch.empty((self.capacity,), dtype=LABEL_DTYPE)
 
     def _append(self, codes: Dict[str, Tensor], label: Tensor) -> None:
+        if self._labels is None:
+            self._allocate()
         for k, v in codes.items():
-            self.codes[k] = v.clone() if k not in self.codes else torch.cat([self.codes[k], v])
-        self.labels = label.clone() if self.labels is None else torch.cat([self.labels, label])
+            self._codes[k][self._n] = v[0]
+        self._labels[self._n] = label[0]
+        self._n += 1
 
     def sample(self, k: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
         """``k`` samples drawn class-balanced (without replacement when the memory holds ``k``): features
@@ -208,8 +229,13 @@ class ReplayMemory:
         probe = make_codec(self.codec.name, self.codec.shape, getattr(self.codec, "m", 0))
         probe.load_tables(tables, where)  # checks the tables before anything changes
         self.codec = probe
-        self.codes = {k: v.clone() for k, v in codes.items()} if n else {}
-        self.labels = labels.clone() if n else None
+        self._codes, self._labels, self._n = {}, None, 0
+        if n:
+            self._allocate()
+            for k, v in codes.items():
+                self._codes[k][:n] = v
+            self._labels[:n] = labels
+            self._n = n
         self.seen = {int(c): int(k) for c, k in seen}
         self.generator.set_state(rng)
 

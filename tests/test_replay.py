@@ -102,6 +102,29 @@ def test_storage_and_sampling_are_class_balanced():
     assert 0.4 < float((cols == 1).float().mean()) < 0.6  # 3 of 30 stored, drawn half the time
 
 
+def test_storage_is_allocated_once_and_filled_in_place():
+    """Codes are written into storage sized for the capacity (no copy of the memory per new sample), in the
+    order offered while there is room; after a reload it still fills in place."""
+    mem = ReplayMemory(40 * (8 + 2 * 8 + 8), make_codec("int8", (8, 1, 1)), seed=0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(25, 8, 1, 1, generator=g)
+    mem.add(x[:10], torch.arange(10) % 3)
+    ptrs = {k: v.data_ptr() for k, v in mem.codes.items()}
+    mem.add(x[10:], torch.arange(10, 25) % 3)
+    assert len(mem) == 25 and {k: v.data_ptr() for k, v in mem.codes.items()} == ptrs
+    want = mem.codec.encode(x)
+    assert all(torch.equal(mem.codes[k], want[k]) for k in want)
+    assert torch.equal(mem.labels, torch.arange(25) % 3)
+    mem.add(torch.randn(100, 8, 1, 1, generator=g), torch.arange(100) % 4)  # full: evictions write in place
+    assert len(mem) == mem.capacity == 40 and {k: v.data_ptr() for k, v in mem.codes.items()} == ptrs
+    back = ReplayMemory(mem.budget, make_codec("int8", (8, 1, 1)), seed=0)
+    half = {k: (v[:20] if k.startswith("code.") or k == "labels" else v) for k, v in mem.state_dict().items()}
+    back.load_state_dict(half)
+    assert len(back) == 20 and all(torch.equal(back.codes[k], mem.codes[k][:20]) for k in want)
+    back.add(x[:5], torch.zeros(5, dtype=torch.long))
+    assert len(back) == 25 and torch.equal(back.labels[20:], torch.zeros(5, dtype=torch.long))
+
+
 @pytest.mark.parametrize("codec", ["int8", "pq"])
 def test_learner_replay_state_round_trip(codec, tmp_path):
     lr = _two_tasks(_learner(replay_budget="64KiB", replay_codec=codec, beta=0.0))
