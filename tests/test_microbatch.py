@@ -93,12 +93,12 @@ def test_learning_with_micro_batches_equals_whole_batches(digits_export, batch, 
             ln.observe(xb, yb)
         heads.append({k: v.clone() for k, v in ln.head.state_dict().items()})
         logits.append(ln.logits(x))
-    # float32 rounding of the chunked convolutions, compounded over 3 steps: measured <= 1.5e-8 on weights here,
-    # 2.2e-6 on a CI machine (another oneDNN kernel); a wrong chunking differs by orders of magnitude more
-    tol = 1e-5
+    # float32 rounding of the chunked convolutions, compounded over 3 steps: measured <= 1.5e-8 on weights on one
+    # run, 2.2e-6 on weights and 1.3e-5 (6e-5 relative) on logits on others (the kernels oneDNN picks vary with
+    # threads and machine); a wrong chunking (a chunk lost or repeated, statistics per chunk) differs by far more
     for k in heads[0]:
-        torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=tol)
-    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=tol)
+        torch.testing.assert_close(heads[1][k], heads[0][k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
 
 
 def test_activation_estimate_scales_with_resolution():
