@@ -46,11 +46,16 @@ class LightCLReplay(LightCLMethod):
         rep = self.learner.replay
         return rep.batch_size if rep is not None and len(rep.memory) else 0
 
+    @staticmethod
+    def _replay_trained(replayed: int, metrics: dict) -> int:
+        """Replayed samples the head trained on in one step: the step's replay batch and, with ``replay_steps``,
+        one more batch per extra update."""
+        return replayed * (1 + int(metrics.get("replay_updates", 0))) if replayed else 0
+
     def train_step(self, batch: Batch) -> Step:
         replayed = self._replayed()  # what the step replays: the memory before this batch is stored
         step = super().train_step(batch)
-        updates = int(step.metrics.get("replay_updates", 0)) if replayed else 0  # replay_steps' extra updates
-        step.trained["head"] = step.trained.get("head", 0) + replayed * (1 + updates)
+        step.trained["head"] = step.trained.get("head", 0) + self._replay_trained(replayed, step.metrics)
         return step
 
     def accounting(self) -> dict:
@@ -126,8 +131,7 @@ class LightCLReplayFree(LightCLReplay):
         replayed = self._replayed()
         out = self.driver.observe(batch.x, batch.labels)
         n, m = len(batch.x), len(self.learner.memory)
-        updates = int(out.get("replay_updates", 0)) if replayed else 0  # replay_steps' extra updates
-        head = n + replayed * (1 + updates) + (m if self.learner.memory.active() else 0)
+        head = n + self._replay_trained(replayed, out) + (m if self.learner.memory.active() else 0)
         forwarded = m + n if capture or out.get("refreshed") else 0  # targets on a new buffer, taps for the masks
         return Step(out, trained={"head": head}, forwarded={"frozen": n, "head": forwarded})
 
