@@ -41,9 +41,11 @@ def test_ledger_parts_add_up_and_per_parameter_step_holds_fewer_gradients(digits
     assert by["lightcl-sparse"]["ledger_mib"]["head_weights"] < 0.5 * by["lightcl"]["ledger_mib"]["head_weights"]
     assert by["lightcl-sparse"]["ledger_mib"]["frozen_weights"] < 0.5 * by["lightcl"]["ledger_mib"]["frozen_weights"]
     assert by["lightcl-sparse"]["extractor"]["sparsity"] >= 0.8
-    # finetune holds the whole model's gradients and activations, no runtime session
-    assert by["finetune"]["ledger_mib"]["frozen_session"] == 0 and by["finetune"]["ledger_mib"]["activations"] > \
-        by["lightcl"]["ledger_mib"]["activations"]
+    # finetune saves the whole model's activations and has no runtime session. Compared as all saved in the step:
+    # the "activations" row is what is alive at malloc's peak sample, which for finetune can fall after backward
+    # freed them (CI measured 0.0 there once)
+    assert by["finetune"]["ledger_mib"]["frozen_session"] == 0
+    assert by["finetune"]["ledger_at"]["activations_saved_mib"] > by["lightcl"]["ledger_at"]["activations_saved_mib"]
     table = format_ledger(res)
     assert "unexplained" in table and "lightcl-sparse" in table and "theoretical" in table
 
